@@ -1,0 +1,572 @@
+"""Leads and clients: the `crm_clients_*` tools."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from application.identity import ensure_user
+from application.notes import NoteOut, add_note, load_note, note_page, present_note
+from application.registry import registry
+from application.service import QueryContext, UnitOfWork
+from application.shapes import (
+    Command, CursorArg, Email, Limit, ListQuery, NoteBody, Page, Phone, Query, Removed, SearchText, Tag,
+)
+from domain.clients import LEAD_STATUSES, Client
+from domain.recordings import Recording
+from projections import clients as clients_q
+from projections import recordings as recordings_q
+
+ClientId = Annotated[UUID, Meta(description="The lead/client id (from crm_clients_search, _list or _create_lead).")]
+UserId = Annotated[UUID, Meta(description="A user id of this organization (resolve names with crm_users_list).")]
+BusinessName = Annotated[str, Meta(min_length=1, max_length=200, description="Company or business name, e.g. 'Studio Dentistico Bianchi'.")]
+PersonName = Annotated[str, Meta(min_length=1, max_length=200, description="Main contact person, e.g. 'Mario Rossi'.")]
+VatNumber = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9 .\-]+$", description="VAT number, e.g. '12345678901' or 'IT12345678901'.")]
+TaxCode = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9]+$", description="Tax code (codice fiscale).")]
+Url = Annotated[str, Meta(max_length=2000, pattern=r"^https?://\S+$", description="An http(s) URL.")]
+Source = Annotated[str, Meta(min_length=1, max_length=60, description="Where the lead came from, e.g. 'website', 'referral', 'fair'.")]
+Status = Literal["new", "contacted", "qualified", "unqualified", "lost"]
+assert set(Status.__args__) == set(LEAD_STATUSES)  # type: ignore[attr-defined]
+
+
+class Address(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    street: Annotated[str, Meta(max_length=200, description="Street and number, e.g. 'Via Roma 10'.")] | None = None
+    city: Annotated[str, Meta(max_length=100, description="City, e.g. 'Milano'.")] | None = None
+    postal_code: Annotated[str, Meta(max_length=20)] | None = None
+    province: Annotated[str, Meta(max_length=60, description="Province or region code, e.g. 'MI'.")] | None = None
+    country: Annotated[str, Meta(max_length=60, description="Country, e.g. 'IT'.")] | None = None
+
+
+class ContactOut(Struct, kw_only=True):
+    id: UUID
+    name: str
+    role: str | None
+    email: str | None
+    phone: str | None
+
+
+class ClientSummary(Struct, kw_only=True):
+    id: UUID
+    kind: Literal["lead", "client"]
+    status: str | None
+    business_name: str
+    contact_name: str | None
+    vat_number: str | None
+    tax_code: str | None
+    email: str | None
+    phone: str | None
+    website: str | None
+    address: Address | None
+    source: str | None
+    assigned_to: UUID | None
+    tags: list[str]
+    created_at: datetime
+    updated_at: datetime
+    converted_at: datetime | None
+
+
+class ClientDetail(ClientSummary, kw_only=True):
+    contacts: list[ContactOut]
+    notes_count: int
+    tasks_count: int
+    open_tasks_count: int
+    deals_count: int
+    recordings_count: int
+
+
+class SearchHit(ClientSummary, kw_only=True):
+    score: Annotated[float, Meta(description="Relevance; higher is better. Exact VAT/e-mail/phone matches score above 2.")]
+
+
+class SearchResult(Struct):
+    items: list[SearchHit]
+
+
+class DuplicateGroup(Struct):
+    match: Literal["vat", "email", "phone"]
+    value: str
+    clients: list[ClientSummary]
+
+
+class DuplicateGroups(Struct):
+    groups: list[DuplicateGroup]
+
+
+class ContactList(Struct):
+    items: list[ContactOut]
+
+
+class DealSummary(Struct, kw_only=True):
+    id: UUID
+    title: str
+    status: str
+    pipeline_id: UUID | None
+    stage_id: UUID | None
+    value_cents: int
+    currency: str
+    owner_id: UUID | None
+    close_date: date | None
+    created_at: datetime
+
+
+class RecordingSummary(Struct, kw_only=True):
+    id: UUID
+    client_id: UUID
+    title: str | None
+    media_url: str
+    duration_seconds: int
+    direction: str | None
+    recorded_at: datetime | None
+    created_by: UUID | None
+    created_at: datetime
+    has_transcript: bool
+    transcript_excerpt: str | None
+
+
+class RecordingDetail(RecordingSummary, kw_only=True):
+    transcript: str | None
+
+
+def present_client(ctx: QueryContext, client_id: UUID) -> ClientDetail:
+    return msgspec.convert(clients_q.get_client(ctx.conn, ctx.org_id, client_id), ClientDetail)
+
+
+def present_recording(ctx: QueryContext, recording_id: UUID) -> RecordingDetail:
+    return msgspec.convert(recordings_q.get_recording(ctx.conn, ctx.org_id, recording_id), RecordingDetail)
+
+
+def _fields(struct: Struct, names: tuple[str, ...]) -> dict[str, Any]:
+    """The given fields that were sent (UNSET means 'leave as is'), as plain JSON-able values."""
+    out = {}
+    for name in names:
+        value = getattr(struct, name)
+        if value is not UNSET:
+            out[name] = msgspec.to_builtins(value)
+    return out
+
+
+CLIENT_FIELDS = ("business_name", "contact_name", "vat_number", "tax_code", "email", "phone", "website", "address", "source")
+
+
+# -- queries ---------------------------------------------------------------------------------------------
+class ListClients(ListQuery, kw_only=True):
+    """List leads and clients, newest first by default. Filter by type (lead or client), funnel status,
+    assignee, tag, source and creation date range. Pages with `cursor`/`next_cursor`."""
+
+    type: Annotated[Literal["lead", "client"] | None, Meta(description="Only leads or only clients.")] = None
+    status: Annotated[Status | None, Meta(description="Lead funnel status.")] = None
+    assigned_to: Annotated[UUID | None, Meta(description="Only those assigned to this user id.")] = None
+    unassigned: Annotated[bool, Meta(description="Only those with nobody assigned.")] = False
+    tag: Tag | None = None
+    source: Source | None = None
+    created_from: Annotated[datetime | None, Meta(description="Created at or after (ISO 8601).")] = None
+    created_to: Annotated[datetime | None, Meta(description="Created before (ISO 8601).")] = None
+    sort: Literal["created_desc", "created_asc", "updated_desc", "name_asc", "name_desc"] = "created_desc"
+
+
+@registry.query("crm_clients_list", output=Page[ClientSummary])
+def list_clients(q: ListClients, ctx: QueryContext) -> Page[ClientSummary]:
+    rows, cursor = clients_q.list_clients(
+        ctx.conn, ctx.org_id, kind=q.type, status=q.status, assigned_to=q.assigned_to, unassigned=q.unassigned,
+        tag=q.tag, source=q.source, created_from=q.created_from, created_to=q.created_to, sort=q.sort,
+        limit=q.limit, cursor=q.cursor,
+    )
+    return Page(items=[msgspec.convert(r, ClientSummary) for r in rows], next_cursor=cursor)
+
+
+class GetClient(Query, kw_only=True):
+    """One lead or client with its contact persons, tags and counts of notes, tasks, deals and recordings."""
+
+    client_id: ClientId
+
+
+@registry.query("crm_clients_get", output=ClientDetail)
+def get_client(q: GetClient, ctx: QueryContext) -> ClientDetail:
+    return present_client(ctx, q.client_id)
+
+
+class SearchClients(Query, kw_only=True):
+    """Search leads and clients by business name, contact person name, VAT number, e-mail or phone.
+    Tolerates typos, accents and letter case; best match first. Use it to find an id from a name."""
+
+    q: SearchText
+    type: Annotated[Literal["lead", "client"] | None, Meta(description="Only leads or only clients.")] = None
+    limit: Limit = 25
+
+
+@registry.query("crm_clients_search", output=SearchResult)
+def search_clients(q: SearchClients, ctx: QueryContext) -> SearchResult:
+    rows = clients_q.search_clients(ctx.conn, ctx.org_id, q.q, kind=q.type, limit=q.limit)
+    return SearchResult(items=[msgspec.convert(r, SearchHit) for r in rows])
+
+
+class FindDuplicates(Query, kw_only=True):
+    """Groups of leads/clients that share a VAT number, e-mail or phone (normalised: 'IT 123' = '123',
+    '+39 02 1' = '0039021'). Use before crm_clients_merge or crm_clients_delete to clean up."""
+
+    by: Annotated[Literal["any", "vat", "email", "phone"], Meta(description="Which field must match.")] = "any"
+    limit: Annotated[int, Meta(ge=1, le=100, description="Maximum number of groups.")] = 50
+
+
+@registry.query("crm_clients_find_duplicates", output=DuplicateGroups)
+def find_duplicates(q: FindDuplicates, ctx: QueryContext) -> DuplicateGroups:
+    groups = clients_q.find_duplicates(ctx.conn, ctx.org_id, by=q.by, limit=q.limit)
+    return DuplicateGroups(groups=[msgspec.convert(g, DuplicateGroup) for g in groups])
+
+
+class ClientPageQuery(ListQuery, kw_only=True):
+    client_id: ClientId
+
+
+class ListClientDeals(ClientPageQuery, kw_only=True):
+    """Deals of a lead/client, newest first."""
+
+
+@registry.query("crm_clients_list_deals", output=Page[DealSummary])
+def list_client_deals(q: ListClientDeals, ctx: QueryContext) -> Page[DealSummary]:
+    _require_client(ctx, q.client_id)
+    rows, cursor = clients_q.list_client_deals(ctx.conn, ctx.org_id, q.client_id, q.limit, q.cursor)
+    return Page(items=[msgspec.convert(r, DealSummary) for r in rows], next_cursor=cursor)
+
+
+class ListContacts(Query, kw_only=True):
+    """Contact persons of a lead/client (name, role, e-mail, phone)."""
+
+    client_id: ClientId
+
+
+@registry.query("crm_clients_list_contacts", output=ContactList)
+def list_contacts(q: ListContacts, ctx: QueryContext) -> ContactList:
+    _require_client(ctx, q.client_id)
+    return ContactList(items=[msgspec.convert(r, ContactOut) for r in clients_q.list_contacts(ctx.conn, ctx.org_id, q.client_id)])
+
+
+class ListClientNotes(ClientPageQuery, kw_only=True):
+    """Notes on a lead/client, newest first."""
+
+
+@registry.query("crm_clients_list_notes", output=Page[NoteOut])
+def list_client_notes(q: ListClientNotes, ctx: QueryContext) -> Page[NoteOut]:
+    _require_client(ctx, q.client_id)
+    return note_page(ctx, "client", q.client_id, q.limit, q.cursor)
+
+
+class ListRecordings(ClientPageQuery, kw_only=True):
+    """Call recordings of a lead/client, newest first: title, duration, direction, media URL and a transcript excerpt."""
+
+
+@registry.query("crm_clients_list_recordings", output=Page[RecordingSummary])
+def list_recordings(q: ListRecordings, ctx: QueryContext) -> Page[RecordingSummary]:
+    _require_client(ctx, q.client_id)
+    rows, cursor = recordings_q.list_recordings(ctx.conn, ctx.org_id, q.client_id, q.limit, q.cursor)
+    return Page(items=[msgspec.convert(r, RecordingSummary) for r in rows], next_cursor=cursor)
+
+
+class GetRecording(Query, kw_only=True):
+    """One call recording with its full transcript and media reference."""
+
+    recording_id: Annotated[UUID, Meta(description="From crm_clients_list_recordings.")]
+
+
+@registry.query("crm_clients_get_recording", output=RecordingDetail)
+def get_recording(q: GetRecording, ctx: QueryContext) -> RecordingDetail:
+    return present_recording(ctx, q.recording_id)
+
+
+def _require_client(ctx: QueryContext, client_id: UUID) -> None:
+    if not clients_q.client_exists(ctx.conn, ctx.org_id, client_id):
+        from domain.errors import NotFound
+
+        raise NotFound("client", client_id, field="client_id")
+
+
+# -- creating ----------------------------------------------------------------------------------------------
+class NewClientFields(Command, kw_only=True):
+    business_name: BusinessName
+    contact_name: PersonName | None = None
+    vat_number: VatNumber | None = None
+    tax_code: TaxCode | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    website: Url | None = None
+    address: Annotated[Address | None, Meta(description="Postal address; give at least street and city.")] = None
+    source: Source | None = None
+    assigned_to: Annotated[UUID | None, Meta(description="User id to assign (resolve names with crm_users_list).")] = None
+    tags: Annotated[list[Tag], Meta(max_length=20, description="Tags to attach.")] = []
+
+
+class CreateLead(NewClientFields, kw_only=True):
+    """Create a lead (a prospect, status 'new'). Returns the new lead with its id, which later calls need,
+    e.g. crm_tasks_create(client_id=...). Resolve a person to assign with crm_users_list first."""
+
+
+class CreateClient(NewClientFields, kw_only=True):
+    """Create a client directly (already a customer, no funnel status). Returns it with its id."""
+
+
+def _create(factory: Callable[..., Client]) -> Callable[[NewClientFields, UnitOfWork], UUID]:
+    def handle(cmd: NewClientFields, uow: UnitOfWork) -> UUID:
+        if cmd.assigned_to is not None:
+            ensure_user(uow.conn, uow.org_id, cmd.assigned_to, field="assigned_to")
+        client = factory(uow.org_id, _fields(cmd, CLIENT_FIELDS), cmd.assigned_to, uow.principal.user_id)
+        for tag in cmd.tags:
+            client.add_tag(tag)
+        uow.add(client)
+        return client.id
+
+    return handle
+
+
+registry.command("crm_clients_create_lead", input=CreateLead, output=ClientDetail, returns=UUID,
+                 present=present_client)(_create(Client.create_lead))
+registry.command("crm_clients_create", input=CreateClient, output=ClientDetail, returns=UUID,
+                 present=present_client)(_create(Client.create_client))
+
+
+# -- changing one client: load, call the domain, save --------------------------------------------------------
+def client_command(name: str, input: type[Struct], act: Callable[[Client, Any, UnitOfWork], None], *,
+                   destructive: bool = False) -> None:
+    """Declare a tool whose handler is only: load the client, call one domain method, save."""
+
+    def handle(cmd: Any, uow: UnitOfWork) -> UUID:
+        client = uow.get(Client, cmd.client_id, field="client_id")
+        act(client, cmd, uow)
+        return client.id
+
+    registry.command(name, input=input, output=ClientDetail, returns=UUID, present=present_client,
+                     destructive=destructive)(handle)
+
+
+class UpdateClient(Command, kw_only=True):
+    """Change a lead/client's fields. Only the fields you send change; send null to clear an optional field."""
+
+    client_id: ClientId
+    business_name: BusinessName | UnsetType = UNSET
+    contact_name: PersonName | None | UnsetType = UNSET
+    vat_number: VatNumber | None | UnsetType = UNSET
+    tax_code: TaxCode | None | UnsetType = UNSET
+    email: Email | None | UnsetType = UNSET
+    phone: Phone | None | UnsetType = UNSET
+    website: Url | None | UnsetType = UNSET
+    address: Address | None | UnsetType = UNSET
+    source: Source | None | UnsetType = UNSET
+
+
+client_command("crm_clients_update", UpdateClient, lambda c, cmd, uow: c.update(_fields(cmd, CLIENT_FIELDS)))
+
+
+class UpdateStatus(Command, kw_only=True):
+    """Move a lead in the funnel: new, contacted, qualified, unqualified or lost. Clients have no funnel status."""
+
+    client_id: ClientId
+    status: Status
+
+
+client_command("crm_clients_update_status", UpdateStatus, lambda c, cmd, uow: c.set_status(cmd.status))
+
+
+class ConvertToClient(Command, kw_only=True):
+    """Turn a lead into a client (a customer). Its deals, notes and tasks stay attached."""
+
+    client_id: ClientId
+
+
+client_command("crm_clients_convert_to_client", ConvertToClient, lambda c, cmd, uow: c.convert_to_client())
+
+
+class AssignClient(Command, kw_only=True):
+    """Assign a lead/client to a user of the organization (find the user_id with crm_users_list)."""
+
+    client_id: ClientId
+    user_id: UserId
+
+
+def _assign(client: Client, cmd: AssignClient, uow: UnitOfWork) -> None:
+    ensure_user(uow.conn, uow.org_id, cmd.user_id, field="user_id")
+    client.assign(cmd.user_id)
+
+
+client_command("crm_clients_assign", AssignClient, _assign)
+
+
+class UnassignClient(Command, kw_only=True):
+    """Remove the assignment of a lead/client, leaving nobody responsible for it."""
+
+    client_id: ClientId
+
+
+client_command("crm_clients_unassign", UnassignClient, lambda c, cmd, uow: c.unassign(), destructive=True)
+
+
+class TagClient(Command, kw_only=True):
+    """Add a tag to a lead/client (no effect if it already has it)."""
+
+    client_id: ClientId
+    tag: Tag
+
+
+client_command("crm_clients_add_tag", TagClient, lambda c, cmd, uow: c.add_tag(cmd.tag))
+
+
+class UntagClient(Command, kw_only=True):
+    """Remove a tag from a lead/client."""
+
+    client_id: ClientId
+    tag: Tag
+
+
+client_command("crm_clients_remove_tag", UntagClient, lambda c, cmd, uow: c.remove_tag(cmd.tag), destructive=True)
+
+
+class AddContact(Command, kw_only=True):
+    """Add a contact person to a lead/client."""
+
+    client_id: ClientId
+    name: PersonName
+    role: Annotated[str, Meta(max_length=100, description="Job title or role, e.g. 'CFO'.")] | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+
+
+client_command("crm_clients_add_contact", AddContact,
+               lambda c, cmd, uow: c.add_contact(_fields(cmd, ("name", "role", "email", "phone"))))
+
+
+class UpdateContact(Command, kw_only=True):
+    """Change a contact person of a lead/client; only the fields you send change."""
+
+    client_id: ClientId
+    contact_id: Annotated[UUID, Meta(description="From crm_clients_list_contacts.")]
+    name: PersonName | UnsetType = UNSET
+    role: Annotated[str, Meta(max_length=100)] | None | UnsetType = UNSET
+    email: Email | None | UnsetType = UNSET
+    phone: Phone | None | UnsetType = UNSET
+
+
+client_command("crm_clients_update_contact", UpdateContact,
+               lambda c, cmd, uow: c.update_contact(cmd.contact_id, _fields(cmd, ("name", "role", "email", "phone"))))
+
+
+class RemoveContact(Command, kw_only=True):
+    """Remove a contact person from a lead/client."""
+
+    client_id: ClientId
+    contact_id: Annotated[UUID, Meta(description="From crm_clients_list_contacts.")]
+
+
+client_command("crm_clients_remove_contact", RemoveContact, lambda c, cmd, uow: c.remove_contact(cmd.contact_id),
+               destructive=True)
+
+
+class MergeClients(Command, kw_only=True):
+    """Merge duplicate leads/clients into one survivor. The survivor keeps its own fields, fills empty ones
+    from the duplicates and gains their tags and contacts; their deals, notes, tasks and recordings move
+    over; the duplicates disappear. Find candidates with crm_clients_find_duplicates."""
+
+    survivor_id: Annotated[UUID, Meta(description="The lead/client that remains.")]
+    duplicate_ids: Annotated[list[UUID], Meta(min_length=1, max_length=20, description="Leads/clients merged into the survivor.")]
+
+
+@registry.command("crm_clients_merge", output=ClientDetail, returns=UUID, present=present_client, destructive=True)
+def merge_clients(cmd: MergeClients, uow: UnitOfWork) -> UUID:
+    survivor = uow.get(Client, cmd.survivor_id, field="survivor_id")
+    for i, dup_id in enumerate(dict.fromkeys(cmd.duplicate_ids)):
+        survivor.absorb(uow.get(Client, dup_id, field=f"duplicate_ids[{i}]"))
+    return survivor.id
+
+
+class DeleteClient(Command, kw_only=True):
+    """Delete a lead/client. It disappears from lists and search; its history stays in the audit trail."""
+
+    client_id: ClientId
+
+
+@registry.command("crm_clients_delete", output=Removed, destructive=True)
+def delete_client(cmd: DeleteClient, uow: UnitOfWork) -> Removed:
+    uow.get(Client, cmd.client_id, field="client_id").delete()
+    return Removed(id=cmd.client_id, entity="client")
+
+
+# -- notes ---------------------------------------------------------------------------------------------------
+class AddClientNote(Command, kw_only=True):
+    """Add a note to a lead/client."""
+
+    client_id: ClientId
+    body: NoteBody
+
+
+@registry.command("crm_clients_add_note", output=NoteOut, returns=UUID, present=present_note)
+def add_client_note(cmd: AddClientNote, uow: UnitOfWork) -> UUID:
+    uow.get(Client, cmd.client_id, field="client_id")
+    return add_note(uow, "client", cmd.client_id, cmd.body)
+
+
+class UpdateClientNote(Command, kw_only=True):
+    """Replace the text of a note on a lead/client."""
+
+    client_id: ClientId
+    note_id: Annotated[UUID, Meta(description="From crm_clients_list_notes.")]
+    body: NoteBody
+
+
+@registry.command("crm_clients_update_note", output=NoteOut, returns=UUID, present=present_note)
+def update_client_note(cmd: UpdateClientNote, uow: UnitOfWork) -> UUID:
+    load_note(uow, "client", cmd.client_id, cmd.note_id).edit(cmd.body)
+    return cmd.note_id
+
+
+class DeleteClientNote(Command, kw_only=True):
+    """Delete a note from a lead/client."""
+
+    client_id: ClientId
+    note_id: Annotated[UUID, Meta(description="From crm_clients_list_notes.")]
+
+
+@registry.command("crm_clients_delete_note", output=Removed, destructive=True)
+def delete_client_note(cmd: DeleteClientNote, uow: UnitOfWork) -> Removed:
+    load_note(uow, "client", cmd.client_id, cmd.note_id).delete()
+    return Removed(id=cmd.note_id, entity="note")
+
+
+# -- recordings --------------------------------------------------------------------------------------------
+class AddRecording(Command, kw_only=True):
+    """Attach a call recording to a lead/client: where the audio is (media_url), how long it lasted and,
+    if available, the transcript."""
+
+    client_id: ClientId
+    media_url: Annotated[str, Meta(max_length=2000, pattern=r"^(https?|s3|storage)://\S+$",
+                                   description="Where the audio lives: an https URL or an uploaded reference (storage://...).")]
+    duration_seconds: Annotated[int, Meta(ge=0, le=86400, description="Length of the call in seconds.")]
+    transcript: Annotated[str, Meta(max_length=500_000, description="Full transcript text.")] | None = None
+    title: Annotated[str, Meta(max_length=200)] | None = None
+    direction: Literal["inbound", "outbound"] | None = None
+    recorded_at: Annotated[datetime | None, Meta(description="When the call took place (ISO 8601).")] = None
+
+
+@registry.command("crm_clients_add_recording", output=RecordingDetail, returns=UUID, present=present_recording)
+def add_recording(cmd: AddRecording, uow: UnitOfWork) -> UUID:
+    uow.get(Client, cmd.client_id, field="client_id")
+    recording = Recording(
+        org_id=uow.org_id, client_id=cmd.client_id, title=cmd.title, media_url=cmd.media_url,
+        duration_seconds=cmd.duration_seconds, transcript=cmd.transcript, direction=cmd.direction,
+        recorded_at=cmd.recorded_at, created_by=uow.principal.user_id,
+    )
+    uow.add(recording)
+    return recording.id
+
+
+class DeleteRecording(Command, kw_only=True):
+    """Delete a call recording."""
+
+    recording_id: Annotated[UUID, Meta(description="From crm_clients_list_recordings.")]
+
+
+@registry.command("crm_clients_delete_recording", output=Removed, destructive=True)
+def delete_recording(cmd: DeleteRecording, uow: UnitOfWork) -> Removed:
+    uow.get(Recording, cmd.recording_id, field="recording_id").delete()
+    return Removed(id=cmd.recording_id, entity="recording")

@@ -1,0 +1,195 @@
+"""The operation registry: one declaration per tool.
+
+An operation is an input Struct (its docstring is the tool description, its annotated fields the JSON
+Schema and the validation), a kind, an output type and a handler. Everything the MCP layer shows —
+name, schemas, annotations, required permission, toolset — is derived from that one entry.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from application.permissions import RESOURCES
+
+Kind = Literal["query", "command", "destructive"]
+KIND_ACTION = {"query": "read", "command": "write", "destructive": "delete"}
+
+
+def resource_of(tool_name: str) -> str:
+    """`crm_qr_codes_list` -> `qr_codes`: the longest known resource the name starts with."""
+    rest = tool_name.removeprefix("crm_")
+    matches = [r for r in RESOURCES if rest.startswith(r + "_")]
+    if not matches:
+        raise ValueError(f"tool {tool_name} does not start with crm_<resource>_")
+    return max(matches, key=len)
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """msgspec emits `$ref`/`$defs`; many MCP clients want a self-contained object schema, so inline them."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    out = resolve(schema)
+    out.pop("title", None)
+    return out
+
+
+def json_schema(tp: type) -> dict[str, Any]:
+    return _inline_refs(msgspec.json.schema(tp))
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    kind: Kind
+    input: type[msgspec.Struct]
+    output: type
+    handler: Callable[..., Any]
+    returns: type
+    present: Callable[..., Any] | None = None
+    open_world: bool = False
+
+    @property
+    def resource(self) -> str:
+        return resource_of(self.name)
+
+    @property
+    def toolset(self) -> str:
+        return self.resource
+
+    @property
+    def action(self) -> str:
+        return KIND_ACTION[self.kind]
+
+    @property
+    def permission(self) -> str:
+        return f"{self.resource}:{self.action}"
+
+    @property
+    def read_only(self) -> bool:
+        return self.kind == "query"
+
+    @property
+    def description(self) -> str:
+        return inspect.cleandoc(self.input.__doc__ or "").strip()
+
+    @property
+    def title(self) -> str:
+        return self.name.removeprefix("crm_").replace("_", " ").capitalize()
+
+    def input_schema(self) -> dict[str, Any]:
+        schema = json_schema(self.input)
+        schema.pop("description", None)  # the description is the tool's, not repeated inside its schema
+        return schema
+
+    def output_schema(self) -> dict[str, Any]:
+        schema = json_schema(self.output)
+        schema.pop("description", None)
+        return schema
+
+    def annotations(self) -> dict[str, bool]:
+        """Every hint is explicit: clients read a missing destructiveHint as true."""
+        return {
+            "readOnlyHint": self.kind == "query",
+            "destructiveHint": self.kind == "destructive",
+            "idempotentHint": self.kind == "query",
+            "openWorldHint": self.open_world,
+        }
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._ops: dict[str, Operation] = {}
+
+    def add(self, op: Operation) -> Operation:
+        if op.name in self._ops:
+            raise ValueError(f"operation {op.name} declared twice")
+        if not op.description:
+            raise ValueError(f"{op.name}: the input Struct's docstring is the tool description and must be set")
+        resource_of(op.name)
+        self._ops[op.name] = op
+        return op
+
+    def query(
+        self, name: str, *, output: type, input: type[msgspec.Struct] | None = None, open_world: bool = False
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """`handler(query, ctx) -> output`."""
+
+        def register(handler: Callable[..., Any]) -> Callable[..., Any]:
+            self.add(Operation(name, "query", input or _input_of(handler), output, handler, returns=output,
+                               open_world=open_world))
+            return handler
+
+        return register
+
+    def command(
+        self,
+        name: str,
+        *,
+        output: type,
+        input: type[msgspec.Struct] | None = None,
+        destructive: bool = False,
+        returns: type | None = None,
+        present: Callable[..., Any] | None = None,
+        open_world: bool = False,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """`handler(command, uow) -> returns`; `present(ctx, returned) -> output` runs after projections caught up."""
+
+        def register(handler: Callable[..., Any]) -> Callable[..., Any]:
+            kind: Kind = "destructive" if destructive else "command"
+            self.add(
+                Operation(name, kind, input or _input_of(handler), output, handler, returns=returns or output,
+                          present=present, open_world=open_world)
+            )
+            return handler
+
+        return register
+
+    def get(self, name: str) -> Operation | None:
+        return self._ops.get(name)
+
+    def __iter__(self):
+        return iter(self._ops.values())
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def select(
+        self, grants: dict[str, str] | None = None, toolsets: Iterable[str] | None = None, read_only: bool = False
+    ) -> list[Operation]:
+        """The one list every filter applies to: permissions, toolsets, read-only mode."""
+        from application.permissions import allows
+
+        wanted = set(toolsets) if toolsets else None
+        return [
+            op
+            for op in self._ops.values()
+            if (wanted is None or op.toolset in wanted)
+            and (not read_only or op.read_only)
+            and (grants is None or allows(grants, op.resource, op.action))
+        ]
+
+
+def _input_of(handler: Callable[..., Any]) -> type[msgspec.Struct]:
+    hints = inspect.get_annotations(handler, eval_str=True)
+    first = next(iter(inspect.signature(handler).parameters))
+    tp = hints[first]
+    if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+        raise TypeError(f"{handler.__qualname__}: first parameter must be annotated with its input Struct")
+    return tp
+
+
+registry = Registry()

@@ -1,0 +1,199 @@
+"""`flusia` command line. Every subcommand but `serve` prints one JSON object on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+
+from application import identity, permissions
+from application.migrate import migrate
+from interfaces.database import resolve_database_url
+
+
+def emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, default=str))
+
+
+def fail(message: str, code: int = 2) -> None:
+    emit({"error": message})
+    sys.exit(code)
+
+
+def connect(url: str) -> psycopg.Connection:
+    return psycopg.connect(url, autocommit=True, row_factory=dict_row)
+
+
+def progress_bar(label: str):
+    def show(done: int, total: int) -> None:
+        total = max(total, 1)
+        width = 30
+        filled = int(width * min(done, total) / total)
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_migrate(args: argparse.Namespace, url: str) -> None:
+    emit({"applied": migrate(url)})
+
+
+def cmd_org_create(args: argparse.Namespace, url: str) -> None:
+    migrate(url)
+    with connect(url) as conn:
+        created = identity.create_organization(conn, args.name, args.admin_email, args.admin_name)
+    emit({"organization_id": created.organization_id, "user_id": created.user_id, "token": created.token,
+          "token_id": created.token_id})
+
+
+def cmd_user_create(args: argparse.Namespace, url: str) -> None:
+    with connect(url) as conn:
+        user_id = identity.create_user(conn, args.org, args.email, args.name, args.role)
+    emit({"user_id": user_id})
+
+
+def cmd_token_create(args: argparse.Namespace, url: str) -> None:
+    try:
+        grants = permissions.parse_permissions(args.perm) if args.perm else None
+    except permissions.InvalidPermission as e:
+        fail(str(e))
+    with connect(url) as conn:
+        token, token_id = identity.create_token(conn, args.org, args.user, grants, name=args.name or "")
+    emit({"token": token, "token_id": token_id})
+
+
+def cmd_projections_status(args: argparse.Namespace, url: str) -> None:
+    with connect(url) as conn:
+        head = conn.execute("SELECT coalesce(max(notification_id), 0) AS head FROM stored_events").fetchone()["head"]
+        rows = conn.execute("SELECT name, position, updated_at FROM projection_tracking ORDER BY name").fetchall()
+    emit({"event_store_head": head,
+          "projections": {r["name"]: {"position": r["position"], "updated_at": r["updated_at"]} for r in rows}})
+
+
+def cmd_projections_rebuild(args: argparse.Namespace, url: str) -> None:
+    from interfaces.runtime import Runtime
+
+    runtime = Runtime(url, pool_size=4)
+    try:
+        names = [args.name] if args.name else [p.name for p in runtime.projections]
+        out = {}
+        for name in names:
+            try:
+                projection = runtime.projection(name)
+            except KeyError:
+                fail(f"unknown projection {name!r}; known: {', '.join(p.name for p in runtime.projections)}")
+            out[name] = {"events_applied": runtime.projector.rebuild(projection, progress_bar(f"rebuild {name}"))}
+            sys.stderr.write("\n")
+        emit({"rebuilt": out})
+    finally:
+        runtime.close()
+
+
+def cmd_project(args: argparse.Namespace, url: str) -> None:
+    """Run the projector alone (scale-out): one active instance per projection across processes."""
+    from interfaces.runtime import Runtime
+
+    migrate(url)
+    runtime = Runtime(url, pool_size=4)
+    emit({"projector": "running", "projections": [p.name for p in runtime.projections]})
+    sys.stdout.flush()
+    try:
+        runtime.projector.run_forever(url)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.close()
+
+
+def cmd_serve(args: argparse.Namespace, url: str) -> None:
+    import uvicorn
+
+    from interfaces.http import create_app
+    from interfaces.runtime import Runtime
+
+    migrate(url)
+    with connect(url) as conn:
+        if identity.organization_count(conn) == 0:
+            demo = identity.create_organization(conn, "Demo Organization", "admin@example.com", "Demo Admin")
+            print(
+                "\nCreated the demo organization and its admin user. Their API token (shown only this once):\n\n"
+                f"    {demo.token}\n\n"
+                f"organization_id={demo.organization_id} user_id={demo.user_id}\n"
+                f"MCP endpoint: http://{args.host}:{args.port}/mcp  (Authorization: Bearer <token>)\n",
+                flush=True,
+            )
+    runtime = Runtime(url)
+    app = create_app(runtime)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    finally:
+        runtime.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flusia", description="Flusia CRM: MCP server, migrations and administration.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="migrate, start the projector, serve HTTP (MCP at /mcp)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("project", help="run the projector alone (scale-out)").set_defaults(func=cmd_project)
+
+    org = sub.add_parser("org", help="organizations").add_subparsers(dest="org_command", required=True)
+    oc = org.add_parser("create", help="create an organization with an admin user and token")
+    oc.add_argument("--name", required=True)
+    oc.add_argument("--admin-email", required=True)
+    oc.add_argument("--admin-name")
+    oc.set_defaults(func=cmd_org_create)
+
+    user = sub.add_parser("user", help="users").add_subparsers(dest="user_command", required=True)
+    uc = user.add_parser("create", help="create a user with a built-in or custom role")
+    uc.add_argument("--org", required=True, type=UUID)
+    uc.add_argument("--email", required=True)
+    uc.add_argument("--name", required=True)
+    uc.add_argument("--role", required=True, help="admin, sales, viewer or a custom role")
+    uc.set_defaults(func=cmd_user_create)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    tc = token.add_parser("create", help="create a static API token (printed once)")
+    tc.add_argument("--org", required=True, type=UUID)
+    tc.add_argument("--user", required=True, type=UUID)
+    tc.add_argument("--perm", action="append", default=[], metavar="RESOURCE:FLAGS",
+                    help="e.g. clients:rw (flags from rwd); repeatable; default: the user's role grants")
+    tc.add_argument("--name")
+    tc.set_defaults(func=cmd_token_create)
+
+    proj = sub.add_parser("projections", help="read models").add_subparsers(dest="projections_command", required=True)
+    proj.add_parser("status", help="positions and the event store head").set_defaults(func=cmd_projections_status)
+    pr = proj.add_parser("rebuild", help="drop and replay a projection (all when NAME is omitted)")
+    pr.add_argument("name", nargs="?")
+    pr.set_defaults(func=cmd_projections_rebuild)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("mcp", "httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = parser().parse_args(argv)
+    url = resolve_database_url()
+    try:
+        args.func(args, url)
+    except identity.DomainError as e:  # type: ignore[attr-defined]
+        fail(e.message)
+    except psycopg.Error as e:
+        fail(f"database error: {e.__class__.__name__}: {e}")
+
+
+if __name__ == "__main__":
+    main()

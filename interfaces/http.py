@@ -1,0 +1,165 @@
+"""The Litestar app: `/mcp` (MCP over streamable HTTP), `/healthz`, and the OAuth discovery documents."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+from litestar import Litestar, Request, get
+from litestar.handlers import asgi
+from litestar.response import Response
+from litestar.types import Receive, Scope, Send
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+from application.principal import Principal
+from interfaces.mcp_server import ToolFilter, build_server, current_filter, current_principal
+from interfaces.runtime import Runtime
+
+log = logging.getLogger("flusia.http")
+VERSION = "1.0.0"
+MAX_BODY = 4 * 1024 * 1024
+
+
+def public_base_url(scope: Scope) -> str:
+    """The URL clients reach us at: FLUSIA_PUBLIC_URL, else what the request itself says."""
+    configured = os.environ.get("FLUSIA_PUBLIC_URL")
+    if configured:
+        return configured.rstrip("/")
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    host = headers.get("host") or "{}:{}".format(*(scope.get("server") or ("127.0.0.1", 8000)))
+    scheme = headers.get("x-forwarded-proto") or scope.get("scheme", "http")
+    return f"{scheme}://{host}"
+
+
+def _unauthorized(base: str, error: str, description: str) -> Response[Any]:
+    return Response(
+        {"error": error, "error_description": description},
+        status_code=401,
+        headers={
+            "WWW-Authenticate": (
+                f'Bearer realm="flusia", error="{error}", error_description="{description}", '
+                f'resource_metadata="{base}/.well-known/oauth-protected-resource"'
+            )
+        },
+    )
+
+
+def _tool_filter(scope: Scope) -> ToolFilter:
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    toolsets = None
+    if "toolsets" in query:
+        toolsets = frozenset(t.strip() for v in query["toolsets"] for t in v.split(",") if t.strip()) or None
+    read_only = query.get("readonly", ["0"])[-1].lower() in {"1", "true", "yes"}
+    return ToolFilter(toolsets=toolsets, read_only=read_only)
+
+
+class BearerAuth:
+    """Resolves `Authorization: Bearer` to a Principal: static API tokens here, OAuth access tokens via
+    verifiers registered by the OAuth module. Both lead to the same permission checks."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.verifiers: list[Any] = []
+
+    def _resolve(self, token: str) -> Principal | None:
+        from application.identity import principal_for_token
+
+        if token.startswith("flusia_"):
+            with self.runtime.pool.connection() as conn:
+                return principal_for_token(conn, token)
+        for verify in self.verifiers:
+            principal = verify(token)
+            if principal is not None:
+                return principal
+        return None
+
+    async def __call__(self, scope: Scope) -> Principal | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return await anyio.to_thread.run_sync(self._resolve, token.strip(), limiter=self.runtime.service.limiter)
+
+
+def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
+    server = build_server(runtime.registry, runtime.service, VERSION)
+    sessions = StreamableHTTPSessionManager(server, stateless=True, json_response=True, max_request_body_size=MAX_BODY)
+    auth = BearerAuth(runtime)
+
+    @asgi("/mcp", is_mount=True, copy_scope=True)
+    async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        base = public_base_url(scope)
+        if scope["method"] == "OPTIONS":
+            await Response(None, status_code=204, headers={"Allow": "GET, POST, DELETE, OPTIONS"})(scope, receive, send)
+            return
+        principal = await auth(scope)
+        if principal is None:
+            has_header = any(k.lower() == b"authorization" for k, _ in scope.get("headers", []))
+            response = _unauthorized(
+                base, "invalid_token" if has_header else "invalid_request",
+                "the access token is missing, expired or revoked" if has_header else "authorization required",
+            )
+            await response(scope, receive, send)
+            return
+        current_principal.set(principal)
+        current_filter.set(_tool_filter(scope))
+        await sessions.handle_request(scope, receive, send)
+
+    def resource_metadata(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        base = public_base_url(request.scope)
+        return {
+            "resource": f"{base}/mcp",
+            "authorization_servers": [base],
+            "scopes_supported": ["mcp:full"],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Flusia CRM",
+            "resource_documentation": f"{base}/",
+        }
+
+    @get("/.well-known/oauth-protected-resource", sync_to_thread=False)
+    def protected_resource(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        return resource_metadata(request)
+
+    @get("/.well-known/oauth-protected-resource/mcp", sync_to_thread=False)
+    def protected_resource_mcp(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        return resource_metadata(request)
+
+    @get("/healthz")
+    async def healthz() -> Response[dict[str, Any]]:
+        def check() -> dict[str, Any]:
+            with runtime.pool.connection() as conn:
+                rows = conn.execute("SELECT name, position FROM projection_tracking ORDER BY name").fetchall()
+                head = conn.execute("SELECT coalesce(max(notification_id), 0) AS head FROM stored_events").fetchone()
+            return {"status": "ok", "event_store_head": head["head"], "projections": {r["name"]: r["position"] for r in rows}}
+
+        try:
+            return Response(await anyio.to_thread.run_sync(check))
+        except Exception:
+            log.exception("health check failed")
+            return Response({"status": "unavailable"}, status_code=503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if run_projector:
+            runtime.projector.start(runtime.database_url)
+        await runtime.positions.start()
+        try:
+            async with sessions.run():
+                yield
+        finally:
+            await runtime.positions.stop()
+            runtime.projector.stop()
+
+    app = Litestar(
+        [mcp_endpoint, protected_resource, protected_resource_mcp, healthz],
+        lifespan=[lifespan],
+        debug=False,
+    )
+    app.state.runtime = runtime
+    app.state.auth = auth
+    return app

@@ -1,0 +1,113 @@
+"""The MCP server, generated from the operation registry. No tool is written by hand here.
+
+Who calls and which tools this connection asked for arrive through context variables set by the HTTP
+layer for each request (the server is stateless: any worker answers any request).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import mcp_types as types
+from mcp.server import Server
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
+
+from application.errors import PermissionDenied, ToolError
+from application.principal import Principal
+from application.registry import Operation, Registry
+from application.service import Service
+
+TOOLS_PAGE_SIZE = 50
+SERVER_INSTRUCTIONS = (
+    "Flusia CRM. Resolve people with crm_users_list and leads/clients with crm_clients_search before acting on them; "
+    "ids returned by one tool are the arguments of the next. Dates are YYYY-MM-DD in the organization's timezone "
+    "(crm_users_me tells it). Write tools accept idempotency_key so a retry never does the work twice."
+)
+
+
+@dataclass(frozen=True)
+class ToolFilter:
+    """What this connection narrowed the tool list to (`/mcp?toolsets=clients,tasks&readonly=1`)."""
+
+    toolsets: frozenset[str] | None = None
+    read_only: bool = False
+
+    def admits(self, op: Operation) -> bool:
+        return (self.toolsets is None or op.toolset in self.toolsets) and (not self.read_only or op.read_only)
+
+
+current_principal: ContextVar[Principal] = ContextVar("current_principal")
+current_filter: ContextVar[ToolFilter] = ContextVar("current_filter", default=ToolFilter())
+
+
+@cache
+def tool_of(op: Operation) -> types.Tool:
+    return types.Tool(
+        name=op.name,
+        title=op.title,
+        description=op.description,
+        inputSchema=op.input_schema(),
+        outputSchema=op.output_schema(),
+        annotations=types.ToolAnnotations(title=op.title, **op.annotations()),
+        _meta={"io.flusia/toolset": op.toolset, "io.flusia/permission": op.permission},
+    )
+
+
+def _cursor_offset(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        offset = int(base64.urlsafe_b64decode(cursor.encode()).decode().removeprefix("tools:"))
+        if offset < 0:
+            raise ValueError
+        return offset
+    except Exception:
+        raise MCPError(code=INVALID_PARAMS, message="invalid cursor for tools/list") from None
+
+
+def render(result: dict[str, Any]) -> str:
+    """The text twin of structuredContent, for clients that only read text."""
+    return json.dumps(result, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def build_server(registry: Registry, service: Service, version: str) -> Server:
+    async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        principal = current_principal.get()
+        tool_filter = current_filter.get()
+        ops = [op for op in registry.select(principal.grants) if tool_filter.admits(op)]
+        start = _cursor_offset(params.cursor if params else None)
+        page = ops[start : start + TOOLS_PAGE_SIZE]
+        more = start + TOOLS_PAGE_SIZE < len(ops)
+        next_cursor = base64.urlsafe_b64encode(f"tools:{start + TOOLS_PAGE_SIZE}".encode()).decode() if more else None
+        return types.ListToolsResult(tools=[tool_of(op) for op in page], nextCursor=next_cursor)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        principal = current_principal.get()
+        op = registry.get(params.name)
+        try:
+            if op is not None and not current_filter.get().admits(op):
+                raise PermissionDenied(
+                    f"{op.name} is outside this connection's tool selection (toolsets/readonly in the /mcp URL)",
+                    code="tool_not_enabled",
+                )
+            result = await service.call(principal, params.name, params.arguments)
+        except ToolError as e:
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text=render({"error": e.as_dict()}))], isError=True
+            )
+        return types.CallToolResult(content=[types.TextContent(type="text", text=render(result))], structuredContent=result)
+
+    return Server(
+        "flusia-crm",
+        version=version,
+        title="Flusia CRM",
+        instructions=SERVER_INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )

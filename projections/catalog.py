@@ -1,0 +1,13 @@
+"""Every projection the product runs, in one list (serve, `flusia project`, rebuild and tests use it)."""
+
+from __future__ import annotations
+
+from projections.base import Projection
+from projections.clients import ClientsProjection
+from projections.notes import NotesProjection
+from projections.recordings import RecordingsProjection
+from projections.tasks import TasksProjection
+
+
+def all_projections() -> list[Projection]:
+    return [ClientsProjection(), NotesProjection(), RecordingsProjection(), TasksProjection()]

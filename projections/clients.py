@@ -1,0 +1,259 @@
+"""Clients read model (clients + client_contacts) and the queries the client tools answer from."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from domain.clients import Client, email_key, phone_key, vat_key
+from domain.errors import NotFound
+from projections.base import Projection, handles
+from projections.pagination import Sort, paginate
+
+SEARCH_REFRESH = """
+UPDATE clients c SET
+  search_text = lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, c.vat_number, c.vat_key, c.email,
+                                             c.phone, c.phone_key, cc.names))),
+  search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, cc.names))))
+FROM (SELECT string_agg(concat_ws(' ', name, email, phone), ' ') AS names FROM client_contacts WHERE client_id = %(id)s) cc
+WHERE c.id = %(id)s
+"""
+FIELD_COLUMNS = ("business_name", "contact_name", "vat_number", "tax_code", "email", "phone", "website", "address", "source")
+
+
+def _db_value(key: str, value: Any) -> Any:
+    return Jsonb(value) if key == "address" and value is not None else value
+
+
+class ClientsProjection(Projection):
+    name = "clients"
+    tables = ("clients", "client_contacts")
+
+    def _set(self, cur: Any, event: Any, values: dict[str, Any]) -> None:
+        values = {k: _db_value(k, v) for k, v in values.items()}
+        for field, keyfn in (("vat_number", vat_key), ("email", email_key), ("phone", phone_key)):
+            if field in values:
+                values[field.split("_")[0] + "_key"] = keyfn(values[field])
+        assignments = ", ".join(f"{k} = %({k})s" for k in values)
+        cur.execute(
+            f"UPDATE clients SET {assignments}, updated_at = %(_ts)s WHERE id = %(_id)s",  # noqa: S608 - keys are ours
+            {**values, "_ts": event.timestamp, "_id": event.originator_id},
+        )
+
+    def _refresh_search(self, cur: Any, client_id: UUID) -> None:
+        cur.execute(SEARCH_REFRESH, {"id": client_id})
+
+    @handles(Client.Created)
+    def created(self, cur: Any, e: Any) -> None:
+        f = {c: e.fields.get(c) for c in FIELD_COLUMNS}
+        cur.execute(
+            "INSERT INTO clients (id, organization_id, kind, status, business_name, contact_name, vat_number, tax_code,"
+            " email, phone, website, address, source, assigned_to, created_by, created_at, updated_at,"
+            " vat_key, email_key, phone_key)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (e.originator_id, e.org_id, e.kind, e.status, f["business_name"], f["contact_name"], f["vat_number"],
+             f["tax_code"], f["email"], f["phone"], f["website"], _db_value("address", f["address"]), f["source"],
+             e.assigned_to, e.created_by, e.timestamp, e.timestamp,
+             vat_key(f["vat_number"]), email_key(f["email"]), phone_key(f["phone"])),
+        )
+        self._refresh_search(cur, e.originator_id)
+
+    @handles(Client.Updated)
+    def updated(self, cur: Any, e: Any) -> None:
+        self._set(cur, e, dict(e.changes))
+        self._refresh_search(cur, e.originator_id)
+
+    @handles(Client.StatusChanged)
+    def status_changed(self, cur: Any, e: Any) -> None:
+        self._set(cur, e, {"status": e.status})
+
+    @handles(Client.ConvertedToClient)
+    def converted(self, cur: Any, e: Any) -> None:
+        self._set(cur, e, {"kind": "client", "status": None, "converted_at": e.timestamp})
+
+    @handles(Client.Assigned)
+    def assigned(self, cur: Any, e: Any) -> None:
+        self._set(cur, e, {"assigned_to": e.user_id})
+
+    @handles(Client.Unassigned)
+    def unassigned(self, cur: Any, e: Any) -> None:
+        self._set(cur, e, {"assigned_to": None})
+
+    @handles(Client.Tagged)
+    def tagged(self, cur: Any, e: Any) -> None:
+        cur.execute("UPDATE clients SET tags = array_append(tags, %s), updated_at = %s WHERE id = %s",
+                    (e.tag, e.timestamp, e.originator_id))
+
+    @handles(Client.Untagged)
+    def untagged(self, cur: Any, e: Any) -> None:
+        cur.execute("UPDATE clients SET tags = array_remove(tags, %s), updated_at = %s WHERE id = %s",
+                    (e.tag, e.timestamp, e.originator_id))
+
+    def _insert_contact(self, cur: Any, e: Any, contact: dict[str, Any]) -> None:
+        cur.execute(
+            "INSERT INTO client_contacts (id, organization_id, client_id, name, role, email, phone, created_at)"
+            " SELECT %s, organization_id, id, %s, %s, %s, %s, %s FROM clients WHERE id = %s",
+            (contact["id"], contact.get("name"), contact.get("role"), contact.get("email"), contact.get("phone"),
+             e.timestamp, e.originator_id),
+        )
+
+    @handles(Client.ContactAdded)
+    def contact_added(self, cur: Any, e: Any) -> None:
+        self._insert_contact(cur, e, {"id": e.contact_id, **e.fields})
+        self._set(cur, e, {})
+        self._refresh_search(cur, e.originator_id)
+
+    @handles(Client.ContactUpdated)
+    def contact_updated(self, cur: Any, e: Any) -> None:
+        changes = {k: v for k, v in e.changes.items() if k in ("name", "role", "email", "phone")}
+        if changes:
+            sets = ", ".join(f"{k} = %({k})s" for k in changes)
+            cur.execute(f"UPDATE client_contacts SET {sets} WHERE id = %(_id)s", {**changes, "_id": e.contact_id})  # noqa: S608
+        self._set(cur, e, {})
+        self._refresh_search(cur, e.originator_id)
+
+    @handles(Client.ContactRemoved)
+    def contact_removed(self, cur: Any, e: Any) -> None:
+        cur.execute("DELETE FROM client_contacts WHERE id = %s", (e.contact_id,))
+        self._set(cur, e, {})
+        self._refresh_search(cur, e.originator_id)
+
+    @handles(Client.Absorbed)
+    def absorbed(self, cur: Any, e: Any) -> None:
+        self._set(cur, e, dict(e.filled))
+        for tag in e.tags:
+            cur.execute("UPDATE clients SET tags = array_append(tags, %s) WHERE id = %s", (tag, e.originator_id))
+        for contact in e.contacts:
+            cur.execute("DELETE FROM client_contacts WHERE id = %s", (contact["id"],))
+            self._insert_contact(cur, e, contact)
+        self._refresh_search(cur, e.originator_id)
+
+    @handles(Client.MergedInto, Client.Deleted)
+    def removed(self, cur: Any, e: Any) -> None:
+        cur.execute("DELETE FROM clients WHERE id = %s", (e.originator_id,))
+
+
+# -- queries ---------------------------------------------------------------------------------------------
+CLIENT_COLUMNS = (
+    "id, kind, status, business_name, contact_name, vat_number, tax_code, email, phone, website, address, source,"
+    " assigned_to, tags, created_at, updated_at, converted_at"
+)
+SORTS = {
+    "created_desc": Sort("created_at", "timestamptz", descending=True),
+    "created_asc": Sort("created_at", "timestamptz"),
+    "updated_desc": Sort("updated_at", "timestamptz", descending=True),
+    "name_asc": Sort("lower(business_name)", "text"),
+    "name_desc": Sort("lower(business_name)", "text", descending=True),
+}
+
+
+def list_clients(conn: Any, org_id: UUID, *, kind: str | None = None, status: str | None = None,
+                 assigned_to: UUID | None = None, unassigned: bool = False, tag: str | None = None,
+                 source: str | None = None, created_from: Any = None, created_to: Any = None,
+                 sort: str = "created_desc", limit: int = 25, cursor: str | None = None):
+    where = ["organization_id = %s"]
+    params: list[Any] = [org_id]
+    for column, value in (("kind", kind), ("status", status), ("assigned_to", assigned_to), ("source", source)):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    if unassigned:
+        where.append("assigned_to IS NULL")
+    if tag is not None:
+        where.append("tags @> ARRAY[%s]")
+        params.append(tag)
+    if created_from is not None:
+        where.append("created_at >= %s")
+        params.append(created_from)
+    if created_to is not None:
+        where.append("created_at < %s")
+        params.append(created_to)
+    return paginate(conn, CLIENT_COLUMNS, "FROM clients WHERE " + " AND ".join(where), params, SORTS[sort], limit, cursor)
+
+
+def get_client(conn: Any, org_id: UUID, client_id: UUID) -> dict[str, Any]:
+    row = conn.execute(
+        f"SELECT {CLIENT_COLUMNS},"
+        " (SELECT count(*) FROM notes n WHERE n.organization_id = c.organization_id AND n.subject_type = 'client'"
+        "   AND n.subject_id = c.id) AS notes_count,"
+        " (SELECT count(*) FROM tasks t WHERE t.organization_id = c.organization_id AND t.client_id = c.id) AS tasks_count,"
+        " (SELECT count(*) FROM tasks t WHERE t.organization_id = c.organization_id AND t.client_id = c.id"
+        "   AND t.status = 'open') AS open_tasks_count,"
+        " (SELECT count(*) FROM deals d WHERE d.organization_id = c.organization_id AND d.client_id = c.id) AS deals_count,"
+        " (SELECT count(*) FROM recordings r WHERE r.organization_id = c.organization_id AND r.client_id = c.id)"
+        "   AS recordings_count"
+        " FROM clients c WHERE c.organization_id = %s AND c.id = %s",
+        (org_id, client_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound("client", client_id, field="client_id")
+    row["contacts"] = list_contacts(conn, org_id, client_id)
+    return row
+
+
+def list_contacts(conn: Any, org_id: UUID, client_id: UUID) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT id, name, role, email, phone, created_at FROM client_contacts"
+        " WHERE organization_id = %s AND client_id = %s ORDER BY created_at, id",
+        (org_id, client_id),
+    ).fetchall()
+
+
+def client_exists(conn: Any, org_id: UUID, client_id: UUID) -> bool:
+    return conn.execute("SELECT 1 FROM clients WHERE organization_id = %s AND id = %s", (org_id, client_id)).fetchone() is not None
+
+
+def search_clients(conn: Any, org_id: UUID, text: str, *, kind: str | None = None, limit: int = 25) -> list[dict[str, Any]]:
+    """Best match first: trigram word similarity (typos, partial words) plus full-text hits, accent- and
+    case-insensitive; an exact VAT, e-mail or phone match ranks highest."""
+    params = {"org": org_id, "q": text, "vat": vat_key(text), "email": email_key(text), "phone": phone_key(text),
+              "kind": kind, "limit": limit}
+    return conn.execute(
+        f"""
+        WITH q AS (SELECT lower(f_unaccent(%(q)s)) AS q, plainto_tsquery('simple', lower(f_unaccent(%(q)s))) AS tsq)
+        SELECT {CLIENT_COLUMNS},
+               round((word_similarity(q.q, c.search_text)
+                + ts_rank(c.search_tsv, q.tsq)
+                + CASE WHEN c.vat_key = %(vat)s OR c.email_key = %(email)s OR c.phone_key = %(phone)s THEN 2 ELSE 0 END
+               )::numeric, 4)::float AS score
+        FROM clients c, q
+        WHERE c.organization_id = %(org)s
+          AND (%(kind)s::text IS NULL OR c.kind = %(kind)s)
+          AND (q.q <%% c.search_text OR c.search_tsv @@ q.tsq
+               OR c.vat_key = %(vat)s OR c.email_key = %(email)s OR c.phone_key = %(phone)s)
+        ORDER BY score DESC, c.created_at DESC, c.id
+        LIMIT %(limit)s
+        """,
+        params,
+    ).fetchall()
+
+
+def find_duplicates(conn: Any, org_id: UUID, *, by: str = "any", limit: int = 50) -> list[dict[str, Any]]:
+    """Groups of clients sharing a normalised VAT number, e-mail or phone."""
+    keys = ["vat", "email", "phone"] if by == "any" else [by]
+    groups: list[dict[str, Any]] = []
+    for key in keys:
+        rows = conn.execute(
+            f"SELECT {key}_key AS value, array_agg(id ORDER BY created_at, id) AS ids FROM clients"  # noqa: S608
+            f" WHERE organization_id = %s AND {key}_key IS NOT NULL GROUP BY {key}_key HAVING count(*) > 1"
+            f" ORDER BY count(*) DESC, {key}_key LIMIT %s",
+            (org_id, limit),
+        ).fetchall()
+        for r in rows:
+            members = conn.execute(
+                f"SELECT {CLIENT_COLUMNS} FROM clients WHERE organization_id = %s AND id = ANY(%s) ORDER BY created_at, id",
+                (org_id, r["ids"]),
+            ).fetchall()
+            groups.append({"match": key, "value": r["value"], "clients": members})
+    return groups[:limit]
+
+
+def list_client_deals(conn: Any, org_id: UUID, client_id: UUID, limit: int, cursor: str | None):
+    return paginate(
+        conn,
+        "id, title, status, pipeline_id, stage_id, value_cents, currency, owner_id, close_date, created_at",
+        "FROM deals WHERE organization_id = %s AND client_id = %s",
+        [org_id, client_id], Sort("created_at", "timestamptz", descending=True), limit, cursor,
+    )

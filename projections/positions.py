@@ -1,0 +1,79 @@
+"""Read-your-writes: wait until projections have applied given notification ids.
+
+One LISTEN connection per process follows `flusia_projections`; positions start from the tracking
+table (read after LISTEN, so no announcement is missed). Waiters are woken by notifications, never by
+sleeping or polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import psycopg
+
+from projections.runner import CHANNEL
+
+log = logging.getLogger("flusia.consistency")
+
+
+class ProjectionPositions:
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self.positions: dict[str, int] = {}
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="projection-positions")
+        await asyncio.wait_for(self._ready.wait(), timeout=30)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    cur = await conn.execute("SELECT name, position FROM projection_tracking")
+                    await self._update({name: pos for name, pos in await cur.fetchall()})
+                    self._ready.set()
+                    async for note in conn.notifies():
+                        name, _, pos = note.payload.rpartition(":")
+                        await self._update({name: int(pos)})
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lost the projection position feed; reconnecting")
+                await asyncio.sleep(1.0)
+
+    async def _update(self, new: Mapping[str, int]) -> None:
+        async with self._changed:
+            for name, pos in new.items():
+                # A rebuild restarts from 0; positions only count forward for waiters.
+                if pos >= self.positions.get(name, 0) or pos == 0:
+                    self.positions[name] = pos
+            self._changed.notify_all()
+
+    def reached(self, targets: Mapping[str, int]) -> bool:
+        return all(self.positions.get(name, 0) >= pos for name, pos in targets.items())
+
+    async def wait_for(self, targets: Mapping[str, int], timeout: float = 15.0) -> bool:
+        """True once every projection in `targets` is at or past its position; False on timeout."""
+        if not targets:
+            return True
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.reached(targets)), timeout)
+            return True
+        except TimeoutError:
+            log.warning("projections did not catch up within %.0fs: %s", timeout, dict(targets))
+            return False
