@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate
 
 from domain.errors import DomainError, NotFound
 
@@ -25,12 +25,14 @@ class TenantAggregate(Aggregate):
         if self.org_id != org_id or self.deleted:
             raise NotFound(self.entity_name, self.id)
 
-    def delete(self) -> None:
-        self._delete()
+    class Deleted(Aggregate.Event):
+        def apply(self, aggregate: TenantAggregate) -> None:
+            aggregate.deleted = True
 
-    @event("Deleted")
-    def _delete(self) -> None:
-        self.deleted = True
+    def delete(self) -> None:
+        # `type(self).Deleted` is the subclass's own copy (e.g. `Client.Deleted`), so each resource's deletion
+        # has its own topic that only the projections of that resource subscribe to.
+        self.trigger_event(type(self).Deleted)
 
 
 def apply_changes(target: Any, changes: dict[str, Any], allowed: frozenset[str]) -> None:
