@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from domain.base import TenantAggregate
 from domain.errors import DomainError
 
 log = logging.getLogger("flusia.tools")
-MAX_CONFLICT_RETRIES = 5
+MAX_CONFLICT_RETRIES = 12
 
 
 @dataclass
@@ -120,6 +121,8 @@ class Service:
             for topic in p.topics():
                 self._topic_projections.setdefault(topic, []).append(p.name)
         self.limiter = CapacityLimiter(threads)
+        # Without the async position feed (CLI, in-process tests), a writer brings projections up to date itself.
+        self.sync_settle: Any | None = None
 
     # -- entry point -------------------------------------------------------------------------------------
     async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
@@ -180,8 +183,11 @@ class Service:
     # -- commands ----------------------------------------------------------------------------------------
     async def run_command_async(self, op: Operation, params: Any, principal: Principal) -> Any:
         returned, targets = await self._thread(self.run_command, op, params, principal)
-        if self.positions is not None and targets:
-            await self.positions.wait_for(targets)
+        if targets:
+            if self.positions is not None:
+                await self.positions.wait_for(targets)
+            elif self.sync_settle is not None:
+                await self._thread(self.sync_settle, targets)
         if op.present is None:
             return returned
         return await self._thread(self._present, op, returned, principal)
@@ -218,7 +224,10 @@ class Service:
             except IntegrityError:
                 if attempt == MAX_CONFLICT_RETRIES - 1:
                     raise ToolError("the entity kept changing concurrently; try again", code="conflict") from None
-                continue  # someone else wrote the same aggregate (or the same key) first: reload and retry
+                # Someone else wrote the same aggregate (or the same key) first: reload and retry, with a little
+                # jitter so that a crowd of writers does not collide again in lockstep.
+                time.sleep(random.uniform(0, 0.004) * (attempt + 1))
+                continue
             return returned, self._targets(recordings)
         raise AssertionError("unreachable")
 

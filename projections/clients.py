@@ -36,9 +36,9 @@ class ClientsProjection(Projection):
         for field, keyfn in (("vat_number", vat_key), ("email", email_key), ("phone", phone_key)):
             if field in values:
                 values[field.split("_")[0] + "_key"] = keyfn(values[field])
-        assignments = ", ".join(f"{k} = %({k})s" for k in values)
+        assignments = "".join(f"{k} = %({k})s, " for k in values)
         cur.execute(
-            f"UPDATE clients SET {assignments}, updated_at = %(_ts)s WHERE id = %(_id)s",  # noqa: S608 - keys are ours
+            f"UPDATE clients SET {assignments}updated_at = %(_ts)s WHERE id = %(_id)s",  # noqa: S608 - keys are ours
             {**values, "_ts": event.timestamp, "_id": event.originator_id},
         )
 

@@ -90,7 +90,8 @@ def runtime(database_url: str):
 
     rt = Runtime(database_url)
     rt.projector.start(database_url)
-    rt.service.positions = None  # in-process tests wait with `settle()` below instead of the async feed
+    rt.service.positions = None  # in-process tests settle projections synchronously instead of the async feed
+    rt.service.sync_settle = lambda targets: settle(rt)
     yield rt
     rt.close()
 
