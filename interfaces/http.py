@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -36,17 +37,21 @@ def public_base_url(scope: Scope) -> str:
     return f"{scheme}://{host}"
 
 
-def _unauthorized(base: str, error: str, description: str) -> Response[Any]:
-    return Response(
-        {"error": error, "error_description": description},
-        status_code=401,
-        headers={
-            "WWW-Authenticate": (
-                f'Bearer realm="flusia", error="{error}", error_description="{description}", '
-                f'resource_metadata="{base}/.well-known/oauth-protected-resource"'
-            )
-        },
+async def send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    """A plain ASGI JSON response, for the mounted /mcp app (outside Litestar's response machinery)."""
+    payload = json.dumps(body).encode() if body is not None else b""
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def send_unauthorized(send: Send, base: str, error: str, description: str) -> None:
+    challenge = (
+        f'Bearer realm="flusia", error="{error}", error_description="{description}", '
+        f'resource_metadata="{base}/.well-known/oauth-protected-resource"'
     )
+    await send_json(send, 401, {"error": error, "error_description": description}, {"WWW-Authenticate": challenge})
 
 
 def _tool_filter(scope: Scope) -> ToolFilter:
@@ -95,16 +100,15 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         base = public_base_url(scope)
         if scope["method"] == "OPTIONS":
-            await Response(None, status_code=204, headers={"Allow": "GET, POST, DELETE, OPTIONS"})(scope, receive, send)
+            await send_json(send, 204, None, {"Allow": "GET, POST, DELETE, OPTIONS"})
             return
         principal = await auth(scope)
         if principal is None:
             has_header = any(k.lower() == b"authorization" for k, _ in scope.get("headers", []))
-            response = _unauthorized(
-                base, "invalid_token" if has_header else "invalid_request",
+            await send_unauthorized(
+                send, base, "invalid_token" if has_header else "invalid_request",
                 "the access token is missing, expired or revoked" if has_header else "authorization required",
             )
-            await response(scope, receive, send)
             return
         current_principal.set(principal)
         current_filter.set(_tool_filter(scope))

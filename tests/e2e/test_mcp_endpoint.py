@@ -1,0 +1,246 @@
+"""The /mcp endpoint as clients see it: auth, protocol versions, tool listing, errors, permissions, tenancy."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import psycopg
+import pytest
+
+from application import identity
+from application.catalog import registry
+from application.permissions import RESOURCES
+from tests.mcp_helpers import all_tools, call, call_error, mcp_client
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def rpc(method: str, params: dict | None = None, id_: int = 1) -> dict:
+    return {"jsonrpc": "2.0", "id": id_, "method": method, **({"params": params} if params is not None else {})}
+
+
+def post(server, token: str | None, body, *, version: str = "2025-11-25", raw: bytes | None = None) -> httpx.Response:
+    headers = {**MCP_HEADERS, "MCP-Protocol-Version": version}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.post(server.mcp_url, content=raw if raw is not None else json.dumps(body), headers=headers, timeout=30)
+
+
+# -- authentication ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("auth", [None, "Bearer flusia_not-a-real-token-000000000000000000000", "Basic abc", "Bearer x"])
+async def test_missing_or_bad_token_is_401_pointing_at_resource_metadata(server, auth):
+    headers = {**MCP_HEADERS, **({"Authorization": auth} if auth else {})}
+    r = httpx.post(server.mcp_url, json=rpc("tools/list"), headers=headers)
+    assert r.status_code == 401
+    challenge = r.headers["www-authenticate"]
+    assert challenge.startswith("Bearer ")
+    assert f'resource_metadata="{server.base_url}/.well-known/oauth-protected-resource"' in challenge
+    meta = httpx.get(f"{server.base_url}/.well-known/oauth-protected-resource").json()
+    assert meta["resource"] == server.mcp_url and meta["authorization_servers"] == [server.base_url]
+    assert httpx.get(f"{server.base_url}/.well-known/oauth-protected-resource/mcp").json() == meta
+
+
+async def test_revoked_token_and_inactive_user_are_refused(server, make_org, database_url):
+    org = make_org()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE organization_id = %s", (org.organization_id,))
+    assert post(server, org.token, rpc("tools/list")).status_code == 401
+
+
+# -- protocol versions -----------------------------------------------------------------------------------------
+async def test_protocol_2025_06_18_initialize_and_call(server, make_org):
+    org = make_org()
+    init = post(server, org.token, rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                                      "clientInfo": {"name": "raw", "version": "0"}}), version="2025-06-18")
+    assert init.status_code == 200, init.text
+    assert init.json()["result"]["protocolVersion"] == "2025-06-18"
+    listed = post(server, org.token, rpc("tools/list", {}, 2), version="2025-06-18").json()
+    assert any(t["name"] == "crm_users_me" for t in listed["result"]["tools"])
+    called = post(server, org.token, rpc("tools/call", {"name": "crm_users_me", "arguments": {}}, 3), version="2025-06-18").json()
+    assert called["result"]["structuredContent"]["organization"]["id"] == str(org.organization_id)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28", "auto"])
+async def test_sdk_client_in_each_protocol_era(server, make_org, mode):
+    org = make_org()
+    async with mcp_client(server.mcp_url, org.token, mode=mode) as client:
+        me = await call(client, "crm_users_me")
+        assert me["user"]["id"] == str(org.user_id) and "clients:delete" in me["permissions"]
+        assert me["auth"] == "api_token"
+
+
+# -- tools/list --------------------------------------------------------------------------------------------------
+async def test_tools_list_is_paginated_and_complete(server, make_org):
+    org = make_org()
+    async with mcp_client(server.mcp_url, org.token) as client:
+        first = await client.list_tools()
+        tools = await all_tools(client)
+    assert len(first.tools) <= 50
+    assert sorted(t.name for t in tools) == sorted(op.name for op in registry)
+    assert len({t.name for t in tools}) == len(tools)
+    me = next(t for t in tools if t.name == "crm_clients_create_lead")
+    assert me.annotations.read_only_hint is False and me.annotations.destructive_hint is False
+    assert me.output_schema["type"] == "object" and "business_name" in me.input_schema["required"]
+
+
+async def test_toolsets_and_read_only_narrow_the_list_and_the_calls(server, make_org):
+    org = make_org()
+    async with mcp_client(server.mcp_url, org.token, query="toolsets=clients,users&readonly=1") as client:
+        names = {t.name for t in await all_tools(client)}
+        assert names == {op.name for op in registry if op.toolset in {"clients", "users"} and op.kind == "query"}
+        err = await call_error(client, "crm_clients_create_lead", {"business_name": "X"})
+        assert err["code"] == "tool_not_enabled"
+        err = await call_error(client, "crm_tasks_list")
+        assert err["code"] == "tool_not_enabled"
+
+
+async def test_list_shows_only_what_the_token_allows(server, make_org, db):
+    org = make_org()
+    token, _ = identity.create_token(db, org.organization_id, org.user_id, {"clients": "r", "tasks": "rw"})
+    async with mcp_client(server.mcp_url, token) as client:
+        names = {t.name for t in await all_tools(client)}
+    assert names == {op.name for op in registry if (op.resource, op.action) in
+                     {("clients", "read"), ("tasks", "read"), ("tasks", "write")}}
+
+
+# -- malformed input -----------------------------------------------------------------------------------------------
+async def test_malformed_requests_never_get_a_500(server, make_org):
+    org = make_org()
+    cases = [
+        post(server, org.token, None, raw=b"{not json"),
+        post(server, org.token, None, raw=b"[]"),
+        post(server, org.token, None, raw=b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"x"}'),
+        post(server, org.token, rpc("tools/call", {"name": 42, "arguments": []})),
+        post(server, org.token, rpc("tools/call", {"name": "crm_clients_create_lead", "arguments": {"business_name": "x" * 3_000_000}})),
+        post(server, org.token, None, raw=b"\xff\xfe\x00"),
+        post(server, org.token, rpc("tools/list", {"cursor": "%%%garbage"})),
+        post(server, org.token, rpc("no/such/method")),
+    ]
+    assert all(r.status_code < 500 for r in cases), [(r.status_code, r.text[:200]) for r in cases]
+
+
+async def test_bad_arguments_name_the_field_and_write_nothing(server, make_org, database_url):
+    org = make_org()
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute("SELECT count(*) FROM stored_events").fetchone()[0]
+    async with mcp_client(server.mcp_url, org.token) as client:
+        cases = {
+            "business_name": {"business_name": 12},
+            "email": {"business_name": "Ok", "email": "not-an-email"},
+            "address.city": {"business_name": "Ok", "address": {"city": "x" * 500}},
+            "assigned_to": {"business_name": "Ok", "assigned_to": "mario"},
+            "colour": {"business_name": "Ok", "colour": "red"},
+            "tags[0]": {"business_name": "Ok", "tags": [""]},
+        }
+        for field, args in cases.items():
+            err = await call_error(client, "crm_clients_create_lead", args)
+            assert err["code"] == "invalid_arguments" and err["field"] == field, err
+            assert field.split("[")[0].split(".")[0] in err["message"]
+        err = await call_error(client, "crm_clients_create_lead", {})
+        assert err == {"code": "invalid_arguments", "field": "business_name",
+                       "message": "Invalid `business_name`: required argument is missing"}
+        err = await call_error(client, "crm_clients_assign", {"client_id": str(uuid.uuid4()), "user_id": str(org.user_id)})
+        assert err["code"] == "not_found" and err["field"] == "client_id"
+        err = await call_error(client, "crm_no_such_tool")
+        assert err["code"] == "unknown_tool"
+        err = await call_error(client, "crm_clients_list", {"cursor": "bm90LWEtY3Vyc29y"})
+        assert err["field"] == "cursor"
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM stored_events").fetchone()[0] == before
+
+
+# -- permissions -------------------------------------------------------------------------------------------------------
+async def test_permission_matrix_every_tool(server, make_org, db):
+    """With a token lacking a tool's permission the call is refused naming it; with it, it is not refused."""
+    org = make_org()
+    flags = {"read": "r", "write": "w", "delete": "d"}
+    everything = {r: "rwd" for r in RESOURCES}
+    ops = list(registry)
+    lacking_tokens, having_tokens = {}, {}
+    for resource, action in {(op.resource, op.action) for op in ops}:
+        lacking = {**everything, resource: everything[resource].replace(flags[action], "")}
+        lacking_tokens[(resource, action)] = identity.create_token(db, org.organization_id, org.user_id, lacking)[0]
+        having_tokens[(resource, action)] = identity.create_token(db, org.organization_id, org.user_id, {resource: flags[action]})[0]
+    for op in ops:
+        key = (op.resource, op.action)
+        async with mcp_client(server.mcp_url, lacking_tokens[key], mode="legacy") as client:
+            err = await call_error(client, op.name, {})
+            assert err["code"] == "permission_denied" and op.permission in err["message"], (op.name, err)
+        async with mcp_client(server.mcp_url, having_tokens[key], mode="legacy") as client:
+            result = await client.call_tool(op.name, {})
+            if result.is_error:
+                assert json.loads(result.content[0].text)["error"]["code"] != "permission_denied", op.name
+
+
+async def test_viewer_role_caps_a_broad_token(server, make_org, db):
+    org = make_org()
+    viewer = identity.create_user(db, org.organization_id, f"v-{uuid.uuid4().hex[:6]}@example.com", "Vera Viewer", "viewer")
+    token, _ = identity.create_token(db, org.organization_id, viewer, {r: "rwd" for r in RESOURCES})
+    async with mcp_client(server.mcp_url, token) as client:
+        err = await call_error(client, "crm_clients_create_lead", {"business_name": "No"})
+        assert err["code"] == "permission_denied" and "clients:write" in err["message"]
+        assert (await call(client, "crm_clients_list"))["items"] is not None
+
+
+# -- tenancy -------------------------------------------------------------------------------------------------------------
+def sample_args(op, ids: dict[str, str]) -> dict:
+    """Arguments for any tool, pointing every id at organization B's entities."""
+    schema = op.input_schema()
+    samples = {"email": "x@example.com", "phone": "+39 02 1234", "media_url": "https://example.com/a.mp3",
+               "website": "https://example.com", "status": None, "tag": "vip", "body": "text", "q": "Segreto",
+               "business_name": "Rubato", "name": "Nome", "title": "Titolo", "duration_seconds": 10}
+    args = {}
+    for field in schema.get("required", []):
+        prop = schema["properties"][field]
+        variants = prop.get("anyOf", [prop])
+        if field in ids:
+            args[field] = ids[field]
+        elif field == "duplicate_ids":
+            args[field] = [ids["client_id"]]
+        elif field == "survivor_id":
+            args[field] = ids["client_id"]
+        elif any("enum" in v for v in variants):
+            args[field] = next(v["enum"][0] for v in variants if "enum" in v)
+        elif field in samples and samples[field] is not None:
+            args[field] = samples[field]
+        elif any(v.get("format") == "uuid" for v in variants):
+            args[field] = str(uuid.uuid4())
+        elif any(v.get("type") == "integer" for v in variants):
+            args[field] = 1
+        else:
+            args[field] = "x"
+    for field in ("client_id", "task_id", "user_id", "assigned_to", "assignee_id"):
+        if field in schema["properties"] and field not in args:
+            args[field] = ids.get(field, ids["user_id"] if "assign" in field else ids["client_id"])
+    return args
+
+
+async def test_organizations_are_isolated_for_every_tool(server, make_org):
+    a, b = make_org("A"), make_org("B")
+    async with mcp_client(server.mcp_url, b.token) as client_b:
+        lead = await call(client_b, "crm_clients_create_lead", {"business_name": "Segreto di B", "vat_number": "IT55555555555",
+                                                                "email": "segreto@b.it"})
+        contact = (await call(client_b, "crm_clients_add_contact", {"client_id": lead["id"], "name": "Persona B"}))["contacts"][0]
+        note = await call(client_b, "crm_clients_add_note", {"client_id": lead["id"], "body": "nota di B"})
+        rec = await call(client_b, "crm_clients_add_recording", {"client_id": lead["id"], "media_url": "https://b/x.mp3", "duration_seconds": 5})
+        task = await call(client_b, "crm_tasks_create", {"title": "compito di B", "client_id": lead["id"]})
+        before = await call(client_b, "crm_clients_get", {"client_id": lead["id"]})
+    ids = {"client_id": lead["id"], "contact_id": contact["id"], "note_id": note["id"], "recording_id": rec["id"],
+           "task_id": task["id"], "user_id": str(b.user_id)}
+    secrets = set(ids.values()) | {"Segreto di B", "nota di B", "compito di B", "Persona B"}
+    async with mcp_client(server.mcp_url, a.token) as client_a:
+        for op in registry:
+            args = sample_args(op, ids)
+            result = await client_a.call_tool(op.name, args)
+            text = result.content[0].text
+            if result.is_error:
+                error = json.loads(text)["error"]
+                assert error["code"] in {"not_found", "invalid_arguments", "rule_violation"}, (op.name, error)
+            leaked = [s for s in secrets if s in text and s not in json.dumps(args)]
+            assert not leaked, (op.name, leaked)
+    async with mcp_client(server.mcp_url, b.token) as client_b:
+        after = await call(client_b, "crm_clients_get", {"client_id": lead["id"]})
+    assert {k: v for k, v in after.items()} == before
