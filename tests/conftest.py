@@ -139,6 +139,7 @@ class ServerProcess:
     base_url: str
     database_url: str
     process: subprocess.Popen
+    log_path: Path
 
     @property
     def mcp_url(self) -> str:
@@ -165,7 +166,7 @@ def start_server(database_url: str, extra_env: dict[str, str] | None = None) -> 
     else:
         proc.kill()
         raise RuntimeError("server did not start")
-    return ServerProcess(f"http://127.0.0.1:{port}", database_url, proc)
+    return ServerProcess(f"http://127.0.0.1:{port}", database_url, proc, Path(log.name))
 
 
 @pytest.fixture(scope="session")
