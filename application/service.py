@@ -173,7 +173,6 @@ class Service:
     @contextmanager
     def query_context(self, principal: Principal) -> Iterator[QueryContext]:
         with self.pool.connection() as conn:
-            conn.read_only = False
             yield QueryContext(principal, conn)
 
     def run_query(self, op: Operation, params: Any, principal: Principal) -> Any:
