@@ -59,6 +59,15 @@ def cmd_user_create(args: argparse.Namespace, url: str) -> None:
     emit({"user_id": user_id})
 
 
+def cmd_user_set_password(args: argparse.Namespace, url: str) -> None:
+    from application import oauth
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    with connect(url) as conn:
+        oauth.set_password(conn, args.org, args.user, password)
+    emit({"user_id": args.user, "password_set": True})
+
+
 def cmd_token_create(args: argparse.Namespace, url: str) -> None:
     try:
         grants = permissions.parse_permissions(args.perm) if args.perm else None
@@ -163,6 +172,10 @@ def parser() -> argparse.ArgumentParser:
     uc.add_argument("--name", required=True)
     uc.add_argument("--role", required=True, help="admin, sales, viewer or a custom role")
     uc.set_defaults(func=cmd_user_create)
+    up = user.add_parser("set-password", help="set a user's login password, read from stdin (argon2id hash)")
+    up.add_argument("--org", required=True, type=UUID)
+    up.add_argument("--user", required=True, type=UUID)
+    up.set_defaults(func=cmd_user_set_password)
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     tc = token.add_parser("create", help="create a static API token (printed once)")

@@ -19,6 +19,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from application.principal import Principal
 from interfaces.mcp_server import ToolFilter, build_server, current_filter, current_principal
+from interfaces.oauth import oauth_audience, oauth_routes
 from interfaces.runtime import Runtime
 
 log = logging.getLogger("flusia.http")
@@ -102,6 +103,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
         if scope["method"] == "OPTIONS":
             await send_json(send, 204, None, {"Allow": "GET, POST, DELETE, OPTIONS"})
             return
+        oauth_audience.set(f"{base}/mcp")
         principal = await auth(scope)
         if principal is None:
             has_header = any(k.lower() == b"authorization" for k, _ in scope.get("headers", []))
@@ -160,7 +162,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             runtime.projector.stop()
 
     app = Litestar(
-        [mcp_endpoint, protected_resource, protected_resource_mcp, healthz],
+        [mcp_endpoint, protected_resource, protected_resource_mcp, healthz, *oauth_routes(runtime, auth)],
         lifespan=[lifespan],
         debug=False,
     )

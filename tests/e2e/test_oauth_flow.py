@@ -1,0 +1,645 @@
+"""The OAuth 2.1 authorization server in front of /mcp, driven as real clients drive it.
+
+The happy path uses the `mcp` SDK's own OAuth client (discovery, registration, PKCE, token exchange, refresh);
+the test plays the user by submitting the login and consent forms with httpx2. Negative tests speak the
+protocol by hand, one refusal each.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+import uuid
+from html import unescape
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+
+from tests.mcp_helpers import call
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+PASSWORD = "correct horse battery staple"
+CALLBACK = "http://localhost:6274/oauth/callback"
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+def user_with_password(make_org, db, name: str = "OAuth") -> tuple[Any, str]:
+    from application import oauth
+
+    org = make_org(name)
+    email = db.execute("SELECT email FROM users WHERE id = %s", (org.user_id,)).fetchone()["email"]
+    oauth.set_password(db, org.organization_id, org.user_id, PASSWORD)
+    return org, email
+
+
+def hidden(html: str, name: str) -> str | None:
+    m = re.search(rf'<input type="hidden" name="{name}" value="([^"]*)"', html)
+    return unescape(m.group(1)) if m else None
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    return verifier, challenge
+
+
+class Browser:
+    """A user agent with a cookie jar that reads forms and submits them, following only same-server redirects."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = httpx2.AsyncClient(base_url=base, follow_redirects=False, timeout=30)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def open(self, url: str) -> httpx2.Response:
+        return await self.http.get(url)
+
+    async def login(self, page: httpx2.Response, email: str, password: str, *, csrf: str | None = "from-page") -> httpx2.Response:
+        form = {"email": email, "password": password, "request": hidden(page.text, "request") or ""}
+        if csrf == "from-page":
+            form["csrf_token"] = hidden(page.text, "csrf_token") or ""
+        elif csrf is not None:
+            form["csrf_token"] = csrf
+        response = await self.http.post("/authorize/login", data=form)
+        if response.status_code == 303 and response.headers["location"].startswith("/authorize?"):
+            return await self.http.get(response.headers["location"])
+        return response
+
+    async def decide(self, page: httpx2.Response, decision: str, extra: dict[str, str] | None = None,
+                     *, csrf: str | None = "from-page") -> httpx2.Response:
+        form = {"decision": decision, "request": hidden(page.text, "request") or "", **(extra or {})}
+        if csrf == "from-page":
+            form["csrf_token"] = hidden(page.text, "csrf_token") or ""
+        user = hidden(page.text, "user")
+        if user and "user" not in form:
+            form["user"] = user
+        return await self.http.post("/authorize/consent", data=form)
+
+    async def authorize(self, url: str, email: str, password: str = PASSWORD, decision: str = "approve") -> dict[str, str]:
+        page = await self.open(url)
+        assert page.status_code == 200, page.text
+        if 'name="password"' in page.text:
+            page = await self.login(page, email, password)
+        assert page.status_code == 200 and 'name="decision"' in page.text, page.text
+        done = await self.decide(page, decision)
+        assert done.status_code == 303, done.text
+        return redirect_params(done.headers["location"])
+
+
+def redirect_params(location: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+class MemoryStorage:
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client_info: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info
+
+
+async def register(base: str, redirect_uris: list[str] | None = None, **meta: Any) -> dict[str, Any]:
+    async with httpx2.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{base}/register", json={
+            "client_name": "Test client", "redirect_uris": redirect_uris or [CALLBACK],
+            "token_endpoint_auth_method": "none", "grant_types": ["authorization_code", "refresh_token"], **meta,
+        })
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def authorize_url(base: str, client_id: str, challenge: str, *, redirect_uri: str = CALLBACK, state: str = "st4te",
+                  resource: str | None = "default", method: str = "S256", **extra: str) -> str:
+    params = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": state,
+              "code_challenge": challenge, "code_challenge_method": method, "scope": "mcp:full", **extra}
+    if resource == "default":
+        params["resource"] = f"{base}/mcp"
+    elif resource is not None:
+        params["resource"] = resource
+    return f"/authorize?{urlencode(params)}"
+
+
+async def token_request(base: str, data: dict[str, str], auth: tuple[str, str] | None = None) -> httpx2.Response:
+    async with httpx2.AsyncClient(timeout=30) as http:
+        return await http.post(f"{base}/token", data=data, auth=auth)
+
+
+async def get_code(base: str, client: dict[str, Any], email: str, challenge: str, **kw: Any) -> str:
+    browser = Browser(base)
+    try:
+        params = await browser.authorize(authorize_url(base, client["client_id"], challenge, **kw), email)
+    finally:
+        await browser.close()
+    assert "code" in params, params
+    return params["code"]
+
+
+async def exchange(base: str, client: dict[str, Any], code: str, verifier: str, redirect_uri: str = CALLBACK,
+                   **extra: str) -> httpx2.Response:
+    return await token_request(base, {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
+                                      "redirect_uri": redirect_uri, "client_id": client["client_id"],
+                                      "resource": f"{base}/mcp", **extra})
+
+
+async def tokens_for(base: str, email: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    client = await register(base)
+    verifier, challenge = pkce()
+    code = await get_code(base, client, email, challenge)
+    r = await exchange(base, client, code, verifier)
+    assert r.status_code == 200, r.text
+    return client, r.json()
+
+
+async def mcp_status(base: str, token: str, host: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream"}
+    if host:
+        headers["Host"] = host
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    async with httpx2.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{base}/mcp", json=body, headers=headers)
+    return r.status_code
+
+
+def assert_oauth_error(r: httpx2.Response, error: str) -> None:
+    assert r.status_code in (400, 401), (r.status_code, r.text)
+    assert r.json()["error"] == error, r.text
+    assert r.headers.get("cache-control") == "no-store"
+
+
+# --- the whole flow with the SDK -----------------------------------------------------------------------
+
+async def test_whole_flow_with_the_mcp_sdk(server, make_org, db):
+    org, email = user_with_password(make_org, db, "SDKFlow")
+    base = server.base_url
+    browser = Browser(base)
+    redirected: list[str] = []
+    result: dict[str, str] = {}
+
+    async def redirect_handler(url: str) -> None:
+        redirected.append(url)
+        params = await browser.authorize(url, email)
+        result.update(params)
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        return AuthorizationCodeResult(code=result["code"], state=result.get("state"), iss=result.get("iss"))
+
+    storage = MemoryStorage()
+    provider = OAuthClientProvider(
+        server_url=server.mcp_url,
+        client_metadata=OAuthClientMetadata(client_name="SDK e2e", redirect_uris=[CALLBACK],
+                                            grant_types=["authorization_code", "refresh_token"],
+                                            response_types=["code"], token_endpoint_auth_method="none"),
+        storage=storage, redirect_handler=redirect_handler, callback_handler=callback_handler,
+    )
+    # 401 first: the resource points at its metadata
+    async with httpx2.AsyncClient(timeout=30) as http:
+        r = await http.post(server.mcp_url, json={})
+    assert r.status_code == 401 and "resource_metadata=" in r.headers["www-authenticate"]
+    try:
+        async with httpx2.AsyncClient(auth=provider, timeout=60) as http:
+            async with Client(streamable_http_client(server.mcp_url, http_client=http)) as client:
+                me = await call(client, "crm_users_me")
+                assert me["auth"] == "oauth"
+                assert me["user"]["id"] == str(org.user_id)
+                assert me["organization"]["id"] == str(org.organization_id)
+                assert "clients:delete" in me["permissions"]  # admin role, scope mcp:full
+                assert redirected and storage.client_info is not None
+                assert result["iss"] == base and result["state"]
+                first = storage.tokens
+                assert first is not None and first.refresh_token and first.access_token.startswith("fat_")
+
+                # force a refresh: the SDK rotates to a new pair before the next call
+                provider.context.token_expiry_time = time.time() - 1
+                lead = await call(client, "crm_clients_create_lead", {"business_name": "OAuth Lead Srl"})
+                assert lead["business_name"] == "OAuth Lead Srl"
+                second = storage.tokens
+                assert second.access_token != first.access_token and second.refresh_token != first.refresh_token
+                assert len(redirected) == 1  # refreshed, not re-authorized
+    finally:
+        await browser.close()
+
+    # the old access token still works until it expires (only the refresh token rotated)...
+    assert await mcp_status(base, second.access_token) == 200
+    # ...revoking the refresh token ends the grant at once: its access tokens stop working too
+    async with httpx2.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{base}/revoke", data={"token": second.refresh_token, "client_id": storage.client_info.client_id})
+    assert r.status_code == 200
+    assert await mcp_status(base, second.access_token) == 401
+    assert await mcp_status(base, first.access_token) == 401
+    r = await token_request(base, {"grant_type": "refresh_token", "refresh_token": second.refresh_token,
+                                   "client_id": storage.client_info.client_id})
+    assert_oauth_error(r, "invalid_grant")
+    # static API tokens keep working beside OAuth
+    assert await mcp_status(base, org.token) == 200
+
+
+async def test_discovery_documents(server):
+    base = server.base_url
+    async with httpx2.AsyncClient(timeout=30) as http:
+        asm = (await http.get(f"{base}/.well-known/oauth-authorization-server")).json()
+        prm = (await http.get(f"{base}/.well-known/oauth-protected-resource")).json()
+        prm_mcp = (await http.get(f"{base}/.well-known/oauth-protected-resource/mcp")).json()
+    assert asm["issuer"] == base
+    assert asm["code_challenge_methods_supported"] == ["S256"]
+    assert asm["authorization_response_iss_parameter_supported"] is True
+    assert asm["client_id_metadata_document_supported"] is True
+    assert set(asm["grant_types_supported"]) == {"authorization_code", "refresh_token"}
+    assert {"none", "client_secret_post", "client_secret_basic"} <= set(asm["token_endpoint_auth_methods_supported"])
+    assert asm["registration_endpoint"] == f"{base}/register" and asm["revocation_endpoint"] == f"{base}/revoke"
+    assert asm["scopes_supported"] == ["mcp:full"]
+    assert prm == prm_mcp and prm["resource"] == f"{base}/mcp" and prm["authorization_servers"] == [base]
+
+
+async def test_access_token_revocation_is_immediate(server, make_org, db):
+    _, email = user_with_password(make_org, db, "RevokeAccess")
+    base = server.base_url
+    client, tokens = await tokens_for(base, email)
+    assert await mcp_status(base, tokens["access_token"]) == 200
+    async with httpx2.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{base}/revoke", data={"token": tokens["access_token"], "client_id": client["client_id"]})
+    assert r.status_code == 200
+    assert await mcp_status(base, tokens["access_token"]) == 401
+    # the refresh token is separate and still works
+    r = await token_request(base, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+                                   "client_id": client["client_id"]})
+    assert r.status_code == 200
+
+
+async def test_confidential_client_with_basic_and_post_auth(server, make_org, db):
+    _, email = user_with_password(make_org, db, "Confidential")
+    base = server.base_url
+    for method in ("client_secret_basic", "client_secret_post"):
+        client = await register(base, token_endpoint_auth_method=method)
+        assert client["client_secret"].startswith("fcs_")
+        stored = db.execute("SELECT client_secret_hash FROM oauth_clients WHERE client_id = %s", (client["client_id"],)).fetchone()
+        assert bytes(stored["client_secret_hash"]) == hashlib.sha256(client["client_secret"].encode()).digest()
+        verifier, challenge = pkce()
+        code = await get_code(base, client, email, challenge)
+        data = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": CALLBACK,
+                "resource": f"{base}/mcp"}
+        # without the secret: invalid_client
+        r = await token_request(base, {**data, "client_id": client["client_id"]})
+        assert_oauth_error(r, "invalid_client")
+        # a wrong secret: invalid_client too; failed client authentication does not consume the code
+        r = await token_request(base, {**data, "client_id": client["client_id"], "client_secret": "fcs_wrong"})
+        assert_oauth_error(r, "invalid_client")
+        if method == "client_secret_basic":
+            r = await token_request(base, data, auth=(client["client_id"], client["client_secret"]))
+        else:
+            r = await token_request(base, {**data, "client_id": client["client_id"], "client_secret": client["client_secret"]})
+        assert r.status_code == 200, r.text
+        assert await mcp_status(base, r.json()["access_token"]) == 200
+
+
+# --- registration -----------------------------------------------------------------------------------
+
+async def test_registration_validates_redirect_uris(server):
+    base = server.base_url
+    ok = await register(base, [
+        "https://claude.ai/api/mcp/auth_callback", "https://claude.com/api/mcp/auth_callback",
+        "http://localhost:6274/oauth/callback", "http://localhost:6274/oauth/callback/debug",
+        "http://127.0.0.1:33418/cb", "http://[::1]:9999/cb", "https://app.example.org/oauth",
+    ])
+    assert ok["token_endpoint_auth_method"] == "none" and "client_secret" not in ok
+    async with httpx2.AsyncClient(timeout=30) as http:
+        for bad in (["http://evil.example.com/cb"], ["javascript:alert(1)"], ["https://a.example/cb#frag"], [],
+                    ["http://localhost.evil.com/cb"], ["ftp://example.com/x"]):
+            r = await http.post(f"{base}/register", json={"redirect_uris": bad, "token_endpoint_auth_method": "none"})
+            assert r.status_code == 400 and r.json()["error"] == "invalid_redirect_uri", (bad, r.text)
+
+
+async def test_registration_is_rate_limited_per_address(server, db):
+    base = server.base_url
+    db.execute("DELETE FROM oauth_rate_events WHERE bucket LIKE 'register:%%'")
+    db.execute("INSERT INTO oauth_rate_events (bucket) SELECT 'register:127.0.0.1' FROM generate_series(1, 30)")
+    async with httpx2.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{base}/register", json={"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"})
+    assert r.status_code == 429 and "Retry-After" in r.headers
+    db.execute("DELETE FROM oauth_rate_events WHERE bucket LIKE 'register:%%'")
+
+
+async def test_unused_registrations_expire(server, make_org, db):
+    _, email = user_with_password(make_org, db, "Expire")
+    base = server.base_url
+    client = await register(base)
+    db.execute("UPDATE oauth_clients SET created_at = now() - interval '30 days' WHERE client_id = %s", (client["client_id"],))
+    _, challenge = pkce()
+    browser = Browser(base)
+    try:
+        page = await browser.open(authorize_url(base, client["client_id"], challenge))
+    finally:
+        await browser.close()
+    assert page.status_code == 400 and "registration has expired" in page.text
+
+
+# --- negative tests: /token ------------------------------------------------------------------------
+
+async def test_wrong_verifier_is_refused(server, make_org, db):
+    _, email = user_with_password(make_org, db, "WrongVerifier")
+    base = server.base_url
+    client = await register(base)
+    _, challenge = pkce()
+    code = await get_code(base, client, email, challenge)
+    other_verifier, _ = pkce()
+    assert_oauth_error(await exchange(base, client, code, other_verifier), "invalid_grant")
+
+
+async def test_reused_code_is_refused_and_revokes_its_tokens(server, make_org, db):
+    _, email = user_with_password(make_org, db, "ReusedCode")
+    base = server.base_url
+    client = await register(base)
+    verifier, challenge = pkce()
+    code = await get_code(base, client, email, challenge)
+    first = await exchange(base, client, code, verifier)
+    assert first.status_code == 200
+    assert_oauth_error(await exchange(base, client, code, verifier), "invalid_grant")
+    assert await mcp_status(base, first.json()["access_token"]) == 401
+
+
+async def test_code_for_another_client_is_refused(server, make_org, db):
+    _, email = user_with_password(make_org, db, "OtherClient")
+    base = server.base_url
+    client, intruder = await register(base), await register(base)
+    verifier, challenge = pkce()
+    code = await get_code(base, client, email, challenge)
+    assert_oauth_error(await exchange(base, intruder, code, verifier), "invalid_grant")
+
+
+async def test_mismatched_redirect_uri_at_token_is_refused(server, make_org, db):
+    _, email = user_with_password(make_org, db, "RedirectMismatch")
+    base = server.base_url
+    client = await register(base, [CALLBACK, "http://localhost:6274/oauth/callback/debug"])
+    verifier, challenge = pkce()
+    code = await get_code(base, client, email, challenge)
+    r = await exchange(base, client, code, verifier, redirect_uri="http://localhost:6274/oauth/callback/debug")
+    assert_oauth_error(r, "invalid_grant")
+
+
+async def test_foreign_resource_at_token_is_refused(server, make_org, db):
+    _, email = user_with_password(make_org, db, "ForeignResourceToken")
+    base = server.base_url
+    client = await register(base)
+    verifier, challenge = pkce()
+    code = await get_code(base, client, email, challenge)
+    r = await exchange(base, client, code, verifier, resource="https://other.example.com/mcp")
+    assert_oauth_error(r, "invalid_target")
+
+
+async def test_expired_code_is_refused(server, make_org, db):
+    _, email = user_with_password(make_org, db, "ExpiredCode")
+    base = server.base_url
+    client = await register(base)
+    verifier, challenge = pkce()
+    code = await get_code(base, client, email, challenge)
+    db.execute("UPDATE oauth_codes SET expires_at = now() - interval '1 second' WHERE code_hash = %s",
+               (hashlib.sha256(code.encode()).digest(),))
+    assert_oauth_error(await exchange(base, client, code, verifier), "invalid_grant")
+
+
+async def test_rotated_out_refresh_token_revokes_the_family(server, make_org, db):
+    _, email = user_with_password(make_org, db, "Rotation")
+    base = server.base_url
+    client, tokens = await tokens_for(base, email)
+    r = await token_request(base, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+                                   "client_id": client["client_id"]})
+    assert r.status_code == 200
+    newer = r.json()
+    assert newer["refresh_token"] != tokens["refresh_token"]
+    assert await mcp_status(base, newer["access_token"]) == 200
+    # the old one again: refused, and the whole family (newer tokens too) is revoked
+    r = await token_request(base, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+                                   "client_id": client["client_id"]})
+    assert_oauth_error(r, "invalid_grant")
+    assert await mcp_status(base, newer["access_token"]) == 401
+    r = await token_request(base, {"grant_type": "refresh_token", "refresh_token": newer["refresh_token"],
+                                   "client_id": client["client_id"]})
+    assert_oauth_error(r, "invalid_grant")
+
+
+async def test_revoked_refresh_token_is_refused(server, make_org, db):
+    _, email = user_with_password(make_org, db, "RevokedRefresh")
+    base = server.base_url
+    client, tokens = await tokens_for(base, email)
+    async with httpx2.AsyncClient(timeout=30) as http:
+        assert (await http.post(f"{base}/revoke", data={"token": tokens["refresh_token"],
+                                                        "client_id": client["client_id"]})).status_code == 200
+    r = await token_request(base, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+                                   "client_id": client["client_id"]})
+    assert_oauth_error(r, "invalid_grant")
+
+
+async def test_token_of_another_audience_is_refused(server, make_org, db):
+    _, email = user_with_password(make_org, db, "Audience")
+    base = server.base_url
+    _, tokens = await tokens_for(base, email)
+    port = urlsplit(base).port
+    # the token was issued for http://127.0.0.1:PORT/mcp; presented to http://localhost:PORT/mcp it is refused
+    assert await mcp_status(base, tokens["access_token"]) == 200
+    assert await mcp_status(base, tokens["access_token"], host=f"localhost:{port}") == 401
+    # and one minted for a foreign resource is refused too
+    db.execute("UPDATE oauth_access_tokens SET resource = 'https://other.example.com/mcp' WHERE token_hash = %s",
+               (hashlib.sha256(tokens["access_token"].encode()).digest(),))
+    assert await mcp_status(base, tokens["access_token"]) == 401
+
+
+async def test_unsupported_grant_type(server):
+    base = server.base_url
+    client = await register(base)
+    r = await token_request(base, {"grant_type": "password", "client_id": client["client_id"]})
+    assert_oauth_error(r, "unsupported_grant_type")
+
+
+# --- negative tests: /authorize ----------------------------------------------------------------------
+
+async def _authorize_redirect(base: str, url: str) -> dict[str, str]:
+    browser = Browser(base)
+    try:
+        r = await browser.open(url)
+    finally:
+        await browser.close()
+    assert r.status_code in (302, 303), r.text
+    assert r.headers["location"].startswith(CALLBACK + "?")
+    return redirect_params(r.headers["location"])
+
+
+async def test_plain_pkce_and_missing_pkce_are_refused(server):
+    base = server.base_url
+    client = await register(base)
+    verifier, _ = pkce()
+    params = await _authorize_redirect(base, authorize_url(base, client["client_id"], verifier, method="plain"))
+    assert params["error"] == "invalid_request" and params["state"] == "st4te" and params["iss"] == base
+    params = await _authorize_redirect(base, authorize_url(base, client["client_id"], ""))
+    assert params["error"] == "invalid_request"
+
+
+async def test_missing_or_foreign_resource_is_refused(server):
+    base = server.base_url
+    client = await register(base)
+    _, challenge = pkce()
+    params = await _authorize_redirect(base, authorize_url(base, client["client_id"], challenge, resource=None))
+    assert params["error"] == "invalid_request" and "resource" in params["error_description"]
+    params = await _authorize_redirect(base, authorize_url(base, client["client_id"], challenge,
+                                                           resource="https://other.example.com/mcp"))
+    assert params["error"] == "invalid_target"
+
+
+async def test_only_the_code_flow(server):
+    base = server.base_url
+    client = await register(base)
+    _, challenge = pkce()
+    params = await _authorize_redirect(base, authorize_url(base, client["client_id"], challenge, response_type="token"))
+    assert params["error"] == "unsupported_response_type"
+
+
+async def test_open_redirect_attempts_get_an_error_page_not_a_redirect(server):
+    base = server.base_url
+    client = await register(base)
+    _, challenge = pkce()
+    browser = Browser(base)
+    try:
+        for url in (
+            authorize_url(base, client["client_id"], challenge, redirect_uri="https://evil.example.com/cb"),
+            authorize_url(base, client["client_id"], challenge, redirect_uri=CALLBACK + "/../../evil"),
+            authorize_url(base, client["client_id"], challenge, redirect_uri=CALLBACK + "?next=https://evil.example.com"),
+            authorize_url(base, "fcl_unknown", challenge, redirect_uri="https://evil.example.com/cb"),
+            authorize_url(base, client["client_id"], challenge, redirect_uri="https://evil.example.com/cb", method="plain"),
+        ):
+            r = await browser.open(url)
+            assert r.status_code == 400 and "location" not in r.headers, url
+            assert "cannot continue" in r.text
+    finally:
+        await browser.close()
+
+
+async def test_deny_returns_access_denied(server, make_org, db):
+    _, email = user_with_password(make_org, db, "Deny")
+    base = server.base_url
+    client = await register(base)
+    _, challenge = pkce()
+    browser = Browser(base)
+    try:
+        params = await browser.authorize(authorize_url(base, client["client_id"], challenge), email, decision="deny")
+    finally:
+        await browser.close()
+    assert params == {"error": "access_denied", "error_description": "the user denied access", "state": "st4te", "iss": base}
+
+
+async def test_csrf_token_missing_or_wrong_is_refused(server, make_org, db):
+    _, email = user_with_password(make_org, db, "CSRF")
+    base = server.base_url
+    client = await register(base)
+    _, challenge = pkce()
+    browser = Browser(base)
+    try:
+        page = await browser.open(authorize_url(base, client["client_id"], challenge))
+        cookie = next(iter(browser.http.cookies.jar))
+        assert cookie.name == "flusia_oauth" and cookie.has_nonstandard_attr("HttpOnly")
+        set_cookie = page.headers["set-cookie"].lower()
+        assert "httponly" in set_cookie and "samesite=lax" in set_cookie
+        assert (await browser.login(page, email, PASSWORD, csrf=None)).status_code == 403
+        assert (await browser.login(page, email, PASSWORD, csrf="forged")).status_code == 403
+        consent = await browser.login(page, email, PASSWORD)
+        assert 'name="decision"' in consent.text
+        r = await browser.decide(consent, "approve", csrf=None)
+        assert r.status_code == 403 and "CSRF" in r.text and "location" not in r.headers
+    finally:
+        await browser.close()
+
+
+async def test_login_does_not_reveal_which_part_was_wrong_and_is_rate_limited(server, make_org, db):
+    _, email = user_with_password(make_org, db, "LoginLimit")
+    base = server.base_url
+    client = await register(base)
+    _, challenge = pkce()
+    browser = Browser(base)
+    try:
+        page = await browser.open(authorize_url(base, client["client_id"], challenge))
+        wrong_password = await browser.login(page, email, "not the password")
+        wrong_email = await browser.login(page, "nobody-" + email, PASSWORD)
+        assert wrong_password.status_code == wrong_email.status_code == 401
+        message = re.compile(r'<p class="error" role="alert">(.*?)</p>')
+        assert message.search(wrong_password.text).group(1) == message.search(wrong_email.text).group(1)
+        for _ in range(9):
+            await browser.login(page, email, "not the password")
+        blocked = await browser.login(page, email, PASSWORD)  # even the right password waits now
+        assert blocked.status_code == 429 and "Too many" in blocked.text
+    finally:
+        await browser.close()
+        db.execute("DELETE FROM oauth_rate_events WHERE bucket LIKE 'login-%%'")
+
+
+async def test_email_in_several_organizations_picks_the_organization(server, make_org, db):
+    from application import identity, oauth
+
+    email = f"multi-{uuid.uuid4().hex[:8]}@example.com"
+    first, second = make_org("MultiA"), make_org("MultiB")
+    user_a = identity.create_user(db, first.organization_id, email, "Multi A", "viewer")
+    user_b = identity.create_user(db, second.organization_id, email, "Multi B", "sales")
+    oauth.set_password(db, first.organization_id, user_a, PASSWORD)
+    oauth.set_password(db, second.organization_id, user_b, PASSWORD)
+    base = server.base_url
+    client = await register(base)
+    verifier, challenge = pkce()
+    browser = Browser(base)
+    try:
+        page = await browser.open(authorize_url(base, client["client_id"], challenge))
+        consent = await browser.login(page, email, PASSWORD)
+        assert consent.text.count('type="radio" name="user"') == 2
+        done = await browser.decide(consent, "approve", {"user": str(user_b)})
+    finally:
+        await browser.close()
+    code = redirect_params(done.headers["location"])["code"]
+    r = await exchange(base, client, code, verifier)
+    token = r.json()["access_token"]
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        async with Client(streamable_http_client(server.mcp_url, http_client=http)) as mcp:
+            me = await call(mcp, "crm_users_me")
+    assert me["user"]["id"] == str(user_b) and me["organization"]["id"] == str(second.organization_id)
+    assert "clients:delete" not in me["permissions"] and "clients:write" in me["permissions"]  # capped by role
+
+
+def test_cli_set_password_reads_stdin(database_url, make_org, db):
+    import sys
+
+    from application import oauth
+
+    org = make_org("CLI")
+    env = {**os.environ, "DATABASE_URL": database_url}
+    out = subprocess.run(
+        [sys.executable, "-m", "interfaces.cli", "user", "set-password", "--org", str(org.organization_id),
+         "--user", str(org.user_id)], input="s3cret-password\n", capture_output=True, text=True, env=env,
+        cwd=Path(__file__).resolve().parents[2], check=True,
+    )
+    assert json.loads(out.stdout) == {"user_id": str(org.user_id), "password_set": True}
+    stored = db.execute("SELECT password_hash FROM users WHERE id = %s", (org.user_id,)).fetchone()["password_hash"]
+    assert stored.startswith("$argon2id$") and oauth.check_password(stored, "s3cret-password")
