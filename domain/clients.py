@@ -12,7 +12,8 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import event
 
-from domain.base import TenantAggregate, apply_changes
+from domain.base import apply_changes
+from domain.shared import Assignable, Taggable, TagNotFound
 from domain.errors import Conflict, DomainError, NotFound
 
 LEAD_STATUSES = ("new", "contacted", "qualified", "unqualified", "lost")
@@ -36,16 +37,11 @@ class ContactNotFound(NotFound):
         super().__init__("contact", contact_id, field="contact_id")
 
 
-class TagNotFound(NotFound):
-    def __init__(self, tag: str) -> None:
-        super().__init__("tag", repr(tag), field="tag")
-
-
 class CannotMergeIntoItself(DomainError):
     code = "invalid_merge"
 
 
-class Client(TenantAggregate):
+class Client(Taggable, Assignable):
     entity_name = "client"
 
     @event("Created")
@@ -112,40 +108,6 @@ class Client(TenantAggregate):
     def _converted(self) -> None:
         self.kind = "client"
         self.status = None
-
-    # -- assignment and tags -----------------------------------------------------------------------------
-    def assign(self, user_id: UUID) -> None:
-        if user_id != self.assigned_to:
-            self._assigned(user_id=user_id)
-
-    @event("Assigned")
-    def _assigned(self, user_id: UUID) -> None:
-        self.assigned_to = user_id
-
-    def unassign(self) -> None:
-        if self.assigned_to is not None:
-            self._unassigned()
-
-    @event("Unassigned")
-    def _unassigned(self) -> None:
-        self.assigned_to = None
-
-    def add_tag(self, tag: str) -> None:
-        if tag not in self.tags:
-            self._tagged(tag=tag)
-
-    @event("Tagged")
-    def _tagged(self, tag: str) -> None:
-        self.tags = [*self.tags, tag]
-
-    def remove_tag(self, tag: str) -> None:
-        if tag not in self.tags:
-            raise TagNotFound(tag)
-        self._untagged(tag=tag)
-
-    @event("Untagged")
-    def _untagged(self, tag: str) -> None:
-        self.tags = [t for t in self.tags if t != tag]
 
     # -- contacts ----------------------------------------------------------------------------------------
     def add_contact(self, fields: dict[str, Any]) -> UUID:

@@ -1,0 +1,73 @@
+"""Shapes many aggregates share, written once: tags and assignment to a user.
+
+Events are declared as nested classes and triggered through `type(self)`, so each aggregate gets its own
+copy and topic (`Client.Tagged`, `Task.Tagged`): projections subscribe to exactly their resource's events.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from domain.base import TenantAggregate
+from domain.errors import NotFound
+
+
+class TagNotFound(NotFound):
+    def __init__(self, tag: str) -> None:
+        super().__init__("tag", repr(tag), field="tag")
+
+
+class Taggable(TenantAggregate):
+    """Tags: adding one twice changes nothing; removing a missing one is an error."""
+
+    class Tagged(Aggregate.Event):
+        tag: str
+
+        def apply(self, aggregate: Taggable) -> None:
+            aggregate.tags = [*aggregate.tags, self.tag]
+
+    class Untagged(Aggregate.Event):
+        tag: str
+
+        def apply(self, aggregate: Taggable) -> None:
+            aggregate.tags = [t for t in aggregate.tags if t != self.tag]
+
+    def add_tag(self, tag: str) -> None:
+        if tag not in self.tags:
+            self.trigger_event(type(self).Tagged, tag=tag)
+
+    def remove_tag(self, tag: str) -> None:
+        if tag not in self.tags:
+            raise TagNotFound(tag)
+        self.trigger_event(type(self).Untagged, tag=tag)
+
+
+class Assignable(TenantAggregate):
+    """Assignment to one user; `assignee_field` names the attribute (assigned_to, assignee_id, owner_id)."""
+
+    assignee_field: ClassVar[str] = "assigned_to"
+
+    class Assigned(Aggregate.Event):
+        user_id: UUID
+
+        def apply(self, aggregate: Assignable) -> None:
+            setattr(aggregate, type(aggregate).assignee_field, self.user_id)
+
+    class Unassigned(Aggregate.Event):
+        def apply(self, aggregate: Assignable) -> None:
+            setattr(aggregate, type(aggregate).assignee_field, None)
+
+    @property
+    def assignee(self) -> UUID | None:
+        return getattr(self, type(self).assignee_field)
+
+    def assign(self, user_id: UUID) -> None:
+        if user_id != self.assignee:
+            self.trigger_event(type(self).Assigned, user_id=user_id)
+
+    def unassign(self) -> None:
+        if self.assignee is not None:
+            self.trigger_event(type(self).Unassigned)
