@@ -1,26 +1,37 @@
-"""Tasks: the `crm_tasks_*` tools."""
+"""Tasks: the `crm_tasks_*` tools (status, assignment, links, tags, checklist, attachments, search)."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Annotated, Literal
+import base64
+import binascii
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
+from application import attachments as blobs
+from application.handlers import entity_command
 from application.identity import ensure_user
 from application.registry import registry
 from application.service import QueryContext, UnitOfWork
-from application.shapes import Command, ListQuery, Page, Query, Tag
+from application.shapes import Command, Limit, ListQuery, Page, Query, Removed, SearchText, Tag
 from domain.clients import Client
-from domain.errors import NotFound
-from domain.tasks import Task
+from domain.errors import DomainError, NotFound
+from domain.projects import Project
+from domain.tasks import Task, check_content
 from projections import tasks as tasks_q
 
 Priority = Literal["low", "normal", "high", "urgent"]
-TaskId = Annotated[UUID, Meta(description="The task id (from crm_tasks_list or crm_tasks_create).")]
+TaskId = Annotated[UUID, Meta(description="The task id (from crm_tasks_list, crm_tasks_search or crm_tasks_create).")]
+ItemId = Annotated[UUID, Meta(description="The checklist item id (from crm_tasks_list_checklist or crm_tasks_get).")]
+AttachmentId = Annotated[UUID, Meta(description="The attachment id (from crm_tasks_list_attachments or crm_tasks_get).")]
+Title = Annotated[str, Meta(min_length=1, max_length=300, description="What to do, e.g. 'Call Mario Rossi'.")]
+Description = Annotated[str, Meta(max_length=20000, description="Details (markdown allowed).")]
+ItemText = Annotated[str, Meta(min_length=1, max_length=500, description="The checklist item, e.g. 'Send the contract'.")]
+DueDate = Annotated[date, Meta(description="Due date, YYYY-MM-DD, a day in the organization's timezone.")]
 
 
 class TaskOut(Struct, kw_only=True):
@@ -39,10 +50,64 @@ class TaskOut(Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    checklist_total: int = 0
+    checklist_done: int = 0
+    attachments_count: int = 0
 
 
-def present_task(ctx: QueryContext, task_id: UUID) -> TaskOut:
-    return msgspec.convert(tasks_q.get_task(ctx.conn, ctx.org_id, task_id), TaskOut)
+class ChecklistItemOut(Struct, kw_only=True):
+    id: UUID
+    task_id: UUID
+    position: int
+    text: str
+    done: bool
+    done_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AttachmentOut(Struct, kw_only=True):
+    id: UUID
+    task_id: UUID
+    name: str
+    url: Annotated[str | None, Meta(description="The external reference, for URL attachments.")]
+    size_bytes: int | None
+    mime_type: str | None
+    sha256: str | None
+    created_by: UUID | None
+    created_at: datetime
+    download_url: Annotated[str | None, Meta(description="For stored content: a signed link, valid until download_expires_at.")] = None
+    download_expires_at: datetime | None = None
+
+
+class TaskDetail(TaskOut, kw_only=True):
+    checklist: list[ChecklistItemOut]
+    attachments: list[AttachmentOut]
+
+
+class TaskHit(TaskOut, kw_only=True):
+    score: float
+
+
+class TaskSearchResult(Struct):
+    items: list[TaskHit]
+
+
+class ChecklistOut(Struct):
+    items: list[ChecklistItemOut]
+
+
+class AttachmentList(Struct):
+    items: list[AttachmentOut]
+
+
+class TagCount(Struct):
+    tag: str
+    count: int
+
+
+class TagCounts(Struct):
+    items: list[TagCount]
 
 
 def organization_today(conn, org_id: UUID) -> date:
@@ -51,19 +116,36 @@ def organization_today(conn, org_id: UUID) -> date:
     return datetime.now(ZoneInfo(tz)).date()
 
 
-class CreateTask(Command, kw_only=True):
-    """Create a task, e.g. a follow-up call. Link it to a lead/client (client_id), a deal or a project, give a
-    due_date (YYYY-MM-DD, in the organization's timezone) and an assignee (user id from crm_users_list)."""
+def _attachment(ctx: QueryContext, row: dict[str, Any], secret: bytes | None) -> AttachmentOut:
+    out = msgspec.convert(row, AttachmentOut)
+    if row.get("sha256") and secret is not None:
+        url, expires = blobs.download_link(secret, row["id"])
+        out.download_url = url
+        out.download_expires_at = datetime.fromtimestamp(expires, UTC)
+    return out
 
-    title: Annotated[str, Meta(min_length=1, max_length=300, description="What to do, e.g. 'Call Mario Rossi'.")]
-    description: Annotated[str, Meta(max_length=20000)] | None = None
-    due_date: Annotated[date | None, Meta(description="Due date, YYYY-MM-DD.")] = None
-    priority: Priority = "normal"
-    client_id: Annotated[UUID | None, Meta(description="Lead/client the task is for.")] = None
-    deal_id: Annotated[UUID | None, Meta(description="Deal the task is for.")] = None
-    project_id: Annotated[UUID | None, Meta(description="Project the task belongs to.")] = None
-    assignee_id: Annotated[UUID | None, Meta(description="User who should do it; defaults to nobody.")] = None
-    tags: Annotated[list[Tag], Meta(max_length=20)] = []
+
+def _attachments(ctx: QueryContext, rows: list[dict[str, Any]]) -> list[AttachmentOut]:
+    secret = blobs.link_secret(ctx.conn) if any(r.get("sha256") for r in rows) else None
+    return [_attachment(ctx, r, secret) for r in rows]
+
+
+def present_task(ctx: QueryContext, task_id: UUID) -> TaskDetail:
+    row = tasks_q.get_task(ctx.conn, ctx.org_id, task_id)
+    row["checklist"] = tasks_q.list_checklist(ctx.conn, ctx.org_id, task_id)
+    row["attachments"] = [msgspec.to_builtins(a) for a in _attachments(ctx, tasks_q.list_attachments(ctx.conn, ctx.org_id, task_id))]
+    return msgspec.convert(row, TaskDetail)
+
+
+def present_item(ctx: QueryContext, item_id: UUID) -> ChecklistItemOut:
+    return msgspec.convert(tasks_q.get_checklist_item(ctx.conn, ctx.org_id, item_id), ChecklistItemOut)
+
+
+def present_attachment(ctx: QueryContext, attachment_id: UUID) -> AttachmentOut:
+    row = tasks_q.get_attachment(ctx.conn, ctx.org_id, attachment_id)
+    if row is None:
+        raise NotFound("attachment", attachment_id, field="attachment_id")
+    return _attachments(ctx, [row])[0]
 
 
 def _ensure_row(uow: UnitOfWork, table: str, entity: str, entity_id: UUID, field: str) -> None:
@@ -73,59 +155,359 @@ def _ensure_row(uow: UnitOfWork, table: str, entity: str, entity_id: UUID, field
         raise NotFound(entity, entity_id, field=field)
 
 
-@registry.command("crm_tasks_create", output=TaskOut, returns=UUID, present=present_task)
-def create_task(cmd: CreateTask, uow: UnitOfWork) -> UUID:
-    if cmd.client_id is not None:
-        uow.get(Client, cmd.client_id, field="client_id")
-    if cmd.deal_id is not None:
-        _ensure_row(uow, "deals", "deal", cmd.deal_id, "deal_id")
-    if cmd.project_id is not None:
-        _ensure_row(uow, "projects", "project", cmd.project_id, "project_id")
-    if cmd.assignee_id is not None:
-        ensure_user(uow.conn, uow.org_id, cmd.assignee_id, field="assignee_id")
-    fields = msgspec.to_builtins(
-        {k: getattr(cmd, k) for k in ("title", "description", "priority", "client_id", "deal_id", "project_id")}
-    )
-    fields["due_date"] = cmd.due_date
-    task = Task(org_id=uow.org_id, fields=fields, assignee_id=cmd.assignee_id, created_by=uow.principal.user_id)
-    for tag in cmd.tags:
-        task.add_tag(tag)
-    uow.add(task)
-    return task.id
+def _check_links(uow: UnitOfWork, client_id: UUID | None, deal_id: UUID | None, project_id: UUID | None) -> None:
+    if client_id is not None:
+        uow.get(Client, client_id, field="client_id")
+    if deal_id is not None:
+        _ensure_row(uow, "deals", "deal", deal_id, "deal_id")
+    if project_id is not None:
+        uow.get(Project, project_id, field="project_id").ensure_accepts_tasks()
 
 
+# -- queries ---------------------------------------------------------------------------------------------
 class GetTask(Query, kw_only=True):
-    """One task with its links, assignee, due date, priority and tags."""
+    """One task with its links, assignee, due date, priority, tags, checklist (in order) and attachments
+    (stored files come with a signed download link that expires)."""
 
     task_id: TaskId
 
 
-@registry.query("crm_tasks_get", output=TaskOut)
-def get_task(q: GetTask, ctx: QueryContext) -> TaskOut:
+@registry.query("crm_tasks_get", output=TaskDetail)
+def get_task(q: GetTask, ctx: QueryContext) -> TaskDetail:
     return present_task(ctx, q.task_id)
 
 
-class ListTasks(ListQuery, kw_only=True):
-    """List tasks, soonest due first by default. Filter by assignee, client, deal, project, status, tag and due
-    date: due='overdue' (open and past due) or 'today' use the organization's timezone."""
-
-    assignee_id: UUID | None = None
-    client_id: UUID | None = None
-    deal_id: UUID | None = None
-    project_id: UUID | None = None
-    status: Literal["open", "done"] | None = None
+class TaskFilters(ListQuery, kw_only=True):
+    assignee_id: Annotated[UUID | None, Meta(description="Only tasks assigned to this user id (crm_users_list).")] = None
+    unassigned: Annotated[bool, Meta(description="Only tasks nobody is assigned to.")] = False
+    client_id: Annotated[UUID | None, Meta(description="Only tasks for this lead/client.")] = None
+    deal_id: Annotated[UUID | None, Meta(description="Only tasks for this deal.")] = None
+    status: Annotated[Literal["open", "done"] | None, Meta(description="open or done; default both.")] = None
     tag: Tag | None = None
-    due: Annotated[Literal["overdue", "today", "none"] | None, Meta(description="overdue, today, or none (no due date).")] = None
+    due: Annotated[Literal["overdue", "today", "due_soon", "none"] | None, Meta(
+        description="overdue (open, due before today), today, due_soon (open, due in the next 7 days) or none "
+                    "(no due date); 'today' is the organization's today, in its timezone.")] = None
     due_from: Annotated[date | None, Meta(description="Due on or after (YYYY-MM-DD).")] = None
     due_to: Annotated[date | None, Meta(description="Due on or before (YYYY-MM-DD).")] = None
-    sort: Literal["due_asc", "due_desc", "created_desc", "created_asc"] = "due_asc"
+    sort: Literal["due_asc", "due_desc", "created_desc", "created_asc", "priority_desc"] = "due_asc"
+
+
+class ListTasks(TaskFilters, kw_only=True):
+    """List tasks, soonest due first by default. Filter by assignee, client, deal, project, status, tag and due
+    date: due='overdue' (open and past due) or 'today' use the organization's timezone. E.g. "my overdue
+    tasks": assignee_id=<me>, due='overdue'. Pages with `cursor`/`next_cursor`."""
+
+    project_id: Annotated[UUID | None, Meta(description="Only tasks of this project.")] = None
+
+
+def _task_page(ctx: QueryContext, q: TaskFilters, project_id: UUID | None) -> Page[TaskOut]:
+    rows, cursor = tasks_q.list_tasks(
+        ctx.conn, ctx.org_id, today=organization_today(ctx.conn, ctx.org_id), assignee_id=q.assignee_id,
+        unassigned=q.unassigned, client_id=q.client_id, deal_id=q.deal_id, project_id=project_id, status=q.status,
+        tag=q.tag, due=q.due, due_from=q.due_from, due_to=q.due_to, sort=q.sort, limit=q.limit, cursor=q.cursor,
+    )
+    return Page(items=[msgspec.convert(r, TaskOut) for r in rows], next_cursor=cursor)
 
 
 @registry.query("crm_tasks_list", output=Page[TaskOut])
 def list_tasks(q: ListTasks, ctx: QueryContext) -> Page[TaskOut]:
-    rows, cursor = tasks_q.list_tasks(
-        ctx.conn, ctx.org_id, today=organization_today(ctx.conn, ctx.org_id), assignee_id=q.assignee_id,
-        client_id=q.client_id, deal_id=q.deal_id, project_id=q.project_id, status=q.status, tag=q.tag, due=q.due,
-        due_from=q.due_from, due_to=q.due_to, sort=q.sort, limit=q.limit, cursor=q.cursor,
-    )
-    return Page(items=[msgspec.convert(r, TaskOut) for r in rows], next_cursor=cursor)
+    return _task_page(ctx, q, q.project_id)
+
+
+class SearchTasks(Query, kw_only=True):
+    """Search tasks by words in their title and description (accents and case ignored, word beginnings match:
+    'contr' finds 'contract'). Best match first."""
+
+    q: SearchText
+    status: Annotated[Literal["open", "done"] | None, Meta(description="Only open or only done tasks.")] = None
+    limit: Limit = 25
+
+
+@registry.query("crm_tasks_search", output=TaskSearchResult)
+def search_tasks(q: SearchTasks, ctx: QueryContext) -> TaskSearchResult:
+    rows = tasks_q.search_tasks(ctx.conn, ctx.org_id, q.q, status=q.status, limit=q.limit)
+    return TaskSearchResult(items=[msgspec.convert(r, TaskHit) for r in rows])
+
+
+class ListChecklist(Query, kw_only=True):
+    """The checklist items of a task, in their order, with done flags."""
+
+    task_id: TaskId
+
+
+@registry.query("crm_tasks_list_checklist", output=ChecklistOut)
+def list_checklist(q: ListChecklist, ctx: QueryContext) -> ChecklistOut:
+    tasks_q.get_task(ctx.conn, ctx.org_id, q.task_id)
+    return ChecklistOut(items=[msgspec.convert(r, ChecklistItemOut) for r in tasks_q.list_checklist(ctx.conn, ctx.org_id, q.task_id)])
+
+
+class ListAttachments(Query, kw_only=True):
+    """The attachments of a task: name, size, MIME type, and the URL or a signed download link (valid 15 minutes;
+    call again for a fresh one)."""
+
+    task_id: TaskId
+
+
+@registry.query("crm_tasks_list_attachments", output=AttachmentList)
+def list_attachments(q: ListAttachments, ctx: QueryContext) -> AttachmentList:
+    tasks_q.get_task(ctx.conn, ctx.org_id, q.task_id)
+    return AttachmentList(items=_attachments(ctx, tasks_q.list_attachments(ctx.conn, ctx.org_id, q.task_id)))
+
+
+class ListTags(Query, kw_only=True):
+    """Tags in use on tasks, most used first, with how many tasks carry each."""
+
+    status: Annotated[Literal["open", "done"] | None, Meta(description="Count only open or only done tasks.")] = None
+    limit: Annotated[int, Meta(ge=1, le=500)] = 100
+
+
+@registry.query("crm_tasks_list_tags", output=TagCounts)
+def list_tags(q: ListTags, ctx: QueryContext) -> TagCounts:
+    return TagCounts(items=[TagCount(**r) for r in tasks_q.tag_counts(ctx.conn, ctx.org_id, status=q.status, limit=q.limit)])
+
+
+# -- creating and changing -------------------------------------------------------------------------------
+class CreateTask(Command, kw_only=True):
+    """Create a task, e.g. a follow-up call. Link it to a lead/client (client_id), a deal or a project, give a
+    due_date (YYYY-MM-DD, in the organization's timezone) and an assignee (user id from crm_users_list).
+    Checklist items can be given at once. Archived projects accept no new tasks."""
+
+    title: Title
+    description: Description | None = None
+    due_date: DueDate | None = None
+    priority: Priority = "normal"
+    client_id: Annotated[UUID | None, Meta(description="Lead/client the task is for.")] = None
+    deal_id: Annotated[UUID | None, Meta(description="Deal the task is for.")] = None
+    project_id: Annotated[UUID | None, Meta(description="Project the task belongs to.")] = None
+    assignee_id: Annotated[UUID | None, Meta(description="User who should do it; defaults to nobody.")] = None
+    tags: Annotated[list[Tag], Meta(max_length=20)] = []
+    checklist: Annotated[list[ItemText], Meta(max_length=50, description="Checklist items, in order.")] = []
+
+
+@registry.command("crm_tasks_create", output=TaskDetail, returns=UUID, present=present_task)
+def create_task(cmd: CreateTask, uow: UnitOfWork) -> UUID:
+    _check_links(uow, cmd.client_id, cmd.deal_id, cmd.project_id)
+    if cmd.assignee_id is not None:
+        ensure_user(uow.conn, uow.org_id, cmd.assignee_id, field="assignee_id")
+    fields = {k: getattr(cmd, k) for k in ("title", "description", "priority", "client_id", "deal_id", "project_id",
+                                           "due_date")}
+    task = Task(org_id=uow.org_id, fields=fields, assignee_id=cmd.assignee_id, created_by=uow.principal.user_id)
+    for tag in cmd.tags:
+        task.add_tag(tag)
+    for text in cmd.checklist:
+        task.add_checklist_item(text)
+    uow.add(task)
+    return task.id
+
+
+def task_command(name: str, input: type[Struct], act: Any, *, destructive: bool = False,
+                 output: type = TaskDetail, present: Any = present_task, returns: type = UUID) -> None:
+    entity_command(name, input, Task, "task_id", act, output=output, present=present, returns=returns,
+                   destructive=destructive)
+
+
+class UpdateTask(Command, kw_only=True):
+    """Change a task's title, description, due date, priority or links. Only the fields you send change;
+    send null to clear an optional one (e.g. due_date=null)."""
+
+    task_id: TaskId
+    title: Title | UnsetType = UNSET
+    description: Description | None | UnsetType = UNSET
+    due_date: DueDate | None | UnsetType = UNSET
+    priority: Priority | UnsetType = UNSET
+    client_id: UUID | None | UnsetType = UNSET
+    deal_id: UUID | None | UnsetType = UNSET
+    project_id: UUID | None | UnsetType = UNSET
+
+
+def _update(task: Task, cmd: UpdateTask, uow: UnitOfWork) -> None:
+    changes = {k: getattr(cmd, k) for k in ("title", "description", "due_date", "priority", "client_id", "deal_id",
+                                            "project_id") if getattr(cmd, k) is not UNSET}
+    _check_links(uow, changes.get("client_id") if changes.get("client_id") != task.client_id else None,
+                 changes.get("deal_id") if changes.get("deal_id") != task.deal_id else None,
+                 changes.get("project_id") if changes.get("project_id") != task.project_id else None)
+    task.update(changes)
+
+
+task_command("crm_tasks_update", UpdateTask, _update)
+
+
+class CompleteTask(Command, kw_only=True):
+    """Mark a task done."""
+
+    task_id: TaskId
+
+
+task_command("crm_tasks_complete", CompleteTask, lambda t, cmd, uow: t.complete())
+
+
+class ReopenTask(Command, kw_only=True):
+    """Reopen a done task (it becomes open again)."""
+
+    task_id: TaskId
+
+
+task_command("crm_tasks_reopen", ReopenTask, lambda t, cmd, uow: t.reopen())
+
+
+class AssignTask(Command, kw_only=True):
+    """Assign a task to a user of the organization (find the user_id with crm_users_list)."""
+
+    task_id: TaskId
+    user_id: Annotated[UUID, Meta(description="A user id of this organization.")]
+
+
+def _assign(task: Task, cmd: AssignTask, uow: UnitOfWork) -> None:
+    ensure_user(uow.conn, uow.org_id, cmd.user_id, field="user_id")
+    task.assign(cmd.user_id)
+
+
+task_command("crm_tasks_assign", AssignTask, _assign)
+
+
+class UnassignTask(Command, kw_only=True):
+    """Remove a task's assignee, leaving nobody responsible for it."""
+
+    task_id: TaskId
+
+
+task_command("crm_tasks_unassign", UnassignTask, lambda t, cmd, uow: t.unassign(), destructive=True)
+
+
+class DeleteTask(Command, kw_only=True):
+    """Delete a task. It disappears from lists; its history stays in the audit trail."""
+
+    task_id: TaskId
+
+
+def _delete(task: Task, cmd: DeleteTask, uow: UnitOfWork) -> Removed:
+    task.delete()
+    return Removed(id=task.id, entity="task")
+
+
+task_command("crm_tasks_delete", DeleteTask, _delete, destructive=True, output=Removed, present=None, returns=Removed)
+
+
+class TagTask(Command, kw_only=True):
+    """Add a tag to a task (no effect if it already has it). See crm_tasks_list_tags for tags in use."""
+
+    task_id: TaskId
+    tag: Tag
+
+
+task_command("crm_tasks_add_tag", TagTask, lambda t, cmd, uow: t.add_tag(cmd.tag))
+
+
+class UntagTask(Command, kw_only=True):
+    """Remove a tag from a task."""
+
+    task_id: TaskId
+    tag: Tag
+
+
+task_command("crm_tasks_remove_tag", UntagTask, lambda t, cmd, uow: t.remove_tag(cmd.tag), destructive=True)
+
+
+# -- checklist -------------------------------------------------------------------------------------------
+class AddChecklistItem(Command, kw_only=True):
+    """Add an item at the end of a task's checklist. Returns the item with its id."""
+
+    task_id: TaskId
+    text: ItemText
+    done: bool = False
+
+
+task_command("crm_tasks_add_checklist_item", AddChecklistItem,
+             lambda t, cmd, uow: t.add_checklist_item(cmd.text, cmd.done), output=ChecklistItemOut, present=present_item)
+
+
+class UpdateChecklistItem(Command, kw_only=True):
+    """Rename a checklist item (text) and/or tick or untick it (done). Only what you send changes."""
+
+    task_id: TaskId
+    item_id: ItemId
+    text: ItemText | UnsetType = UNSET
+    done: bool | UnsetType = UNSET
+
+
+def _update_item(task: Task, cmd: UpdateChecklistItem, uow: UnitOfWork) -> UUID:
+    task.update_checklist_item(cmd.item_id, text=None if cmd.text is UNSET else cmd.text,
+                               done=None if cmd.done is UNSET else cmd.done)
+    return cmd.item_id
+
+
+task_command("crm_tasks_update_checklist_item", UpdateChecklistItem, _update_item, output=ChecklistItemOut,
+             present=present_item)
+
+
+class RemoveChecklistItem(Command, kw_only=True):
+    """Remove an item from a task's checklist; the others keep their order."""
+
+    task_id: TaskId
+    item_id: ItemId
+
+
+def _remove_item(task: Task, cmd: RemoveChecklistItem, uow: UnitOfWork) -> Removed:
+    task.remove_checklist_item(cmd.item_id)
+    return Removed(id=cmd.item_id, entity="checklist item")
+
+
+task_command("crm_tasks_remove_checklist_item", RemoveChecklistItem, _remove_item, destructive=True, output=Removed,
+             present=None, returns=Removed)
+
+
+# -- attachments -----------------------------------------------------------------------------------------
+class AddAttachment(Command, kw_only=True):
+    """Attach a file to a task: either a reference (url) or the file itself as base64 (content_base64, at most
+    2 MiB decoded), which is stored in the CRM and served by a signed download link that expires after 15 minutes.
+    size_bytes, if given, must match the content, and the content must be of the declared mime_type."""
+
+    task_id: TaskId
+    name: Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[^/\\\x00]+$",
+                              description="File name, e.g. 'contract.pdf'.")]
+    mime_type: Annotated[str, Meta(max_length=127, pattern=r"^[\w.+-]+/[\w.+-]+$",
+                                   description="MIME type, e.g. 'application/pdf'.")]
+    url: Annotated[str, Meta(max_length=2000, pattern=r"^https?://\S+$",
+                             description="Where the file lives (give this or content_base64).")] | None = None
+    content_base64: Annotated[str, Meta(max_length=blobs.MAX_INLINE_BASE64, description=(
+        f"The file content, base64, at most {blobs.MAX_INLINE_BYTES} bytes decoded "
+        "(give this or url)."))] | None = None
+    size_bytes: Annotated[int, Meta(ge=0, description="Size in bytes; checked against the content.")] | None = None
+
+
+def _attach(task: Task, cmd: AddAttachment, uow: UnitOfWork) -> UUID:
+    if (cmd.url is None) == (cmd.content_base64 is None):
+        raise DomainError("give exactly one of url or content_base64", field="url" if cmd.url else "content_base64")
+    if cmd.url is not None:
+        return task.add_attachment(cmd.name, url=cmd.url, size_bytes=cmd.size_bytes, mime_type=cmd.mime_type,
+                                   added_by=uow.principal.user_id)
+    try:
+        content = base64.b64decode(cmd.content_base64, validate=True)
+    except (binascii.Error, ValueError):
+        raise DomainError("content_base64 is not valid base64", field="content_base64") from None
+    if len(content) > blobs.MAX_INLINE_BYTES:
+        raise DomainError(f"content is larger than {blobs.MAX_INLINE_BYTES} bytes; attach a url instead",
+                          field="content_base64")
+    check_content(content, cmd.mime_type, cmd.size_bytes)
+    digest = blobs.store_blob(uow.conn, uow.org_id, content)
+    return task.add_attachment(cmd.name, sha256=digest, size_bytes=len(content), mime_type=cmd.mime_type,
+                               added_by=uow.principal.user_id)
+
+
+task_command("crm_tasks_add_attachment", AddAttachment, _attach, output=AttachmentOut, present=present_attachment)
+
+
+class RemoveAttachment(Command, kw_only=True):
+    """Remove an attachment from a task."""
+
+    task_id: TaskId
+    attachment_id: AttachmentId
+
+
+def _detach(task: Task, cmd: RemoveAttachment, uow: UnitOfWork) -> Removed:
+    task.remove_attachment(cmd.attachment_id)
+    return Removed(id=cmd.attachment_id, entity="attachment")
+
+
+task_command("crm_tasks_remove_attachment", RemoveAttachment, _detach, destructive=True, output=Removed,
+             present=None, returns=Removed)

@@ -7,7 +7,9 @@ from projections.clients import ClientsProjection
 from projections.notes import NotesProjection
 from projections.recordings import RecordingsProjection
 from projections.tasks import TasksProjection
+from projections.projects import ProjectsProjection  # noqa: E402
+from projections.wiki import WikiProjection  # noqa: E402
 
 
 def all_projections() -> list[Projection]:
-    return [ClientsProjection(), NotesProjection(), RecordingsProjection(), TasksProjection()]
+    return [ClientsProjection(), NotesProjection(), RecordingsProjection(), TasksProjection(), ProjectsProjection(), WikiProjection()]

@@ -1,0 +1,77 @@
+"""Stored attachment content and its expiring signed download links.
+
+Inline content is kept in PostgreSQL (`attachment_blobs`, keyed by organization and SHA-256). A download
+link is `/attachments/<id>?expires=<unix>&sig=<HMAC-SHA256(secret, "<id>.<expires>")>`: whoever holds it
+may download that one file until it expires. The secret is FLUSIA_SECRET, else one generated once and
+kept in the database so every worker signs alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from typing import Any
+from uuid import UUID
+
+LINK_TTL_SECONDS = 15 * 60
+MAX_INLINE_BYTES = 2 * 1024 * 1024
+MAX_INLINE_BASE64 = (MAX_INLINE_BYTES + 2) // 3 * 4
+SECRET_NAME = "download_links"
+
+
+def link_secret(conn: Any) -> bytes:
+    configured = os.environ.get("FLUSIA_SECRET")
+    if configured:
+        return configured.encode()
+    conn.execute("INSERT INTO app_secrets (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                 (SECRET_NAME, secrets.token_urlsafe(32)))
+    row = conn.execute("SELECT value FROM app_secrets WHERE name = %s", (SECRET_NAME,)).fetchone()
+    value = row["value"] if isinstance(row, dict) else row[0]
+    return value.encode()
+
+
+def signature(secret: bytes, attachment_id: UUID | str, expires: int) -> str:
+    mac = hmac.new(secret, f"{attachment_id}.{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def download_link(secret: bytes, attachment_id: UUID, *, now: float | None = None,
+                  ttl: int = LINK_TTL_SECONDS) -> tuple[str, int]:
+    """The link (absolute when FLUSIA_PUBLIC_URL is set) and its expiry as a unix timestamp."""
+    expires = int((time.time() if now is None else now) + ttl)
+    base = os.environ.get("FLUSIA_PUBLIC_URL", "").rstrip("/")
+    return f"{base}/attachments/{attachment_id}?expires={expires}&sig={signature(secret, attachment_id, expires)}", expires
+
+
+def check_link(secret: bytes, attachment_id: UUID | str, expires: str | int | None, sig: str | None,
+               *, now: float | None = None) -> str | None:
+    """None when the link is good; else why not ('invalid' or 'expired')."""
+    try:
+        expires_at = int(expires)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "invalid"
+    if not sig or not hmac.compare_digest(signature(secret, attachment_id, expires_at), sig):
+        return "invalid"
+    if expires_at < (time.time() if now is None else now):
+        return "expired"
+    return None
+
+
+def store_blob(conn: Any, org_id: UUID, content: bytes) -> str:
+    """Keep the content (once per organization and digest); returns its SHA-256 hex digest."""
+    digest = hashlib.sha256(content).hexdigest()
+    conn.execute("INSERT INTO attachment_blobs (organization_id, sha256, content) VALUES (%s, %s, %s)"
+                 " ON CONFLICT DO NOTHING", (org_id, digest, content))
+    return digest
+
+
+def load_blob(conn: Any, org_id: UUID, digest: str) -> bytes | None:
+    row = conn.execute("SELECT content FROM attachment_blobs WHERE organization_id = %s AND sha256 = %s",
+                       (org_id, digest)).fetchone()
+    if row is None:
+        return None
+    return bytes(row["content"] if isinstance(row, dict) else row[0])

@@ -1,0 +1,319 @@
+"""The wiki knowledge base: the `crm_wiki_*` tools (pages, categories, revisions, moves, full-text search)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from application.handlers import entity_command
+from application.registry import registry
+from application.service import QueryContext, UnitOfWork
+from application.shapes import Command, Limit, ListQuery, Page, Query, Removed, SearchText
+from domain.errors import Conflict, DomainError
+from domain.wiki import RevisionNotFound, WikiCategory, WikiPage, text_search_language
+from projections import wiki as wiki_q
+
+PageId = Annotated[UUID, Meta(description="The page id (from crm_wiki_list_pages, crm_wiki_search or crm_wiki_create_page).")]
+CategoryId = Annotated[UUID, Meta(description="A category id (from crm_wiki_list_categories).")]
+PageTitle = Annotated[str, Meta(min_length=1, max_length=300, description="Page title, e.g. 'Onboarding checklist'.")]
+Markdown = Annotated[str, Meta(max_length=200_000, description="The page content in markdown.")]
+MAX_DEPTH = 50
+
+
+class PageSummary(Struct, kw_only=True):
+    id: UUID
+    title: str
+    category_id: UUID | None
+    category_name: str | None
+    parent_id: UUID | None
+    revision: int
+    children_count: int
+    body_length: int
+    created_by: UUID | None
+    updated_by: UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PageOut(Struct, kw_only=True):
+    id: UUID
+    title: str
+    body: Annotated[str, Meta(description="Markdown.")]
+    category_id: UUID | None
+    category_name: str | None
+    parent_id: UUID | None
+    child_ids: list[UUID]
+    revision: Annotated[int, Meta(description="Current revision number (see crm_wiki_list_revisions).")]
+    created_by: UUID | None
+    updated_by: UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SearchHit(Struct, kw_only=True):
+    id: UUID
+    title: str
+    title_highlight: str
+    snippet: Annotated[str, Meta(description="Matching passages, matches wrapped in **bold**.")]
+    category_id: UUID | None
+    parent_id: UUID | None
+    revision: int
+    updated_at: datetime
+    score: Annotated[float, Meta(description="Relevance; higher is better.")]
+
+
+class SearchResult(Struct):
+    items: list[SearchHit]
+    language: Annotated[str, Meta(description="The text search language used (from the organization's locale).")]
+
+
+class RevisionOut(Struct, kw_only=True):
+    revision: int
+    change: Literal["created", "edited", "moved", "restored"]
+    title: str
+    category_id: UUID | None
+    parent_id: UUID | None
+    restored_from: int | None
+    summary: str | None
+    author_id: UUID | None
+    created_at: datetime
+    body_length: int
+
+
+class CategoryOut(Struct, kw_only=True):
+    id: UUID
+    name: str
+    description: str | None
+    pages_count: int
+    created_at: datetime
+
+
+class CategoryList(Struct):
+    items: list[CategoryOut]
+
+
+def present_page(ctx: QueryContext, page_id: UUID) -> PageOut:
+    return msgspec.convert(wiki_q.get_page(ctx.conn, ctx.org_id, page_id), PageOut)
+
+
+def organization_language(conn: Any, org_id: UUID) -> str:
+    row = conn.execute("SELECT locale FROM organizations WHERE id = %s", (org_id,)).fetchone()
+    return text_search_language(row["locale"] if row else None)
+
+
+# -- queries ---------------------------------------------------------------------------------------------
+class ListPages(ListQuery, kw_only=True):
+    """Pages of the knowledge base as a tree: ordered by category, then title; each with its parent_id and
+    number of sub-pages. Filter by category, by parent (its sub-pages) or top_level only. Cursor paging."""
+
+    category_id: Annotated[UUID | None, Meta(description="Only pages in this category.")] = None
+    parent_id: Annotated[UUID | None, Meta(description="Only the sub-pages of this page.")] = None
+    top_level: Annotated[bool, Meta(description="Only pages without a parent page.")] = False
+
+
+@registry.query("crm_wiki_list_pages", output=Page[PageSummary])
+def list_pages(q: ListPages, ctx: QueryContext) -> Page[PageSummary]:
+    rows, cursor = wiki_q.list_pages(ctx.conn, ctx.org_id, category_id=q.category_id, parent_id=q.parent_id,
+                                     top_level=q.top_level, limit=q.limit, cursor=q.cursor)
+    return Page(items=[msgspec.convert(r, PageSummary) for r in rows], next_cursor=cursor)
+
+
+class GetPage(Query, kw_only=True):
+    """One wiki page: markdown body, category, parent, sub-pages and current revision."""
+
+    page_id: PageId
+
+
+@registry.query("crm_wiki_get_page", output=PageOut)
+def get_page(q: GetPage, ctx: QueryContext) -> PageOut:
+    return present_page(ctx, q.page_id)
+
+
+class SearchWiki(Query, kw_only=True):
+    """Full-text search over the knowledge base (current text of every page), in the organization's language
+    (e.g. Italian stemming: 'fatture' finds 'fattura'). Supports "quoted phrases", OR and -excluded words.
+    Best match first, each with a highlighted snippet."""
+
+    q: SearchText
+    category_id: Annotated[UUID | None, Meta(description="Only pages in this category.")] = None
+    limit: Annotated[int, Meta(ge=1, le=50, description="How many results (default 10).")] = 10
+
+
+@registry.query("crm_wiki_search", output=SearchResult)
+def search(q: SearchWiki, ctx: QueryContext) -> SearchResult:
+    language = organization_language(ctx.conn, ctx.org_id)
+    rows = wiki_q.search_pages(ctx.conn, ctx.org_id, q.q, language=language, category_id=q.category_id, limit=q.limit)
+    return SearchResult(items=[msgspec.convert(r, SearchHit) for r in rows], language=language)
+
+
+class ListRevisions(ListQuery, kw_only=True):
+    """Revisions of a page, newest first: every creation, edit, move and restore, with who and when.
+    Restore one with crm_wiki_restore_revision."""
+
+    page_id: PageId
+
+
+@registry.query("crm_wiki_list_revisions", output=Page[RevisionOut])
+def list_revisions(q: ListRevisions, ctx: QueryContext) -> Page[RevisionOut]:
+    wiki_q.get_page(ctx.conn, ctx.org_id, q.page_id)
+    rows, cursor = wiki_q.list_revisions(ctx.conn, ctx.org_id, q.page_id, limit=q.limit, cursor=q.cursor)
+    return Page(items=[msgspec.convert(r, RevisionOut) for r in rows], next_cursor=cursor)
+
+
+class ListCategories(Query, kw_only=True):
+    """Wiki categories with how many pages each holds."""
+
+
+@registry.query("crm_wiki_list_categories", output=CategoryList)
+def list_categories(q: ListCategories, ctx: QueryContext) -> CategoryList:
+    return CategoryList(items=[msgspec.convert(r, CategoryOut) for r in wiki_q.list_categories(ctx.conn, ctx.org_id)])
+
+
+# -- commands --------------------------------------------------------------------------------------------
+class CreateCategory(Command, kw_only=True):
+    """Create a wiki category (e.g. 'Procedures', 'Products'). Names are unique, ignoring case."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=100)]
+    description: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+def present_category(ctx: QueryContext, category_id: UUID) -> CategoryOut:
+    rows = [r for r in wiki_q.list_categories(ctx.conn, ctx.org_id) if r["id"] == category_id]
+    if not rows:
+        from domain.errors import NotFound
+
+        raise NotFound("wiki category", category_id, field="category_id")
+    return msgspec.convert(rows[0], CategoryOut)
+
+
+@registry.command("crm_wiki_create_category", output=CategoryOut, returns=UUID, present=present_category)
+def create_category(cmd: CreateCategory, uow: UnitOfWork) -> UUID:
+    if wiki_q.category_named(uow.conn, uow.org_id, cmd.name.strip()):
+        raise Conflict(f"a category named {cmd.name!r} already exists", field="name")
+    category = WikiCategory(org_id=uow.org_id, name=cmd.name.strip(), description=cmd.description)
+    uow.add(category)
+    return category.id
+
+
+class CreatePage(Command, kw_only=True):
+    """Create a wiki page in markdown, optionally in a category and under a parent page."""
+
+    title: PageTitle
+    body: Markdown = ""
+    category_id: Annotated[UUID | None, Meta(description="Category (crm_wiki_list_categories).")] = None
+    parent_id: Annotated[UUID | None, Meta(description="Parent page, to make this a sub-page.")] = None
+
+
+@registry.command("crm_wiki_create_page", output=PageOut, returns=UUID, present=present_page)
+def create_page(cmd: CreatePage, uow: UnitOfWork) -> UUID:
+    if cmd.category_id is not None:
+        uow.get(WikiCategory, cmd.category_id, field="category_id")
+    parent = uow.get(WikiPage, cmd.parent_id, field="parent_id") if cmd.parent_id is not None else None
+    page = WikiPage.create(uow.org_id, cmd.title, cmd.body, category_id=cmd.category_id, parent=parent,
+                           language=organization_language(uow.conn, uow.org_id), author_id=uow.principal.user_id)
+    uow.add(page)
+    return page.id
+
+
+def page_command(name: str, input: type[Struct], act: Any, **kw: Any) -> None:
+    kw.setdefault("output", PageOut)
+    kw.setdefault("present", present_page)
+    entity_command(name, input, WikiPage, "page_id", act, **kw)
+
+
+class UpdatePage(Command, kw_only=True):
+    """Change a page's title and/or markdown body. The previous text stays available as a revision
+    (crm_wiki_list_revisions). Only what you send changes."""
+
+    page_id: PageId
+    title: PageTitle | UnsetType = UNSET
+    body: Markdown | UnsetType = UNSET
+    summary: Annotated[str, Meta(max_length=300, description="What changed, for the revision list.")] | None = None
+
+
+def _edit(page: WikiPage, cmd: UpdatePage, uow: UnitOfWork) -> None:
+    page.edit(title=None if cmd.title is UNSET else cmd.title, body=None if cmd.body is UNSET else cmd.body,
+              summary=cmd.summary, author_id=uow.principal.user_id)
+
+
+page_command("crm_wiki_update_page", UpdatePage, _edit)
+
+
+class MovePage(Command, kw_only=True):
+    """Move a page to another category and/or under another parent page (null: no category / top level).
+    A page cannot be moved under itself or one of its own sub-pages."""
+
+    page_id: PageId
+    category_id: UUID | None | UnsetType = UNSET
+    parent_id: UUID | None | UnsetType = UNSET
+
+
+def _ancestors(uow: UnitOfWork, page: WikiPage) -> list[UUID]:
+    """Ids above `page`, nearest first, read from the event store (the source of truth, not a read model)."""
+    out: list[UUID] = []
+    current = page.parent_id
+    while current is not None and len(out) < MAX_DEPTH:
+        out.append(current)
+        try:
+            above = uow.store.repository.get(current)
+        except Exception:
+            break
+        if getattr(above, "deleted", False):
+            break
+        current = above.parent_id
+    return out
+
+
+def _move(page: WikiPage, cmd: MovePage, uow: UnitOfWork) -> None:
+    if cmd.category_id is UNSET and cmd.parent_id is UNSET:
+        raise DomainError("give category_id and/or parent_id", field="parent_id")
+    category_id = page.category_id if cmd.category_id is UNSET else cmd.category_id
+    if category_id is not None and category_id != page.category_id:
+        uow.get(WikiCategory, category_id, field="category_id")
+    parent_id = page.parent_id if cmd.parent_id is UNSET else cmd.parent_id
+    parent = None
+    if parent_id is not None:
+        parent = page if parent_id == page.id else uow.get(WikiPage, parent_id, field="parent_id")
+    page.move(category_id=category_id, parent=parent, parent_ancestors=_ancestors(uow, parent) if parent else [],
+              author_id=uow.principal.user_id)
+
+
+page_command("crm_wiki_move_page", MovePage, _move)
+
+
+class DeletePage(Command, kw_only=True):
+    """Delete a wiki page. It disappears from lists and search (its sub-pages move to the top level); its
+    history stays in the audit trail."""
+
+    page_id: PageId
+
+
+def _delete(page: WikiPage, cmd: DeletePage, uow: UnitOfWork) -> Removed:
+    page.delete()
+    return Removed(id=page.id, entity="wiki page")
+
+
+page_command("crm_wiki_delete_page", DeletePage, _delete, destructive=True, output=Removed, present=None,
+             returns=Removed)
+
+
+class RestoreRevision(Command, kw_only=True):
+    """Make an older revision's title and text the current ones. This is a new change: it gets its own revision,
+    and nothing in between is lost."""
+
+    page_id: PageId
+    revision: Annotated[int, Meta(ge=1, description="A revision number from crm_wiki_list_revisions.")]
+
+
+def _restore(page: WikiPage, cmd: RestoreRevision, uow: UnitOfWork) -> None:
+    if cmd.revision > page.version:
+        raise RevisionNotFound(cmd.revision)
+    old = uow.store.repository.get(page.id, version=cmd.revision)
+    page.restore(old, author_id=uow.principal.user_id)
+
+
+page_command("crm_wiki_restore_revision", RestoreRevision, _restore)

@@ -1,0 +1,171 @@
+"""Projects read model (projects, members, activity log) and its queries."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from domain.errors import NotFound
+from domain.projects import Project
+from projections.base import Projection, handles
+from projections.pagination import Sort, paginate
+
+PROJECT_COLUMNS = (
+    "id, name, description, client_id, deal_id, status, archived, archived_at, start_date, end_date, budget_cents,"
+    " currency, created_by, created_at, updated_at"
+)
+FIELD_COLUMNS = ("name", "description", "client_id", "deal_id", "status", "start_date", "end_date", "budget_cents", "currency")
+SORTS = {
+    "created_desc": Sort("created_at", "timestamptz", descending=True),
+    "name_asc": Sort("lower(name)", "text"),
+    "end_asc": Sort("coalesce(end_date, '9999-12-31'::date)", "date"),
+}
+
+
+class ProjectsProjection(Projection):
+    name = "projects"
+    tables = ("projects", "project_members", "project_activities")
+
+    def _touch(self, cur: Any, e: Any, sets: str = "", params: tuple = ()) -> None:
+        cur.execute(f"UPDATE projects SET {sets + ', ' if sets else ''}updated_at = %s WHERE id = %s",  # noqa: S608
+                    (*params, e.timestamp, e.originator_id))
+
+    def _system(self, cur: Any, e: Any, text: str) -> None:
+        """Changes that matter to the team show up in the project's activity log too."""
+        cur.execute(
+            "INSERT INTO project_activities (id, organization_id, project_id, kind, text, created_at)"
+            " SELECT md5(%s || ':' || %s)::uuid, organization_id, id, 'system', %s, %s FROM projects WHERE id = %s",
+            (str(e.originator_id), e.originator_version, text, e.timestamp, e.originator_id),
+        )
+
+    @handles(Project.Created)
+    def created(self, cur: Any, e: Any) -> None:
+        f = {c: e.fields.get(c) for c in FIELD_COLUMNS}
+        cur.execute(
+            "INSERT INTO projects (id, organization_id, name, description, client_id, deal_id, status, start_date,"
+            " end_date, budget_cents, currency, created_by, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (e.originator_id, e.org_id, f["name"], f["description"], f["client_id"], f["deal_id"],
+             f["status"] or "active", f["start_date"], f["end_date"], f["budget_cents"], f["currency"], e.created_by,
+             e.timestamp, e.timestamp),
+        )
+        self._system(cur, e, "project created")
+
+    @handles(Project.Updated)
+    def updated(self, cur: Any, e: Any) -> None:
+        changes = dict(e.changes)
+        self._touch(cur, e, ", ".join(f"{k} = %s" for k in changes), tuple(changes.values()))
+        if "status" in changes:
+            self._system(cur, e, f"status changed to {changes['status']}")
+
+    @handles(Project.Archived)
+    def archived(self, cur: Any, e: Any) -> None:
+        self._touch(cur, e, "archived = true, archived_at = %s", (e.timestamp,))
+        self._system(cur, e, "project archived")
+
+    @handles(Project.Unarchived)
+    def unarchived(self, cur: Any, e: Any) -> None:
+        self._touch(cur, e, "archived = false, archived_at = NULL")
+        self._system(cur, e, "project unarchived")
+
+    @handles(Project.MemberAssigned)
+    def member_assigned(self, cur: Any, e: Any) -> None:
+        cur.execute(
+            "INSERT INTO project_members (organization_id, project_id, user_id, role, added_at)"
+            " SELECT organization_id, id, %s, %s, %s FROM projects WHERE id = %s"
+            " ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
+            (e.user_id, e.role, e.timestamp, e.originator_id),
+        )
+        self._touch(cur, e)
+        self._system(cur, e, f"member {e.user_id} added as {e.role}")
+
+    @handles(Project.MemberUnassigned)
+    def member_unassigned(self, cur: Any, e: Any) -> None:
+        cur.execute("DELETE FROM project_members WHERE project_id = %s AND user_id = %s", (e.originator_id, e.user_id))
+        self._touch(cur, e)
+        self._system(cur, e, f"member {e.user_id} removed")
+
+    @handles(Project.BriefUpdated)
+    def brief_updated(self, cur: Any, e: Any) -> None:
+        self._touch(cur, e, "brief = brief || %s, brief_updated_at = %s", (Jsonb(dict(e.changes)), e.timestamp))
+        self._system(cur, e, "brief updated: " + ", ".join(sorted(e.changes)))
+
+    @handles(Project.ActivityLogged)
+    def activity_logged(self, cur: Any, e: Any) -> None:
+        cur.execute(
+            "INSERT INTO project_activities (id, organization_id, project_id, kind, text, minutes, occurred_on,"
+            " author_id, created_at) SELECT %s, organization_id, id, %s, %s, %s, %s, %s, %s FROM projects WHERE id = %s",
+            (e.activity_id, e.kind, e.text, e.minutes, e.occurred_on, e.author_id, e.timestamp, e.originator_id),
+        )
+        self._touch(cur, e)
+
+    @handles(Project.Deleted)
+    def deleted(self, cur: Any, e: Any) -> None:
+        cur.execute("DELETE FROM projects WHERE id = %s", (e.originator_id,))
+
+
+# -- queries ---------------------------------------------------------------------------------------------
+def list_projects(conn: Any, org_id: UUID, *, status: str | None = None, client_id: UUID | None = None,
+                  member_id: UUID | None = None, archived: bool = False, sort: str = "created_desc",
+                  limit: int = 25, cursor: str | None = None):
+    where = ["organization_id = %s", "archived = %s"]
+    params: list[Any] = [org_id, archived]
+    for column, value in (("status", status), ("client_id", client_id)):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    if member_id is not None:
+        where.append("id IN (SELECT project_id FROM project_members WHERE organization_id = %s AND user_id = %s)")
+        params += [org_id, member_id]
+    return paginate(conn, PROJECT_COLUMNS, "FROM projects WHERE " + " AND ".join(where), params, SORTS[sort], limit, cursor)
+
+
+def get_project(conn: Any, org_id: UUID, project_id: UUID, *, today: Any) -> dict[str, Any]:
+    row = conn.execute(
+        f"SELECT {PROJECT_COLUMNS}, brief, brief_updated_at,"
+        " (SELECT count(*) FROM tasks t WHERE t.organization_id = p.organization_id AND t.project_id = p.id)::int AS tasks_count,"
+        " (SELECT count(*) FROM tasks t WHERE t.organization_id = p.organization_id AND t.project_id = p.id"
+        "   AND t.status = 'open')::int AS open_tasks_count,"
+        " (SELECT count(*) FROM tasks t WHERE t.organization_id = p.organization_id AND t.project_id = p.id"
+        "   AND t.status = 'open' AND t.due_date < %s)::int AS overdue_tasks_count,"
+        " (SELECT count(*) FROM project_activities a WHERE a.project_id = p.id)::int AS activities_count,"
+        " (SELECT coalesce(sum(minutes), 0) FROM project_activities a WHERE a.project_id = p.id)::int AS logged_minutes"
+        " FROM projects p WHERE p.organization_id = %s AND p.id = %s",
+        (today, org_id, project_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound("project", project_id, field="project_id")
+    row["members"] = list_members(conn, org_id, project_id)
+    return row
+
+
+def project_exists(conn: Any, org_id: UUID, project_id: UUID) -> bool:
+    return conn.execute("SELECT 1 FROM projects WHERE organization_id = %s AND id = %s",
+                        (org_id, project_id)).fetchone() is not None
+
+
+def get_brief(conn: Any, org_id: UUID, project_id: UUID) -> dict[str, Any]:
+    row = conn.execute("SELECT id AS project_id, brief, brief_updated_at FROM projects WHERE organization_id = %s AND id = %s",
+                       (org_id, project_id)).fetchone()
+    if row is None:
+        raise NotFound("project", project_id, field="project_id")
+    return row
+
+
+def list_members(conn: Any, org_id: UUID, project_id: UUID) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT m.user_id, m.role, m.added_at, u.name, u.email FROM project_members m"
+        " LEFT JOIN users u ON u.id = m.user_id WHERE m.organization_id = %s AND m.project_id = %s"
+        " ORDER BY m.added_at, m.user_id", (org_id, project_id)).fetchall()
+
+
+def list_activities(conn: Any, org_id: UUID, project_id: UUID, *, kind: str | None, limit: int, cursor: str | None):
+    where = "FROM project_activities WHERE organization_id = %s AND project_id = %s"
+    params: list[Any] = [org_id, project_id]
+    if kind is not None:
+        where += " AND kind = %s"
+        params.append(kind)
+    return paginate(conn, "id, project_id, kind, text, minutes, occurred_on, author_id, created_at", where, params,
+                    Sort("created_at", "timestamptz", descending=True), limit, cursor)
