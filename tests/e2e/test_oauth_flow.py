@@ -643,3 +643,251 @@ def test_cli_set_password_reads_stdin(database_url, make_org, db):
     assert json.loads(out.stdout) == {"user_id": str(org.user_id), "password_set": True}
     stored = db.execute("SELECT password_hash FROM users WHERE id = %s", (org.user_id,)).fetchone()["password_hash"]
     assert stored.startswith("$argon2id$") and oauth.check_password(stored, "s3cret-password")
+
+
+# --- Client ID Metadata Documents ----------------------------------------------------------------------
+
+@pytest.fixture
+def cimd_host(tmp_path):
+    """An https server on loopback (self-signed certificate for localhost) serving client metadata documents."""
+    import http.server
+    import ssl
+    import threading
+
+    from tests.conftest import free_port
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    documents: dict[str, bytes] = {}
+    fetched: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            fetched.append(self.path)
+            body = documents.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "max-age=600")
+            self.end_headers()
+            self.wfile.write(body or b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield {"base": f"https://localhost:{port}", "documents": documents, "fetched": fetched, "cert": str(cert)}
+    httpd.shutdown()
+
+
+async def test_client_id_metadata_document(database_url, make_org, db, cimd_host):
+    from tests.conftest import start_server
+
+    _, email = user_with_password(make_org, db, "CIMD")
+    client_id = f"{cimd_host['base']}/oauth/client.json"
+    cimd_host["documents"]["/oauth/client.json"] = json.dumps({
+        "client_id": client_id, "client_name": "Metadata Document Client", "redirect_uris": [CALLBACK],
+        "grant_types": ["authorization_code", "refresh_token"], "token_endpoint_auth_method": "none",
+    }).encode()
+    cimd_host["documents"]["/oauth/big.json"] = b'{"client_id": "' + b"x" * 200_000 + b'"}'
+    srv = start_server(database_url, {"FLUSIA_CIMD_ALLOW_LOOPBACK": "1", "SSL_CERT_FILE": cimd_host["cert"]})
+    try:
+        base = srv.base_url
+        verifier, challenge = pkce()
+        browser = Browser(base)
+        try:
+            page = await browser.open(authorize_url(base, client_id, challenge))
+            assert page.status_code == 200 and "Metadata Document Client" in page.text
+            consent = await browser.login(page, email, PASSWORD)
+            assert "Metadata Document Client" in consent.text and "localhost:6274" in consent.text
+            done = await browser.decide(consent, "approve")
+            # cached: a second authorization does not fetch again
+            await browser.open(authorize_url(base, client_id, challenge))
+            # a document over the size cap is refused
+            big = await browser.open(authorize_url(base, f"{cimd_host['base']}/oauth/big.json", challenge))
+            assert big.status_code == 400
+        finally:
+            await browser.close()
+        assert cimd_host["fetched"].count("/oauth/client.json") == 1
+        code = redirect_params(done.headers["location"])["code"]
+        r = await token_request(base, {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
+                                       "redirect_uri": CALLBACK, "client_id": client_id, "resource": f"{base}/mcp"})
+        assert r.status_code == 200, r.text
+        assert await mcp_status(base, r.json()["access_token"]) == 200
+    finally:
+        srv.process.terminate()
+        srv.process.wait(10)
+
+
+async def test_client_id_metadata_document_on_a_private_address_is_refused(server, cimd_host):
+    # the shared server does not allow loopback: the document is never fetched
+    base = server.base_url
+    _, challenge = pkce()
+    browser = Browser(base)
+    try:
+        page = await browser.open(authorize_url(base, f"{cimd_host['base']}/oauth/never.json", challenge))
+    finally:
+        await browser.close()
+    assert page.status_code == 400 and "location" not in page.headers
+    assert cimd_host["fetched"] == []
+
+
+def test_address_rules():
+    from application import oauth
+
+    for refused in ("127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.1", "169.254.169.254", "::1", "fe80::1",
+                    "fc00::1", "0.0.0.0", "::ffff:127.0.0.1", "100.64.0.1", "not-an-ip"):
+        assert oauth.address_refused(refused, allow_loopback=False), refused
+    assert not oauth.address_refused("127.0.0.1", allow_loopback=True)
+    assert oauth.address_refused("10.0.0.1", allow_loopback=True)
+    assert not oauth.address_refused("93.184.216.34", allow_loopback=False)
+
+
+# --- a real browser -------------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class DevTools:
+    """Chromium's DevTools protocol over --remote-debugging-pipe (fd 3 in, fd 4 out; NUL-separated JSON)."""
+
+    def __init__(self, profile: Path) -> None:
+        to_chrome_r, self.to_chrome = os.pipe()
+        self.from_chrome, from_chrome_w = os.pipe()
+
+        def wire() -> None:
+            os.dup2(to_chrome_r, 3)
+            os.dup2(from_chrome_w, 4)
+
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+             "--remote-debugging-pipe", f"--user-data-dir={profile}", "--window-size=412,915", "about:blank"],
+            # close_fds would run after `wire` and close fds 3 and 4 again
+            preexec_fn=wire, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=False,
+        )
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self.buffer = b""
+        self.next_id = 0
+        self.session: str | None = None
+
+    def _read_message(self, deadline: float) -> dict[str, Any]:
+        import select
+
+        while b"\0" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.from_chrome], [], [], remaining)[0]:
+                raise TimeoutError("chromium did not answer")
+            chunk = os.read(self.from_chrome, 65536)
+            if not chunk:
+                raise RuntimeError("chromium closed the pipe")
+            self.buffer += chunk
+        raw, _, self.buffer = self.buffer.partition(b"\0")
+        return json.loads(raw)
+
+    def send(self, method: str, params: dict[str, Any] | None = None, *, browser: bool = False) -> dict[str, Any]:
+        self.next_id += 1
+        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params or {}}
+        if self.session and not browser:
+            message["sessionId"] = self.session
+        os.write(self.to_chrome, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + 30
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self.next_id:
+                assert "error" not in reply, reply
+                return reply.get("result", {})
+
+    def open(self, url: str) -> None:
+        target = self.send("Target.createTarget", {"url": "about:blank"}, browser=True)["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, browser=True)["sessionId"]
+        self.send("Page.enable")
+        self.send("Page.navigate", {"url": url})
+
+    def evaluate(self, expression: str) -> Any:
+        return self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.evaluate(f"document.readyState === 'complete' && !!({expression})"):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"page never satisfied {expression}: {self.evaluate('document.body && document.body.innerText')}")
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"]))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", browser=True)
+        except Exception:
+            pass
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        os.close(self.to_chrome)
+        os.close(self.from_chrome)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed (apt-get install chromium)")
+async def test_login_and_consent_in_headless_chromium(server, make_org, db, tmp_path):
+    import http.server
+    import threading
+
+    from tests.conftest import free_port
+
+    _, email = user_with_password(make_org, db, "Chromium")
+    received: list[str] = []
+
+    class Callback(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            received.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"You can close this window.")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    callback_server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Callback)
+    threading.Thread(target=callback_server.serve_forever, daemon=True).start()
+    redirect_uri = f"http://127.0.0.1:{port}/callback"
+    base = server.base_url
+    client = await register(base, [redirect_uri], client_name="Chromium Test App")
+    verifier, challenge = pkce()
+    chrome = DevTools(tmp_path / "profile")
+    try:
+        chrome.open(base + authorize_url(base, client["client_id"], challenge, redirect_uri=redirect_uri))
+        chrome.wait_for("document.querySelector('input[name=password]')")
+        assert chrome.evaluate("document.querySelector('meta[name=viewport]') !== null")
+        chrome.screenshot(tmp_path / "login.png")
+        chrome.evaluate(f"document.querySelector('#email').value = {json.dumps(email)};"
+                        f"document.querySelector('#password').value = {json.dumps(PASSWORD)};"
+                        "document.querySelector('form button[type=submit]').click(); true")
+        chrome.wait_for("document.querySelector('button[name=decision][value=approve]')")
+        text = chrome.evaluate("document.body.innerText")
+        assert "Chromium Test App" in text and f"127.0.0.1:{port}" in text and "mcp:full" in text
+        chrome.screenshot(tmp_path / "consent.png")
+        chrome.evaluate("document.querySelector('button[name=decision][value=approve]').click(); true")
+        deadline = time.monotonic() + 20
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        chrome.close()
+        callback_server.shutdown()
+    assert (tmp_path / "consent.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert received, "the browser never reached the callback"
+    params = redirect_params(received[0])
+    assert params["state"] == "st4te" and params["iss"] == base
+    r = await exchange(base, client, params["code"], verifier, redirect_uri=redirect_uri)
+    assert r.status_code == 200, r.text
