@@ -13,8 +13,9 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import event
 
-from domain.base import TenantAggregate, apply_changes
+from domain.base import apply_changes
 from domain.errors import Conflict, DomainError, NotFound
+from domain.shared import Assignable, Taggable, TagNotFound  # noqa: F401 - re-exported
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 STATUSES = ("open", "done")
@@ -33,11 +34,6 @@ class AttachmentNotFound(NotFound):
         super().__init__("attachment", attachment_id, field="attachment_id")
 
 
-class TagNotFound(NotFound):
-    def __init__(self, tag: str) -> None:
-        super().__init__("tag", repr(tag), field="tag")
-
-
 class AlreadyDone(Conflict):
     code = "already_done"
 
@@ -46,8 +42,9 @@ class NotDone(Conflict):
     code = "not_done"
 
 
-class Task(TenantAggregate):
+class Task(Taggable, Assignable):
     entity_name = "task"
+    assignee_field = "assignee_id"
 
     @event("Created")
     def __init__(self, org_id: UUID, fields: dict[str, Any], assignee_id: UUID | None, created_by: UUID | None) -> None:
@@ -99,41 +96,6 @@ class Task(TenantAggregate):
     @event("Reopened")
     def _reopened(self) -> None:
         self.status = "open"
-
-    # -- assignment --------------------------------------------------------------------------------------
-    def assign(self, user_id: UUID) -> None:
-        if user_id != self.assignee_id:
-            self._assigned(user_id=user_id)
-
-    @event("Assigned")
-    def _assigned(self, user_id: UUID) -> None:
-        self.assignee_id = user_id
-
-    def unassign(self) -> None:
-        if self.assignee_id is not None:
-            self._unassigned()
-
-    @event("Unassigned")
-    def _unassigned(self) -> None:
-        self.assignee_id = None
-
-    # -- tags --------------------------------------------------------------------------------------------
-    def add_tag(self, tag: str) -> None:
-        if tag not in self.tags:
-            self._tagged(tag=tag)
-
-    @event("Tagged")
-    def _tagged(self, tag: str) -> None:
-        self.tags = [*self.tags, tag]
-
-    def remove_tag(self, tag: str) -> None:
-        if tag not in self.tags:
-            raise TagNotFound(tag)
-        self._untagged(tag=tag)
-
-    @event("Untagged")
-    def _untagged(self, tag: str) -> None:
-        self.tags = [t for t in self.tags if t != tag]
 
     # -- checklist: items keep the order they were added in ----------------------------------------------
     def add_checklist_item(self, text: str, done: bool = False) -> UUID:

@@ -21,6 +21,7 @@ from application.principal import Principal
 from interfaces.mcp_server import ToolFilter, build_server, current_filter, current_principal
 from interfaces.oauth import oauth_audience, oauth_routes
 from interfaces.runtime import Runtime
+from interfaces.attachments import download_route
 
 log = logging.getLogger("flusia.http")
 VERSION = "1.0.0"
@@ -162,7 +163,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             runtime.projector.stop()
 
     app = Litestar(
-        [mcp_endpoint, protected_resource, protected_resource_mcp, healthz, *oauth_routes(runtime, auth)],
+        [mcp_endpoint, protected_resource, protected_resource_mcp, healthz, *oauth_routes(runtime, auth), download_route],
         lifespan=[lifespan],
         debug=False,
     )

@@ -1,0 +1,69 @@
+"""Attachment download links: valid, expired and tampered, served by the real server."""
+
+from __future__ import annotations
+
+import base64
+import time
+from uuid import uuid4
+
+import httpx
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from application import attachments as blobs
+from tests.integration.work_helpers import call
+
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+def _attach(runtime, org, database_url):
+    p = org.principal(database_url)
+    task = call(runtime, p, "crm_tasks_create", {"title": "Contract"})
+    att = call(runtime, p, "crm_tasks_add_attachment", {"task_id": task["id"], "name": "contratto firmato.pdf",
+                                                        "mime_type": "application/pdf", "size_bytes": len(PDF),
+                                                        "content_base64": base64.b64encode(PDF).decode()})
+    return task, att
+
+
+def test_valid_link_downloads_the_content(runtime, make_org, database_url, server):
+    _, att = _attach(runtime, make_org("Att"), database_url)
+    r = httpx.get(server.base_url + att["download_url"])
+    assert r.status_code == 200 and r.content == PDF
+    assert r.headers["content-type"].startswith("application/pdf")
+    assert "contratto%20firmato.pdf" in r.headers["content-disposition"]
+
+
+def test_expired_and_tampered_links_are_refused(runtime, make_org, database_url, server):
+    _, att = _attach(runtime, make_org("Att2"), database_url)
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        secret = blobs.link_secret(conn)
+    old, _ = blobs.download_link(secret, att["id"], now=time.time() - 3600)
+    assert httpx.get(server.base_url + old).status_code == 410
+    url = att["download_url"]
+    sig = url.rsplit("sig=", 1)[1]
+    tampered_sig = url[: -len(sig)] + ("A" if sig[0] != "A" else "B") + sig[1:]
+    assert httpx.get(server.base_url + tampered_sig).status_code == 403
+    expires = int(url.split("expires=")[1].split("&")[0])
+    longer = url.replace(f"expires={expires}", f"expires={expires + 86400}")
+    assert httpx.get(server.base_url + longer).status_code == 403
+    other = url.replace(att["id"], str(uuid4()))
+    assert httpx.get(server.base_url + other).status_code == 403
+    assert httpx.get(server.base_url + url.split("?")[0]).status_code == 403
+
+
+def test_link_checks_unit():
+    secret = b"s3cret"
+    link, expires = blobs.download_link(secret, "abc", now=1000, ttl=60)
+    assert blobs.check_link(secret, "abc", expires, link.rsplit("sig=", 1)[1], now=1030) is None
+    assert blobs.check_link(secret, "abc", expires, link.rsplit("sig=", 1)[1], now=1061) == "expired"
+    assert blobs.check_link(b"other", "abc", expires, link.rsplit("sig=", 1)[1], now=1030) == "invalid"
+    assert blobs.check_link(secret, "abc", "soon", "x", now=1030) == "invalid"
+
+
+@pytest.mark.parametrize("size", [blobs.MAX_INLINE_BYTES + 1])
+def test_inline_limit_is_in_the_schema_and_enforced(runtime, make_org, database_url, size):
+    op = runtime.registry.get("crm_tasks_add_attachment")
+    schema = op.input_schema()["properties"]["content_base64"]
+    assert schema["anyOf"][0]["maxLength"] == blobs.MAX_INLINE_BASE64
+    assert str(blobs.MAX_INLINE_BYTES) in schema["anyOf"][0]["description"]
