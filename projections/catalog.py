@@ -13,3 +13,4 @@ from projections.wiki import WikiProjection  # noqa: E402
 
 def all_projections() -> list[Projection]:
     return [ClientsProjection(), NotesProjection(), RecordingsProjection(), TasksProjection(), ProjectsProjection(), WikiProjection()]
+all_projections = __import__("projections.sales", fromlist=["with_sales"]).with_sales(all_projections)  # sales core

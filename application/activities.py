@@ -1,0 +1,223 @@
+"""Activities and the timeline: the `crm_activities_*` tools."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from application.identity import ensure_user
+from application.registry import registry
+from application.sales_common import aggregate_command
+from application.service import QueryContext, UnitOfWork
+from application.shapes import Command, ListQuery, Page, Query, Removed
+from domain.activities import Activity
+from domain.clients import Client
+from domain.deals import Deal
+from domain.errors import DomainError
+from projections import activities as activities_q
+from projections import timeline as timeline_q
+
+ActivityId = Annotated[UUID, Meta(description="The activity id (from crm_activities_list or a crm_activities_log_* call).")]
+ActivityType = Literal["call", "meeting", "email", "note"]
+Subject = Annotated[str, Meta(max_length=300, description="Short summary, e.g. 'Discussed the offer'.")]
+Body = Annotated[str, Meta(max_length=20000, description="Details (markdown allowed).")]
+When = Annotated[datetime, Meta(description="When it happened or starts (ISO 8601 with timezone); default now.")]
+Direction = Literal["inbound", "outbound"]
+
+
+class ActivityOut(Struct, kw_only=True):
+    id: UUID
+    type: ActivityType
+    client_id: UUID | None
+    deal_id: UUID | None
+    user_id: UUID | None
+    occurred_at: datetime
+    subject: str | None
+    body: str | None
+    details: dict[str, Any]
+    created_by: UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TimelineEntry(Struct, kw_only=True):
+    id: UUID
+    kind: Literal["activity", "note", "deal_created", "deal_status", "deal_stage"]
+    ref_id: Annotated[UUID, Meta(description="The activity, note or deal this entry is about.")]
+    activity_type: str | None
+    client_id: UUID | None
+    deal_id: UUID | None
+    occurred_at: datetime
+    user_id: UUID | None
+    user_name: str | None
+    title: str
+    body: str | None
+    data: dict[str, Any]
+    stage_name: str | None
+    previous_stage_name: str | None
+
+
+def present_activity(ctx: QueryContext, activity_id: UUID) -> ActivityOut:
+    return msgspec.convert(activities_q.get_activity(ctx.conn, ctx.org_id, activity_id), ActivityOut)
+
+
+# -- queries ---------------------------------------------------------------------------------------------
+class ListActivities(ListQuery, kw_only=True):
+    """Logged activities, newest first. Filter by type (call, meeting, email, note), client, deal, user and date
+    range. Pages with cursor/next_cursor."""
+
+    type: ActivityType | None = None
+    client_id: UUID | None = None
+    deal_id: UUID | None = None
+    user_id: Annotated[UUID | None, Meta(description="Only activities of this user.")] = None
+    occurred_from: Annotated[datetime | None, Meta(description="At or after (ISO 8601).")] = None
+    occurred_to: Annotated[datetime | None, Meta(description="Before (ISO 8601).")] = None
+
+
+@registry.query("crm_activities_list", output=Page[ActivityOut])
+def list_activities(q: ListActivities, ctx: QueryContext) -> Page[ActivityOut]:
+    filters = {k: getattr(q, k) for k in ("type", "client_id", "deal_id", "user_id", "occurred_from", "occurred_to")}
+    rows, cursor = activities_q.list_activities(ctx.conn, ctx.org_id, filters=filters, limit=q.limit, cursor=q.cursor)
+    return Page(items=[msgspec.convert(r, ActivityOut) for r in rows], next_cursor=cursor)
+
+
+class GetActivity(Query, kw_only=True):
+    """One activity with all its details."""
+
+    activity_id: ActivityId
+
+
+@registry.query("crm_activities_get", output=ActivityOut)
+def get_activity(q: GetActivity, ctx: QueryContext) -> ActivityOut:
+    return present_activity(ctx, q.activity_id)
+
+
+class Timeline(ListQuery, kw_only=True):
+    """The merged history of a client or a deal, newest first: logged activities, notes, deal creation,
+    status changes (won/lost/reopened) and stage moves. A client's timeline includes its deals' entries.
+    Give client_id or deal_id."""
+
+    client_id: UUID | None = None
+    deal_id: UUID | None = None
+    kinds: Annotated[list[Literal["activity", "note", "deal_created", "deal_status", "deal_stage"]] | None,
+                     Meta(description="Only these kinds of entries.")] = None
+
+
+@registry.query("crm_activities_timeline", output=Page[TimelineEntry])
+def timeline(q: Timeline, ctx: QueryContext) -> Page[TimelineEntry]:
+    if q.client_id is None and q.deal_id is None:
+        raise DomainError("give client_id or deal_id", field="client_id")
+    rows, cursor = timeline_q.timeline(ctx.conn, ctx.org_id, client_id=q.client_id, deal_id=q.deal_id, kinds=q.kinds,
+                                       limit=q.limit, cursor=q.cursor)
+    return Page(items=[msgspec.convert(r, TimelineEntry) for r in rows], next_cursor=cursor)
+
+
+# -- logging ---------------------------------------------------------------------------------------------
+class LogBase(Command, kw_only=True):
+    client_id: Annotated[UUID | None, Meta(description="The lead/client it concerns (client_id and/or deal_id).")] = None
+    deal_id: Annotated[UUID | None, Meta(description="The deal it concerns.")] = None
+    user_id: Annotated[UUID | None, Meta(description="Who did it (crm_users_list); default: you.")] = None
+    occurred_at: When | None = None
+    subject: Subject | None = None
+    body: Body | None = None
+
+
+def _log(type_: str, details_of):
+    def handle(cmd: Any, uow: UnitOfWork) -> UUID:
+        client_id = cmd.client_id
+        if cmd.client_id is not None:
+            uow.get(Client, cmd.client_id, field="client_id")
+        if cmd.deal_id is not None:
+            deal = uow.get(Deal, cmd.deal_id, field="deal_id")
+            client_id = client_id or deal.client_id
+        user = cmd.user_id if cmd.user_id is not None else uow.principal.user_id
+        if user is not None:
+            ensure_user(uow.conn, uow.org_id, user, field="user_id")
+        activity = Activity.log(
+            uow.org_id, type_, client_id=client_id, deal_id=cmd.deal_id, user_id=user,
+            occurred_at=cmd.occurred_at or datetime.now(timezone.utc), subject=cmd.subject, body=cmd.body,
+            details=msgspec.to_builtins(details_of(cmd)), created_by=uow.principal.user_id,
+        )
+        uow.add(activity)
+        return activity.id
+
+    return handle
+
+
+class LogCall(LogBase, kw_only=True):
+    """Log a phone call with a client and/or deal: direction, duration in minutes, outcome."""
+
+    direction: Direction | None = None
+    duration_minutes: Annotated[int, Meta(ge=0, le=1440)] | None = None
+    outcome: Annotated[str, Meta(max_length=200, description="E.g. 'interested', 'no answer', 'call back'.")] | None = None
+
+
+class LogMeeting(LogBase, kw_only=True):
+    """Log a past meeting or schedule a future one: start (occurred_at), end, attendees, location."""
+
+    end: Annotated[datetime | None, Meta(description="When it ends (ISO 8601).")] = None
+    attendees: Annotated[list[Annotated[str, Meta(max_length=200)]], Meta(max_length=50, description="Names or e-mails.")] = []
+    location: Annotated[str, Meta(max_length=300)] | None = None
+
+
+class LogEmail(LogBase, kw_only=True):
+    """Log an e-mail exchanged with a client: direction, subject and a snippet (this does not send e-mail)."""
+
+    direction: Direction | None = None
+    snippet: Annotated[str, Meta(max_length=2000, description="The first lines of the e-mail.")] | None = None
+
+
+class LogNote(LogBase, kw_only=True):
+    """Log a free note on the timeline of a client and/or deal."""
+
+
+registry.command("crm_activities_log_call", input=LogCall, output=ActivityOut, returns=UUID, present=present_activity)(
+    _log("call", lambda c: {"direction": c.direction, "duration_minutes": c.duration_minutes, "outcome": c.outcome}))
+registry.command("crm_activities_log_meeting", input=LogMeeting, output=ActivityOut, returns=UUID, present=present_activity)(
+    _log("meeting", lambda c: {"end": c.end, "attendees": c.attendees or None, "location": c.location}))
+registry.command("crm_activities_log_email", input=LogEmail, output=ActivityOut, returns=UUID, present=present_activity)(
+    _log("email", lambda c: {"direction": c.direction, "snippet": c.snippet}))
+registry.command("crm_activities_log_note", input=LogNote, output=ActivityOut, returns=UUID, present=present_activity)(
+    _log("note", lambda c: {}))
+
+
+class UpdateActivity(Command, kw_only=True):
+    """Change an activity; only what you send changes. `details` merges into the type-specific details
+    (e.g. {"outcome": "won"} for a call, {"location": "Milano"} for a meeting)."""
+
+    activity_id: ActivityId
+    subject: Subject | None | UnsetType = UNSET
+    body: Body | None | UnsetType = UNSET
+    occurred_at: When | UnsetType = UNSET
+    user_id: UUID | UnsetType = UNSET
+    details: Annotated[dict[str, Any], Meta(description="Details to change.")] | UnsetType = UNSET
+
+
+def _update(a: Activity, cmd: UpdateActivity, uow: UnitOfWork) -> None:
+    changes = {k: getattr(cmd, k) for k in ("subject", "body", "occurred_at", "user_id", "details")
+               if getattr(cmd, k) is not UNSET}
+    if "user_id" in changes:
+        ensure_user(uow.conn, uow.org_id, cmd.user_id, field="user_id")
+    if "details" in changes:
+        changes["details"] = msgspec.to_builtins(changes["details"])
+    a.update(changes)
+
+
+aggregate_command("crm_activities_update", UpdateActivity, Activity, "activity_id", _update, output=ActivityOut,
+                  present=present_activity)
+
+
+class DeleteActivity(Command, kw_only=True):
+    """Delete an activity; it disappears from lists and timelines."""
+
+    activity_id: ActivityId
+
+
+@registry.command("crm_activities_delete", output=Removed, destructive=True)
+def delete_activity(cmd: DeleteActivity, uow: UnitOfWork) -> Removed:
+    uow.get(Activity, cmd.activity_id, field="activity_id").delete()
+    return Removed(id=cmd.activity_id, entity="activity")

@@ -1,0 +1,583 @@
+"""Deals: the `crm_deals_*` tools (deals, their service lines, contacts, commissions and notes)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from eventsourcing.application import AggregateNotFoundError
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from application.identity import ensure_user
+from application.notes import NoteOut, add_note, load_note, note_page, present_note
+from application.pipelines import load_pipeline
+from application.registry import registry
+from application.sales_common import AmountArg, Money, aggregate_command, money, org_settings, org_today
+from application.service import QueryContext, UnitOfWork
+from application.shapes import Command, ListQuery, NoteBody, Page, Query, Removed, SearchText
+from domain.clients import Client
+from domain.deals import Deal
+from domain.errors import DomainError, NotFound
+from domain.money import percent_of, to_cents
+from domain.pipelines import default_pipeline_id
+from domain.services import CatalogService
+from projections import deals as deals_q
+
+DealId = Annotated[UUID, Meta(description="The deal id (from crm_deals_list, crm_deals_search or crm_deals_create).")]
+Title = Annotated[str, Meta(min_length=1, max_length=300, description="Short name of the deal, e.g. 'ACME website redesign'.")]
+Status = Literal["open", "accepted", "rejected"]
+Percent = Annotated[Decimal, Meta(description="A percentage 0-100 as a decimal, e.g. \"10\" or \"12.5\".")]
+Quantity = Annotated[Decimal, Meta(description="Quantity as a decimal, e.g. \"1\", \"2.5\" (hours).")]
+LineId = Annotated[UUID, Meta(description="The line id (from crm_deals_list_services or crm_deals_get).")]
+
+
+class DealOut(Struct, kw_only=True):
+    id: UUID
+    title: str
+    description: str | None
+    client_id: UUID | None
+    client_name: str | None
+    status: Status
+    pipeline_id: UUID
+    pipeline_name: str | None
+    stage_id: UUID
+    stage_name: str | None
+    stage_probability: int | None
+    value: Money
+    value_is_explicit: Annotated[bool, Meta(description="true: value set by hand; false: the sum of the service lines.")]
+    currency: str
+    owner_id: UUID | None
+    close_date: date | None
+    expected_close_date: date | None
+    lost_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class LineOut(Struct, kw_only=True):
+    id: UUID
+    service_id: UUID
+    name: str
+    code: str | None
+    unit: str | None
+    vat_rate: Decimal
+    quantity: Decimal
+    unit_price: Money
+    discount_percent: Decimal
+    total: Money
+    service_active: bool
+
+
+class DealContactOut(Struct, kw_only=True):
+    contact_id: UUID
+    name: str | None
+    role: str | None
+    job_title: str | None
+    email: str | None
+    phone: str | None
+
+
+class CommissionOut(Struct, kw_only=True):
+    user_id: UUID
+    user_name: str | None
+    percent: Decimal | None
+    fixed_amount: Money | None
+    amount: Annotated[Money, Meta(description="The commission on the deal's current value.")]
+
+
+class DealTotals(Struct, kw_only=True):
+    services_total: Money
+    value: Money
+    weighted_value: Annotated[Money, Meta(description="value x the stage's win probability.")]
+    vat_total: Money
+    commissions_total: Money
+
+
+class DealDetail(DealOut, kw_only=True):
+    services: list[LineOut]
+    contacts: list[DealContactOut]
+    commissions: list[CommissionOut]
+    totals: DealTotals
+
+
+class LineList(Struct):
+    items: list[LineOut]
+    total: Money
+
+
+class DealContactList(Struct):
+    items: list[DealContactOut]
+
+
+class CommissionList(Struct):
+    items: list[CommissionOut]
+    total: Money
+
+
+class DealSearchHit(DealOut, kw_only=True):
+    score: float
+
+
+class DealSearchResult(Struct):
+    items: list[DealSearchHit]
+
+
+def _deal_out(row: dict[str, Any], tp: type = DealOut) -> Any:
+    row = dict(row)
+    row["value"] = money(row.pop("value_cents"), row["currency"])
+    row["value_is_explicit"] = row.pop("explicit_value")
+    row.pop("created_by", None)
+    return msgspec.convert(row, tp)
+
+
+def _lines(ctx: QueryContext, deal_id: UUID, currency: str) -> list[LineOut]:
+    out = []
+    for r in deals_q.list_lines(ctx.conn, ctx.org_id, deal_id):
+        r["unit_price"] = money(r.pop("unit_price_cents"), currency)
+        r["total"] = money(r.pop("total_cents"), currency)
+        out.append(msgspec.convert(r, LineOut))
+    return out
+
+
+def _commissions(ctx: QueryContext, deal_id: UUID, value_cents: int, currency: str) -> list[CommissionOut]:
+    out = []
+    for r in deals_q.list_commissions(ctx.conn, ctx.org_id, deal_id):
+        fixed = r.pop("amount_cents")
+        cents = fixed if fixed is not None else percent_of(value_cents, r["percent"])
+        out.append(CommissionOut(user_id=r["user_id"], user_name=r["user_name"], percent=r["percent"],
+                                 fixed_amount=None if fixed is None else money(fixed, currency), amount=money(cents, currency)))
+    return out
+
+
+def present_deal(ctx: QueryContext, deal_id: UUID) -> DealDetail:
+    row = deals_q.get_deal(ctx.conn, ctx.org_id, deal_id)
+    base = _deal_out(row)
+    cur = base.currency
+    lines = _lines(ctx, deal_id, cur)
+    commissions = _commissions(ctx, deal_id, base.value.cents, cur)
+    vat = sum(percent_of(line.total.cents, line.vat_rate) for line in lines)
+    totals = DealTotals(
+        services_total=money(sum(line.total.cents for line in lines), cur), value=base.value,
+        weighted_value=money(percent_of(base.value.cents, base.stage_probability or 0), cur),
+        vat_total=money(vat, cur), commissions_total=money(sum(c.amount.cents for c in commissions), cur),
+    )
+    contacts = [msgspec.convert(r, DealContactOut) for r in deals_q.list_contacts(ctx.conn, ctx.org_id, deal_id)]
+    return DealDetail(**{f: getattr(base, f) for f in DealOut.__struct_fields__}, services=lines, contacts=contacts,
+                      commissions=commissions, totals=totals)
+
+
+def _require_deal(ctx: QueryContext, deal_id: UUID) -> None:
+    if not deals_q.deal_exists(ctx.conn, ctx.org_id, deal_id):
+        raise NotFound("deal", deal_id, field="deal_id")
+
+
+# -- queries ---------------------------------------------------------------------------------------------
+class ListDeals(ListQuery, kw_only=True):
+    """List deals. Filter by status ('accepted' = won, 'rejected' = lost, 'open'), pipeline, stage, client,
+    owner, value range and close/creation date range; sort by value, close date, creation or update.
+    E.g. deals won last month, largest first: status='accepted', closed_from/closed_to, sort='value_desc'.
+    Pages with cursor/next_cursor (limit up to 100)."""
+
+    status: Annotated[Status | None, Meta(description="open, accepted (won) or rejected (lost).")] = None
+    pipeline_id: UUID | None = None
+    stage_id: UUID | None = None
+    client_id: UUID | None = None
+    owner_id: Annotated[UUID | None, Meta(description="Only deals owned by this user id.")] = None
+    unassigned: Annotated[bool, Meta(description="Only deals without an owner.")] = False
+    value_min: Annotated[Decimal | None, Meta(description="Minimum value (inclusive), e.g. \"10000\".")] = None
+    value_max: Annotated[Decimal | None, Meta(description="Maximum value (inclusive).")] = None
+    closed_from: Annotated[date | None, Meta(description="Close date on or after (YYYY-MM-DD).")] = None
+    closed_to: Annotated[date | None, Meta(description="Close date on or before (YYYY-MM-DD).")] = None
+    created_from: Annotated[datetime | None, Meta(description="Created at or after (ISO 8601).")] = None
+    created_to: Annotated[datetime | None, Meta(description="Created before (ISO 8601).")] = None
+    sort: Literal["created_desc", "created_asc", "updated_desc", "value_desc", "value_asc", "close_date_desc",
+                  "close_date_asc"] = "created_desc"
+
+
+@registry.query("crm_deals_list", output=Page[DealOut])
+def list_deals(q: ListDeals, ctx: QueryContext) -> Page[DealOut]:
+    filters = {"status": q.status, "pipeline_id": q.pipeline_id, "stage_id": q.stage_id, "client_id": q.client_id,
+               "owner_id": q.owner_id, "unassigned": q.unassigned, "closed_from": q.closed_from, "closed_to": q.closed_to,
+               "created_from": q.created_from, "created_to": q.created_to,
+               "value_min_cents": None if q.value_min is None else to_cents(q.value_min, field="value_min"),
+               "value_max_cents": None if q.value_max is None else to_cents(q.value_max, field="value_max")}
+    rows, cursor = deals_q.list_deals(ctx.conn, ctx.org_id, filters=filters, sort=q.sort, limit=q.limit, cursor=q.cursor)
+    return Page(items=[_deal_out(r) for r in rows], next_cursor=cursor)
+
+
+class GetDeal(Query, kw_only=True):
+    """One deal with its service lines, contacts, commissions and totals (value, weighted value, VAT, commissions)."""
+
+    deal_id: DealId
+
+
+@registry.query("crm_deals_get", output=DealDetail)
+def get_deal(q: GetDeal, ctx: QueryContext) -> DealDetail:
+    return present_deal(ctx, q.deal_id)
+
+
+class SearchDeals(Query, kw_only=True):
+    """Search deals by title, client name or the text of their notes (typo-tolerant); best match first."""
+
+    q: SearchText
+    limit: Annotated[int, Meta(ge=1, le=100)] = 25
+
+
+@registry.query("crm_deals_search", output=DealSearchResult)
+def search_deals(q: SearchDeals, ctx: QueryContext) -> DealSearchResult:
+    return DealSearchResult(items=[_deal_out(r, DealSearchHit) for r in deals_q.search_deals(ctx.conn, ctx.org_id, q.q, q.limit)])
+
+
+class DealQuery(Query, kw_only=True):
+    deal_id: DealId
+
+
+class ListDealServices(DealQuery, kw_only=True):
+    """The service lines of a deal: quantity, unit price, discount and line total."""
+
+
+@registry.query("crm_deals_list_services", output=LineList)
+def list_deal_services(q: ListDealServices, ctx: QueryContext) -> LineList:
+    row = deals_q.get_deal(ctx.conn, ctx.org_id, q.deal_id)
+    lines = _lines(ctx, q.deal_id, row["currency"])
+    return LineList(items=lines, total=money(sum(line.total.cents for line in lines), row["currency"]))
+
+
+class ListDealContacts(DealQuery, kw_only=True):
+    """The client's contact persons involved in a deal."""
+
+
+@registry.query("crm_deals_list_contacts", output=DealContactList)
+def list_deal_contacts(q: ListDealContacts, ctx: QueryContext) -> DealContactList:
+    _require_deal(ctx, q.deal_id)
+    return DealContactList(items=[msgspec.convert(r, DealContactOut) for r in deals_q.list_contacts(ctx.conn, ctx.org_id, q.deal_id)])
+
+
+class ListDealCommissions(DealQuery, kw_only=True):
+    """Commissions on a deal per user (percent of value or fixed amount) with the resulting amounts."""
+
+
+@registry.query("crm_deals_list_commissions", output=CommissionList)
+def list_deal_commissions(q: ListDealCommissions, ctx: QueryContext) -> CommissionList:
+    row = deals_q.get_deal(ctx.conn, ctx.org_id, q.deal_id)
+    items = _commissions(ctx, q.deal_id, row["value_cents"], row["currency"])
+    return CommissionList(items=items, total=money(sum(c.amount.cents for c in items), row["currency"]))
+
+
+class ListDealNotes(ListQuery, kw_only=True):
+    """Notes on a deal, newest first."""
+
+    deal_id: DealId
+
+
+@registry.query("crm_deals_list_notes", output=Page[NoteOut])
+def list_deal_notes(q: ListDealNotes, ctx: QueryContext) -> Page[NoteOut]:
+    _require_deal(ctx, q.deal_id)
+    return note_page(ctx, "deal", q.deal_id, q.limit, q.cursor)
+
+
+# -- creating --------------------------------------------------------------------------------------------
+class CreateDeal(Command, kw_only=True):
+    """Create a deal for a lead/client. Without pipeline_id it goes to the default pipeline; without stage_id
+    into the pipeline's first stage (see crm_pipelines_list). Give `value` to fix the amount, or leave it out
+    and add service lines (crm_deals_add_service) so the value is their sum. Amounts use the organization's
+    currency."""
+
+    title: Title
+    client_id: Annotated[UUID, Meta(description="Lead/client id (crm_clients_search).")]
+    pipeline_id: Annotated[UUID | None, Meta(description="Pipeline id; default: the organization's default pipeline.")] = None
+    stage_id: Annotated[UUID | None, Meta(description="Stage id of that pipeline; default: its first stage.")] = None
+    value: Annotated[Decimal | None, Meta(description="Explicit deal value, e.g. \"45000\"; omit to use the sum of service lines.")] = None
+    owner_id: Annotated[UUID | None, Meta(description="User who owns the deal (crm_users_list); default: you.")] = None
+    expected_close_date: Annotated[date | None, Meta(description="When you expect to close it (YYYY-MM-DD), for the forecast.")] = None
+    description: Annotated[str, Meta(max_length=20000)] | None = None
+
+
+@registry.command("crm_deals_create", output=DealDetail, returns=UUID, present=present_deal)
+def create_deal(cmd: CreateDeal, uow: UnitOfWork) -> UUID:
+    uow.get(Client, cmd.client_id, field="client_id")
+    pipeline = load_pipeline(uow, cmd.pipeline_id or default_pipeline_id(uow.org_id))
+    owner = cmd.owner_id if cmd.owner_id is not None else uow.principal.user_id
+    if owner is not None:
+        ensure_user(uow.conn, uow.org_id, owner, field="owner_id")
+    deal = Deal.create(
+        uow.org_id, client_id=cmd.client_id, title=cmd.title, pipeline=pipeline, stage_id=cmd.stage_id,
+        currency=org_settings(uow.conn, uow.org_id)["currency"], owner_id=owner,
+        value_cents=None if cmd.value is None else to_cents(cmd.value, field="value"),
+        fields={"description": cmd.description, "expected_close_date": cmd.expected_close_date},
+        created_by=uow.principal.user_id,
+    )
+    uow.add(deal)
+    return deal.id
+
+
+# -- changing one deal -----------------------------------------------------------------------------------
+def deal_command(name: str, input: type[Struct], act, *, destructive: bool = False) -> None:
+    aggregate_command(name, input, Deal, "deal_id", act, output=DealDetail, present=present_deal, destructive=destructive)
+
+
+class UpdateDeal(Command, kw_only=True):
+    """Change a deal's fields; only what you send changes. `value`: a fixed amount, or null to go back to the sum
+    of the service lines. Use crm_deals_set_status, _move_stage and _assign for status, stage and owner."""
+
+    deal_id: DealId
+    title: Title | UnsetType = UNSET
+    description: Annotated[str, Meta(max_length=20000)] | None | UnsetType = UNSET
+    expected_close_date: date | None | UnsetType = UNSET
+    client_id: Annotated[UUID, Meta(description="Move the deal to another lead/client.")] | UnsetType = UNSET
+    value: AmountArg | None | UnsetType = UNSET
+
+
+def _update(deal: Deal, cmd: UpdateDeal, uow: UnitOfWork) -> None:
+    changes = {k: getattr(cmd, k) for k in ("title", "description", "expected_close_date", "client_id")
+               if getattr(cmd, k) is not UNSET}
+    if "client_id" in changes:
+        uow.get(Client, cmd.client_id, field="client_id")
+    deal.update(changes)
+    if cmd.value is not UNSET:
+        deal.set_value(None if cmd.value is None else to_cents(cmd.value, field="value"))
+
+
+deal_command("crm_deals_update", UpdateDeal, _update)
+
+
+class SetStatus(Command, kw_only=True):
+    """Set a deal's status: 'accepted' (won), 'rejected' (lost, optionally with a reason) or 'open' (reopen).
+    Closing records the close date: today in the organization's timezone, or an earlier `close_date` to enter
+    history. Reopening clears the close date."""
+
+    deal_id: DealId
+    status: Status
+    reason: Annotated[str, Meta(max_length=1000, description="Why it was lost (only with 'rejected').")] | None = None
+    close_date: Annotated[date | None, Meta(description="YYYY-MM-DD, not in the future; default today.")] = None
+
+
+deal_command("crm_deals_set_status", SetStatus, lambda d, cmd, uow: d.set_status(
+    cmd.status, today=org_today(uow.conn, uow.org_id), reason=cmd.reason, close_date=cmd.close_date))
+
+
+class MoveStage(Command, kw_only=True):
+    """Move a deal to another stage of its pipeline (stage ids from crm_pipelines_get). To move it to another
+    pipeline, also give that pipeline_id."""
+
+    deal_id: DealId
+    stage_id: Annotated[UUID, Meta(description="Target stage id.")]
+    pipeline_id: Annotated[UUID | None, Meta(description="Only to change pipeline: the stage's pipeline.")] = None
+
+
+def _move(deal: Deal, cmd: MoveStage, uow: UnitOfWork) -> None:
+    deal.move_to(load_pipeline(uow, cmd.pipeline_id or deal.pipeline_id), cmd.stage_id)
+
+
+deal_command("crm_deals_move_stage", MoveStage, _move)
+
+
+class AssignDeal(Command, kw_only=True):
+    """Make a user the owner of the deal (find the user_id with crm_users_list)."""
+
+    deal_id: DealId
+    user_id: Annotated[UUID, Meta(description="A user id of this organization.")]
+
+
+def _assign(deal: Deal, cmd: AssignDeal, uow: UnitOfWork) -> None:
+    ensure_user(uow.conn, uow.org_id, cmd.user_id, field="user_id")
+    deal.assign(cmd.user_id)
+
+
+deal_command("crm_deals_assign", AssignDeal, _assign)
+
+
+class UnassignDeal(Command, kw_only=True):
+    """Remove the deal's owner, leaving nobody responsible for it."""
+
+    deal_id: DealId
+
+
+deal_command("crm_deals_unassign", UnassignDeal, lambda d, cmd, uow: d.unassign(), destructive=True)
+
+
+class DeleteDeal(Command, kw_only=True):
+    """Delete a deal. It disappears from lists, boards and statistics; its history stays in the audit trail."""
+
+    deal_id: DealId
+
+
+@registry.command("crm_deals_delete", output=Removed, destructive=True)
+def delete_deal(cmd: DeleteDeal, uow: UnitOfWork) -> Removed:
+    uow.get(Deal, cmd.deal_id, field="deal_id").delete()
+    return Removed(id=cmd.deal_id, entity="deal")
+
+
+# -- service lines ---------------------------------------------------------------------------------------
+class AddService(Command, kw_only=True):
+    """Add a catalog service to a deal as a line: quantity, unit price (default: the catalog price) and discount
+    percent. Unless the deal's value was set by hand, the value becomes the sum of its lines."""
+
+    deal_id: DealId
+    service_id: Annotated[UUID, Meta(description="Catalog service id (crm_services_search).")]
+    quantity: Quantity = Decimal(1)
+    unit_price: Annotated[Decimal | None, Meta(description="Price per unit; default the catalog price.")] = None
+    discount_percent: Percent = Decimal(0)
+
+
+def _add_service(deal: Deal, cmd: AddService, uow: UnitOfWork) -> None:
+    service = uow.get(CatalogService, cmd.service_id, field="service_id")
+    price = None if cmd.unit_price is None else to_cents(cmd.unit_price, field="unit_price")
+    deal.add_service(service, cmd.quantity, price, cmd.discount_percent)
+
+
+deal_command("crm_deals_add_service", AddService, _add_service)
+
+
+class UpdateService(Command, kw_only=True):
+    """Change a service line of a deal (quantity, unit price, discount); only what you send changes."""
+
+    deal_id: DealId
+    line_id: LineId
+    quantity: Quantity | UnsetType = UNSET
+    unit_price: AmountArg | UnsetType = UNSET
+    discount_percent: Percent | UnsetType = UNSET
+
+
+def _update_service(deal: Deal, cmd: UpdateService, uow: UnitOfWork) -> None:
+    deal.update_service(
+        cmd.line_id, quantity=None if cmd.quantity is UNSET else cmd.quantity,
+        unit_price_cents=None if cmd.unit_price is UNSET else to_cents(cmd.unit_price, field="unit_price"),
+        discount_percent=None if cmd.discount_percent is UNSET else cmd.discount_percent,
+    )
+
+
+deal_command("crm_deals_update_service", UpdateService, _update_service)
+
+
+class RemoveService(Command, kw_only=True):
+    """Remove a service line from a deal."""
+
+    deal_id: DealId
+    line_id: LineId
+
+
+deal_command("crm_deals_remove_service", RemoveService, lambda d, cmd, uow: d.remove_service(cmd.line_id), destructive=True)
+
+
+# -- contacts --------------------------------------------------------------------------------------------
+def _deal_client(uow: UnitOfWork, deal: Deal) -> Client:
+    """The deal's client, following merges (a merged duplicate's deals belong to the survivor)."""
+    if deal.client_id is None:
+        raise DomainError("the deal has no client to take contacts from", field="deal_id")
+    client_id = deal.client_id
+    for _ in range(10):
+        try:
+            client = uow.store.repository.get(client_id)
+        except AggregateNotFoundError:
+            break
+        if getattr(client, "merged_into", None) is None:
+            client.ensure_usable(uow.org_id)
+            return client
+        client_id = client.merged_into
+    raise NotFound("client", deal.client_id, field="deal_id")
+
+
+class AddDealContact(Command, kw_only=True):
+    """Link a contact person of the deal's client to the deal (contact ids from crm_clients_list_contacts)."""
+
+    deal_id: DealId
+    contact_id: Annotated[UUID, Meta(description="Contact id of the deal's client.")]
+    role: Annotated[str, Meta(max_length=100, description="Their role in this deal, e.g. 'decision maker'.")] | None = None
+
+
+def _add_contact(deal: Deal, cmd: AddDealContact, uow: UnitOfWork) -> None:
+    client = _deal_client(uow, deal)
+    contact = client.contacts.get(str(cmd.contact_id))
+    if contact is None:
+        raise NotFound("contact", cmd.contact_id, field="contact_id")
+    deal.add_contact(deal.client_id, contact, cmd.role)
+
+
+deal_command("crm_deals_add_contact", AddDealContact, _add_contact)
+
+
+class RemoveDealContact(Command, kw_only=True):
+    """Unlink a contact person from a deal (the contact stays on the client)."""
+
+    deal_id: DealId
+    contact_id: UUID
+
+
+deal_command("crm_deals_remove_contact", RemoveDealContact, lambda d, cmd, uow: d.remove_contact(cmd.contact_id),
+             destructive=True)
+
+
+# -- commissions -----------------------------------------------------------------------------------------
+class SetCommission(Command, kw_only=True):
+    """Set a user's commission on a deal: either `percent` of the deal value or a fixed `amount` (not both).
+    Setting it again replaces it."""
+
+    deal_id: DealId
+    user_id: Annotated[UUID, Meta(description="The user earning the commission (crm_users_list).")]
+    percent: Percent | None = None
+    amount: Annotated[Decimal | None, Meta(description="Fixed amount in the organization's currency, e.g. \"500\".")] = None
+
+
+def _set_commission(deal: Deal, cmd: SetCommission, uow: UnitOfWork) -> None:
+    ensure_user(uow.conn, uow.org_id, cmd.user_id, field="user_id")
+    deal.set_commission(cmd.user_id, percent=cmd.percent,
+                        amount_cents=None if cmd.amount is None else to_cents(cmd.amount, field="amount"))
+
+
+deal_command("crm_deals_set_commission", SetCommission, _set_commission)
+
+
+class RemoveCommission(Command, kw_only=True):
+    """Remove a user's commission from a deal."""
+
+    deal_id: DealId
+    user_id: UUID
+
+
+deal_command("crm_deals_remove_commission", RemoveCommission, lambda d, cmd, uow: d.remove_commission(cmd.user_id),
+             destructive=True)
+
+
+# -- notes -----------------------------------------------------------------------------------------------
+class AddDealNote(Command, kw_only=True):
+    """Add a note to a deal; it also appears on the deal's and the client's timeline."""
+
+    deal_id: DealId
+    body: NoteBody
+
+
+@registry.command("crm_deals_add_note", output=NoteOut, returns=UUID, present=present_note)
+def add_deal_note(cmd: AddDealNote, uow: UnitOfWork) -> UUID:
+    uow.get(Deal, cmd.deal_id, field="deal_id")
+    return add_note(uow, "deal", cmd.deal_id, cmd.body)
+
+
+class UpdateDealNote(Command, kw_only=True):
+    """Replace the text of a note on a deal."""
+
+    deal_id: DealId
+    note_id: Annotated[UUID, Meta(description="From crm_deals_list_notes.")]
+    body: NoteBody
+
+
+@registry.command("crm_deals_update_note", output=NoteOut, returns=UUID, present=present_note)
+def update_deal_note(cmd: UpdateDealNote, uow: UnitOfWork) -> UUID:
+    load_note(uow, "deal", cmd.deal_id, cmd.note_id).edit(cmd.body)
+    return cmd.note_id
+
+
+class DeleteDealNote(Command, kw_only=True):
+    """Delete a note from a deal."""
+
+    deal_id: DealId
+    note_id: Annotated[UUID, Meta(description="From crm_deals_list_notes.")]
+
+
+@registry.command("crm_deals_delete_note", output=Removed, destructive=True)
+def delete_deal_note(cmd: DeleteDealNote, uow: UnitOfWork) -> Removed:
+    load_note(uow, "deal", cmd.deal_id, cmd.note_id).delete()
+    return Removed(id=cmd.note_id, entity="note")

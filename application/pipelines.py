@@ -1,0 +1,272 @@
+"""Pipelines and their stages: the `crm_pipelines_*` tools.
+
+Every organization has a default pipeline 'Sales' (New 10%, Qualified 30%, Proposal 60%, Negotiation 80%).
+It is created lazily and deterministically (see domain.pipelines): read tools show it with fixed ids
+before it was ever written, and `load_pipeline` records it, with the same ids, the first time a command
+needs it. That needs no change to organization creation and is safe under concurrent first use.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+from eventsourcing.application import AggregateNotFoundError
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from application.registry import registry
+from application.sales_common import Money, money, org_settings
+from application.service import QueryContext, UnitOfWork
+from application.shapes import Command, Query, Removed
+from domain.pipelines import Pipeline, default_pipeline_id
+from projections import deals as deals_q
+from projections import pipelines as pipelines_q
+
+PipelineId = Annotated[UUID, Meta(description="The pipeline id (from crm_pipelines_list).")]
+StageId = Annotated[UUID, Meta(description="A stage id of the pipeline (from crm_pipelines_get or _list_stages).")]
+PipelineName = Annotated[str, Meta(min_length=1, max_length=100, description="Pipeline name, e.g. 'Enterprise sales'.")]
+StageName = Annotated[str, Meta(min_length=1, max_length=100, description="Stage name, e.g. 'Proposal sent'.")]
+Probability = Annotated[int, Meta(ge=0, le=100, description="Win probability of deals in this stage, percent 0-100.")]
+
+
+class StageOut(Struct, kw_only=True):
+    id: UUID
+    name: str
+    position: int
+    probability: int
+
+
+class PipelineOut(Struct, kw_only=True):
+    id: UUID
+    name: str
+    is_default: bool
+    stages: list[StageOut]
+    created_at: datetime
+    updated_at: datetime
+
+
+class PipelineList(Struct):
+    items: list[PipelineOut]
+
+
+class StageList(Struct):
+    pipeline_id: UUID
+    items: list[StageOut]
+
+
+def load_pipeline(uow: UnitOfWork, pipeline_id: UUID, *, field: str = "pipeline_id") -> Pipeline:
+    """The pipeline, recording the organization's default pipeline first if this is its first use."""
+    if pipeline_id == default_pipeline_id(uow.org_id):
+        try:
+            uow.store.repository.get(pipeline_id)
+        except AggregateNotFoundError:
+            pipeline = Pipeline.create_default(uow.org_id)
+            uow.add(pipeline)
+            return pipeline
+    return uow.get(Pipeline, pipeline_id, field=field)
+
+
+def present_pipeline(ctx: QueryContext, pipeline_id: UUID) -> PipelineOut:
+    return msgspec.convert(pipelines_q.get_pipeline(ctx.conn, ctx.org_id, pipeline_id), PipelineOut)
+
+
+# -- queries ---------------------------------------------------------------------------------------------
+class ListPipelines(Query, kw_only=True):
+    """The organization's sales pipelines with their stages in order (the default pipeline first). Use the ids
+    with crm_deals_create, crm_pipelines_board and crm_stats_revenue."""
+
+
+@registry.query("crm_pipelines_list", output=PipelineList)
+def list_pipelines(q: ListPipelines, ctx: QueryContext) -> PipelineList:
+    return PipelineList(items=[msgspec.convert(r, PipelineOut) for r in pipelines_q.list_pipelines(ctx.conn, ctx.org_id)])
+
+
+class GetPipeline(Query, kw_only=True):
+    """One pipeline with its stages in order and each stage's win probability."""
+
+    pipeline_id: PipelineId
+
+
+@registry.query("crm_pipelines_get", output=PipelineOut)
+def get_pipeline(q: GetPipeline, ctx: QueryContext) -> PipelineOut:
+    return present_pipeline(ctx, q.pipeline_id)
+
+
+class ListStages(Query, kw_only=True):
+    """The stages of a pipeline in order, with win probability (percent)."""
+
+    pipeline_id: PipelineId
+
+
+@registry.query("crm_pipelines_list_stages", output=StageList)
+def list_stages(q: ListStages, ctx: QueryContext) -> StageList:
+    p = present_pipeline(ctx, q.pipeline_id)
+    return StageList(pipeline_id=p.id, items=p.stages)
+
+
+class BoardDeal(Struct, kw_only=True):
+    id: UUID
+    title: str
+    client_id: UUID | None
+    value: Money
+    owner_id: UUID | None
+    expected_close_date: str | None
+
+
+class BoardColumn(Struct, kw_only=True):
+    stage_id: UUID
+    name: str
+    position: int
+    probability: int
+    count: int
+    total_value: Money
+    weighted_value: Money
+    deals: list[BoardDeal]
+
+
+class Board(Struct, kw_only=True):
+    pipeline_id: UUID
+    pipeline_name: str
+    currency: str
+    open_deals: int
+    total_value: Money
+    weighted_value: Money
+    stages: list[BoardColumn]
+
+
+class GetBoard(Query, kw_only=True):
+    """The kanban board of a pipeline: open deals grouped by stage, with count, total value and
+    probability-weighted value per stage, and the largest deals of each stage (deals_per_stage)."""
+
+    pipeline_id: Annotated[UUID | None, Meta(description="Pipeline id; default: the organization's default pipeline.")] = None
+    owner_id: Annotated[UUID | None, Meta(description="Only deals owned by this user.")] = None
+    deals_per_stage: Annotated[int, Meta(ge=0, le=100, description="How many deals to list per stage (largest first), 0-100.")] = 10
+
+
+@registry.query("crm_pipelines_board", output=Board)
+def board(q: GetBoard, ctx: QueryContext) -> Board:
+    pipeline = present_pipeline(ctx, q.pipeline_id or default_pipeline_id(ctx.org_id))
+    currency = org_settings(ctx.conn, ctx.org_id)["currency"]
+    data = deals_q.board(ctx.conn, ctx.org_id, pipeline.id, q.deals_per_stage, q.owner_id)
+    columns = []
+    for s in pipeline.stages:
+        t = data["totals"].get(s.id, {"count": 0, "value_cents": 0})
+        deals = [BoardDeal(id=d["id"], title=d["title"], client_id=d["client_id"], value=money(d["value_cents"], currency),
+                           owner_id=d["owner_id"],
+                           expected_close_date=d["expected_close_date"].isoformat() if d["expected_close_date"] else None)
+                 for d in data["deals"] if d["stage_id"] == s.id]
+        columns.append(BoardColumn(stage_id=s.id, name=s.name, position=s.position, probability=s.probability,
+                                   count=t["count"], total_value=money(t["value_cents"], currency),
+                                   weighted_value=money(round(t["value_cents"] * s.probability / 100), currency),
+                                   deals=deals))
+    total = sum(c.total_value.cents for c in columns)
+    weighted = sum(c.weighted_value.cents for c in columns)
+    return Board(pipeline_id=pipeline.id, pipeline_name=pipeline.name, currency=currency,
+                 open_deals=sum(c.count for c in columns), total_value=money(total, currency),
+                 weighted_value=money(weighted, currency), stages=columns)
+
+
+# -- commands --------------------------------------------------------------------------------------------
+class NewStage(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: StageName
+    probability: Probability = 0
+
+
+class CreatePipeline(Command, kw_only=True):
+    """Create a sales pipeline with its initial stages in order, e.g. stages=[{"name": "Lead", "probability": 10},
+    {"name": "Offer", "probability": 50}]. Returns it with stage ids for crm_deals_create."""
+
+    name: PipelineName
+    stages: Annotated[list[NewStage], Meta(min_length=1, max_length=30, description="Stages in order.")]
+
+
+@registry.command("crm_pipelines_create", output=PipelineOut, returns=UUID, present=present_pipeline)
+def create_pipeline(cmd: CreatePipeline, uow: UnitOfWork) -> UUID:
+    pipeline = Pipeline.create(uow.org_id, cmd.name, [(s.name, s.probability) for s in cmd.stages])
+    uow.add(pipeline)
+    return pipeline.id
+
+
+class UpdatePipeline(Command, kw_only=True):
+    """Rename a pipeline (stages are changed with the crm_pipelines_*_stage tools)."""
+
+    pipeline_id: PipelineId
+    name: PipelineName | UnsetType = UNSET
+
+
+def pipeline_command(name: str, input: type[Struct], act, *, destructive: bool = False) -> None:
+    def handle(cmd, uow: UnitOfWork) -> UUID:
+        pipeline = load_pipeline(uow, cmd.pipeline_id)
+        act(pipeline, cmd, uow)
+        return pipeline.id
+
+    registry.command(name, input=input, output=PipelineOut, returns=UUID, present=present_pipeline,
+                     destructive=destructive)(handle)
+
+
+pipeline_command("crm_pipelines_update", UpdatePipeline,
+                 lambda p, cmd, uow: p.rename(cmd.name) if cmd.name is not UNSET else None)
+
+
+class DeletePipeline(Command, kw_only=True):
+    """Delete a pipeline. Refused while it has open deals: move, close or delete them first. Closed deals keep
+    their history and still count in statistics."""
+
+    pipeline_id: PipelineId
+
+
+@registry.command("crm_pipelines_delete", output=Removed, destructive=True)
+def delete_pipeline(cmd: DeletePipeline, uow: UnitOfWork) -> Removed:
+    pipeline = load_pipeline(uow, cmd.pipeline_id)
+    pipeline.delete_checked(deals_q.count_open_in_pipeline(uow.conn, uow.org_id, pipeline.id))
+    return Removed(id=cmd.pipeline_id, entity="pipeline")
+
+
+class AddStage(Command, kw_only=True):
+    """Add a stage to a pipeline at a position (0 = first; omit to append at the end)."""
+
+    pipeline_id: PipelineId
+    name: StageName
+    probability: Probability = 0
+    position: Annotated[int, Meta(ge=0, le=100, description="0-based position; omit to append.")] | None = None
+
+
+pipeline_command("crm_pipelines_add_stage", AddStage,
+                 lambda p, cmd, uow: p.add_stage(cmd.name, cmd.probability, cmd.position))
+
+
+class UpdateStage(Command, kw_only=True):
+    """Rename a stage or change its win probability; only what you send changes."""
+
+    pipeline_id: PipelineId
+    stage_id: StageId
+    name: StageName | UnsetType = UNSET
+    probability: Probability | UnsetType = UNSET
+
+
+pipeline_command("crm_pipelines_update_stage", UpdateStage, lambda p, cmd, uow: p.update_stage(
+    cmd.stage_id, None if cmd.name is UNSET else cmd.name, None if cmd.probability is UNSET else cmd.probability))
+
+
+class ReorderStages(Command, kw_only=True):
+    """Set the order of a pipeline's stages: list every stage id exactly once, in the new order."""
+
+    pipeline_id: PipelineId
+    stage_ids: Annotated[list[UUID], Meta(min_length=1, max_length=30, description="All stage ids in the new order.")]
+
+
+pipeline_command("crm_pipelines_reorder_stages", ReorderStages, lambda p, cmd, uow: p.reorder_stages(cmd.stage_ids))
+
+
+class RemoveStage(Command, kw_only=True):
+    """Remove a stage. Only an empty stage can be removed: move its deals to another stage first
+    (crm_deals_move_stage)."""
+
+    pipeline_id: PipelineId
+    stage_id: StageId
+
+
+pipeline_command("crm_pipelines_remove_stage", RemoveStage, lambda p, cmd, uow: p.remove_stage(
+    cmd.stage_id, deals_q.count_in_stage(uow.conn, uow.org_id, cmd.stage_id)), destructive=True)
