@@ -333,7 +333,7 @@ task_command("crm_tasks_update", UpdateTask, _update)
 
 
 class CompleteTask(Command, kw_only=True):
-    """Mark a task done."""
+    """Mark a task done (it leaves the open and overdue lists; crm_tasks_reopen undoes it)."""
 
     task_id: TaskId
 
