@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import logging
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
-from uuid import UUID
 
 import anyio
 from litestar import Request, get, post
@@ -254,9 +255,8 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
             await db(store.drop_session, sid)
         new_sid, _ = await db(store.new_session, [{"organization_id": m["organization_id"], "user_id": m["user_id"]}
                                                    for m in matched])
-        response = Response(None, status_code=303, headers={**NO_STORE, "Location": f"/authorize?{authz.query}"},
-                            cookies=[session_cookie(base, new_sid)])
-        return response
+        return Response(None, status_code=303, headers={**NO_STORE, "Location": f"/authorize?{authz.query}"},
+                        cookies=[session_cookie(base, new_sid)])
 
     def _authenticate(email: str, password: str) -> list[dict[str, Any]]:
         with runtime.pool.connection() as conn:
@@ -341,7 +341,8 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
         if not await db(store.user_active, row["organization_id"], row["user_id"]):
             return _json_error("invalid_grant", "the user is no longer active")
         tokens = await db(store.issue_tokens, family_id=row["family_id"], client_id=client["client_id"],
-                          org_id=row["organization_id"], user_id=row["user_id"], resource=row["resource"], scope=row["scope"])
+                          org_id=row["organization_id"], user_id=row["user_id"], resource=row["resource"], scope=row["scope"],
+                          with_refresh="refresh_token" in client["grant_types"])
         return Response(tokens, status_code=200, headers=NO_STORE)
 
     @post("/revoke")
@@ -371,8 +372,6 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
         if len(body) > 32 * 1024:
             return _json_error("invalid_client_metadata", "the registration request is too large")
         try:
-            import json
-
             meta = json.loads(body or b"{}")
         except ValueError:
             return _json_error("invalid_client_metadata", "the body must be a JSON object")
@@ -407,7 +406,7 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
         record.update(redirect_uris=uris, grant_types=grants, response_types=["code"], scope=scope,
                       token_endpoint_auth_method=method)
         client_id, secret = await db(store.register_client, record, method, address)
-        out = {"client_id": client_id, "client_id_issued_at": oauth_now(), **record}
+        out = {"client_id": client_id, "client_id_issued_at": int(time.time()), **record}
         if secret:
             out.update(client_secret=secret, client_secret_expires_at=0)
         return Response(out, status_code=201, headers=NO_STORE)
@@ -434,12 +433,3 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
         }
 
     return [authorize, login, consent, token, revoke, register, authorization_server_metadata]
-
-
-def oauth_now() -> int:
-    import time
-
-    return int(time.time())
-
-
-__all__ = ["oauth_routes", "oauth_audience", "UUID"]

@@ -5,7 +5,6 @@ Secrets (client secrets, session ids, codes, tokens) are kept only as SHA-256 di
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -175,9 +174,9 @@ class OAuthStore:
     # --- tokens --------------------------------------------------------------------------------------
 
     def issue_tokens(self, *, family_id: UUID, client_id: str, org_id: UUID, user_id: UUID, resource: str,
-                     scope: str) -> dict[str, Any]:
+                     scope: str, with_refresh: bool = True) -> dict[str, Any]:
         access = oauth.new_secret(oauth.ACCESS_PREFIX)
-        refresh = oauth.new_secret(oauth.REFRESH_PREFIX)
+        refresh = oauth.new_secret(oauth.REFRESH_PREFIX) if with_refresh else None
         s = self.settings
         with self.pool.connection() as conn, conn.transaction():
             conn.execute(
@@ -185,14 +184,17 @@ class OAuthStore:
                 " scope, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))",
                 (oauth.digest(access), family_id, client_id, org_id, user_id, resource, scope, s.access_ttl),
             )
-            conn.execute(
-                "INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, organization_id, user_id, resource,"
-                " scope, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))",
-                (oauth.digest(refresh), family_id, client_id, org_id, user_id, resource, scope, s.refresh_ttl),
-            )
+            if refresh is not None:
+                conn.execute(
+                    "INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, organization_id, user_id,"
+                    " resource, scope, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))",
+                    (oauth.digest(refresh), family_id, client_id, org_id, user_id, resource, scope, s.refresh_ttl),
+                )
             self.touch_client(conn, client_id)
-        return {"access_token": access, "token_type": "Bearer", "expires_in": s.access_ttl,
-                "refresh_token": refresh, "scope": scope}
+        out = {"access_token": access, "token_type": "Bearer", "expires_in": s.access_ttl, "scope": scope}
+        if refresh is not None:
+            out["refresh_token"] = refresh
+        return out
 
     def rotate_refresh(self, token: str) -> tuple[dict[str, Any] | None, str]:
         """Use a refresh token once. Presenting a rotated-out or revoked one revokes its whole family."""
@@ -261,7 +263,3 @@ class OAuthStore:
             organization_id=row["organization_id"], user_id=row["user_id"],
             grants=permissions.intersect(row["role_grants"], None), oauth_client_id=row["client_id"],
         )
-
-
-def now() -> int:
-    return int(time.time())

@@ -472,6 +472,18 @@ async def test_token_of_another_audience_is_refused(server, make_org, db):
     assert await mcp_status(base, tokens["access_token"]) == 401
 
 
+async def test_client_without_refresh_grant_gets_no_refresh_token(server, make_org, db):
+    _, email = user_with_password(make_org, db, "NoRefresh")
+    base = server.base_url
+    client = await register(base, grant_types=["authorization_code"])
+    verifier, challenge = pkce()
+    code = await get_code(base, client, email, challenge)
+    r = await exchange(base, client, code, verifier)
+    assert r.status_code == 200 and "refresh_token" not in r.json()
+    r = await token_request(base, {"grant_type": "refresh_token", "refresh_token": "frt_x", "client_id": client["client_id"]})
+    assert_oauth_error(r, "unauthorized_client")
+
+
 async def test_unsupported_grant_type(server):
     base = server.base_url
     client = await register(base)
