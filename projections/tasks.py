@@ -44,13 +44,13 @@ class TasksProjection(Projection):
         f = e.fields
         cur.execute(
             "INSERT INTO tasks (id, organization_id, title, description, status, priority, due_date, client_id, deal_id,"
-            " project_id, assignee_id, created_by, created_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " project_id, assignee_id, created_by, created_at, updated_at, search_tsv)"
+            " VALUES (%s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " to_tsvector('simple', lower(f_unaccent(concat_ws(' ', %s::text, %s::text)))))",
             (e.originator_id, e.org_id, f.get("title"), f.get("description"), f.get("priority", "normal"),
              f.get("due_date"), f.get("client_id"), f.get("deal_id"), f.get("project_id"), e.assignee_id,
-             e.created_by, e.timestamp, e.timestamp),
+             e.created_by, e.timestamp, e.timestamp, f.get("title"), f.get("description")),
         )
-        cur.execute(SEARCH_REFRESH, (e.originator_id,))
 
     @handles(Task.Updated)
     def updated(self, cur: Any, e: Any) -> None:

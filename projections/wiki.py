@@ -49,11 +49,14 @@ class WikiProjection(Projection):
     def created(self, cur: Any, e: Any) -> None:
         cur.execute(
             "INSERT INTO wiki_pages (id, organization_id, title, body, category_id, parent_id, language, revision,"
-            " created_by, updated_by, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (e.originator_id, e.org_id, e.title, e.body, e.category_id, e.parent_id, e.language, e.originator_version,
-             e.author_id, e.author_id, e.timestamp, e.timestamp),
+            " created_by, updated_by, created_at, updated_at, search_tsv)"
+            " VALUES (%(id)s, %(org)s, %(title)s, %(body)s, %(cat)s, %(parent)s, %(lang)s, %(rev)s, %(by)s, %(by)s,"
+            " %(ts)s, %(ts)s, setweight(to_tsvector(%(cfg)s::regconfig, %(title)s), 'A')"
+            " || setweight(to_tsvector(%(cfg)s::regconfig, %(body)s), 'B'))",
+            {"id": e.originator_id, "org": e.org_id, "title": e.title, "body": e.body, "cat": e.category_id,
+             "parent": e.parent_id, "lang": e.language, "cfg": e.language, "rev": e.originator_version, "by": e.author_id,
+             "ts": e.timestamp},
         )
-        cur.execute(SEARCH_REFRESH, (e.originator_id,))
         self._revision(cur, e, "created", author_id=e.author_id)
 
     @handles(WikiPage.Edited)
