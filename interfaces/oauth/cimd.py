@@ -2,7 +2,8 @@
 
 Fetched with a timeout and a size cap, cached in `oauth_clients` (kind 'metadata_document'), and never from
 private, loopback, link-local or otherwise non-global addresses (FLUSIA_CIMD_ALLOW_LOOPBACK=1 allows loopback,
-for tests only). The host is resolved once and every resolved address is checked before connecting.
+for tests only). Every address the host resolves to is checked before connecting, and the address actually
+connected to is checked again before the body is read.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ def _check_host(host: str, port: int, settings: oauth.Settings) -> None:
             raise MetadataDocumentError(f"{host} resolves to a non-public address")
 
 
+def _check_peer(response: httpx.Response, settings: oauth.Settings) -> None:
+    """The address actually connected to must pass the same rules (defeats DNS rebinding between the
+    check above and the connection): the body of a refused peer is never read."""
+    stream = response.extensions.get("network_stream")
+    peer = stream.get_extra_info("server_addr") if stream is not None else None
+    if not peer or oauth.address_refused(str(peer[0]), allow_loopback=settings.cimd_allow_loopback):
+        raise MetadataDocumentError("the client metadata document's host is not a public address")
+
+
 def fetch(client_id: str, settings: oauth.Settings) -> tuple[dict[str, Any], int]:
     """The validated document and how long to cache it (seconds)."""
     if not oauth.is_metadata_document_client_id(client_id):
@@ -42,6 +52,7 @@ def fetch(client_id: str, settings: oauth.Settings) -> tuple[dict[str, Any], int
     try:
         with httpx.Client(timeout=settings.cimd_timeout, follow_redirects=False) as http:
             with http.stream("GET", client_id, headers={"Accept": "application/json"}) as response:
+                _check_peer(response, settings)
                 if response.status_code != 200:
                     raise MetadataDocumentError(f"fetching the client metadata document returned HTTP {response.status_code}")
                 body = b""

@@ -39,6 +39,12 @@ CALLBACK = "http://localhost:6274/oauth/callback"
 
 # --- helpers -------------------------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def _registration_budget(db):
+    """Every test here registers clients from 127.0.0.1: start each with a fresh per-address budget."""
+    db.execute("DELETE FROM oauth_rate_events WHERE bucket LIKE 'register:%%'")
+
+
 def user_with_password(make_org, db, name: str = "OAuth") -> tuple[Any, str]:
     from application import oauth
 
