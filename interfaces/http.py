@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 
 import anyio
 from litestar import Litestar, Request, get
+from litestar.config.cors import CORSConfig
 from litestar.handlers import asgi
 from litestar.response import Response
 from litestar.types import Receive, Scope, Send
@@ -37,6 +38,30 @@ def public_base_url(scope: Scope) -> str:
     host = headers.get("host") or "{}:{}".format(*(scope.get("server") or ("127.0.0.1", 8000)))
     scheme = headers.get("x-forwarded-proto") or scope.get("scheme", "http")
     return f"{scheme}://{host}"
+
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "WWW-Authenticate, Mcp-Session-Id, Mcp-Protocol-Version",
+}
+CORS_PREFLIGHT = {
+    **CORS_HEADERS,
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Accept, Mcp-Protocol-Version, Mcp-Session-Id, Last-Event-ID",
+    "Access-Control-Max-Age": "600",
+}
+
+
+def with_cors(send: Send) -> Send:
+    """Browser clients (MCP Inspector) call /mcp from another origin with a bearer token, never cookies."""
+    extra = [(k.lower().encode(), v.encode()) for k, v in CORS_HEADERS.items()]
+
+    async def wrapped(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return wrapped
 
 
 async def send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
@@ -102,8 +127,9 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         base = public_base_url(scope)
         if scope["method"] == "OPTIONS":
-            await send_json(send, 204, None, {"Allow": "GET, POST, DELETE, OPTIONS"})
+            await send_json(send, 204, None, {"Allow": "GET, POST, DELETE, OPTIONS", **CORS_PREFLIGHT})
             return
+        send = with_cors(send)
         oauth_audience.set(f"{base}/mcp")
         principal = await auth(scope)
         if principal is None:
@@ -166,6 +192,10 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
         [mcp_endpoint, protected_resource, protected_resource_mcp, healthz, *oauth_routes(runtime, auth), download_route],
         lifespan=[lifespan],
         debug=False,
+        # Browser-based clients (MCP Inspector) read the metadata and OAuth endpoints from another origin.
+        cors_config=CORSConfig(allow_origins=["*"], allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                               allow_headers=["Authorization", "Content-Type", "Accept", "Mcp-Protocol-Version"],
+                               expose_headers=["WWW-Authenticate"]),
     )
     app.state.runtime = runtime
     app.state.auth = auth

@@ -244,3 +244,19 @@ async def test_organizations_are_isolated_for_every_tool(server, make_org):
     async with mcp_client(server.mcp_url, b.token) as client_b:
         after = await call(client_b, "crm_clients_get", {"client_id": lead["id"]})
     assert {k: v for k, v in after.items()} == before
+
+
+async def test_browser_clients_get_cors_headers(server, make_org):
+    org = make_org()
+    origin = {"Origin": "http://localhost:6274"}
+    pre = httpx.options(server.mcp_url, headers={**origin, "Access-Control-Request-Method": "POST",
+                                                  "Access-Control-Request-Headers": "authorization,content-type"})
+    assert pre.status_code < 300 and pre.headers["access-control-allow-origin"] == "*"
+    assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+    unauth = httpx.post(server.mcp_url, json=rpc("tools/list"), headers={**MCP_HEADERS, **origin})
+    assert unauth.status_code == 401 and "www-authenticate" in unauth.headers["access-control-expose-headers"].lower()
+    ok = httpx.post(server.mcp_url, json=rpc("tools/list"), headers={**MCP_HEADERS, **origin, "Authorization": f"Bearer {org.token}",
+                                                                      "MCP-Protocol-Version": "2025-11-25"})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "*"
+    meta = httpx.get(f"{server.base_url}/.well-known/oauth-protected-resource", headers=origin)
+    assert meta.headers["access-control-allow-origin"] == "*"
