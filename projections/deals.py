@@ -31,14 +31,45 @@ SORTS = {
 }
 
 
+STATS_COLUMNS = frozenset({"status", "close_date", "value_cents", "pipeline_id", "owner_id"})
+STAT_SELECT = "organization_id, status, close_date, value_cents, pipeline_id, owner_id"
+NIL = "'00000000-0000-0000-0000-000000000000'::uuid"
+STATS_CTE = (
+    "old AS (SELECT " + STAT_SELECT + " FROM deals WHERE id = %(_id)s),"
+    " new AS ({update}),"
+    " delta AS (SELECT *, -1 AS sign FROM old UNION ALL SELECT *, 1 FROM new)"
+)
+DELTA_UPSERT = (
+    "INSERT INTO deal_daily_stats AS s (organization_id, day, pipeline_id, owner_id, won, lost, won_cents)"
+    " SELECT organization_id, close_date, coalesce(pipeline_id, " + NIL + "), coalesce(owner_id, " + NIL + "),"
+    " sum(sign * (status = 'accepted')::int), sum(sign * (status = 'rejected')::int),"
+    " sum(CASE WHEN status = 'accepted' THEN sign * value_cents ELSE 0 END)"
+    " FROM delta WHERE status IN ('accepted', 'rejected') AND close_date IS NOT NULL GROUP BY 1, 2, 3, 4"
+    " ON CONFLICT (organization_id, day, pipeline_id, owner_id) DO UPDATE SET won = s.won + EXCLUDED.won,"
+    " lost = s.lost + EXCLUDED.lost, won_cents = s.won_cents + EXCLUDED.won_cents"
+)
+STATS_UPSERT = DELTA_UPSERT
+
+
 class DealsProjection(Projection):
     name = "deals"
-    tables = ("deals", "deal_services", "deal_contacts", "deal_commissions", "deal_stage_history")
+    tables = ("deals", "deal_services", "deal_contacts", "deal_commissions", "deal_stage_history", "deal_daily_stats")
 
-    def _set(self, cur: Any, e: Any, values: dict[str, Any]) -> None:
+    def _set(self, cur: Any, e: Any, values: dict[str, Any], *, leave_stage: bool = False) -> None:
+        """Update the deal row; when a column that counts in revenue stats changes, move the deal's contribution
+        in deal_daily_stats from its old (day, pipeline, owner) to the new one, in the same statement."""
         sets = "".join(f"{k} = %({k})s, " for k in values)
-        cur.execute(f"UPDATE deals SET {sets}updated_at = %(_ts)s WHERE id = %(_id)s",  # noqa: S608 - keys are ours
-                    {**values, "_ts": e.timestamp, "_id": e.originator_id})
+        params = {**values, "_ts": e.timestamp, "_id": e.originator_id}
+        update = f"UPDATE deals SET {sets}updated_at = %(_ts)s WHERE id = %(_id)s"  # noqa: S608 - keys are ours
+        ctes = []
+        if STATS_COLUMNS & set(values):
+            ctes.append(STATS_CTE.format(update=update + f" RETURNING {STAT_SELECT}"))
+            main = STATS_UPSERT
+        else:
+            main = update
+        if leave_stage:
+            ctes.append("h AS (UPDATE deal_stage_history SET left_at = %(_ts)s WHERE deal_id = %(_id)s AND left_at IS NULL)")
+        cur.execute(("WITH " + ", ".join(ctes) + " " if ctes else "") + main, params)
 
     def _enter_stage(self, cur: Any, e: Any, pipeline_id: UUID, stage_id: UUID) -> None:
         cur.execute(
@@ -55,15 +86,18 @@ class DealsProjection(Projection):
     def created(self, cur: Any, e: Any) -> None:
         f = e.fields
         cur.execute(
-            "INSERT INTO deals (id, organization_id, client_id, title, description, status, pipeline_id, stage_id,"
+            "WITH d AS (INSERT INTO deals (id, organization_id, client_id, title, description, status, pipeline_id, stage_id,"
             " value_cents, explicit_value, currency, owner_id, expected_close_date, created_by, created_at, updated_at,"
             " stage_entered_at, search_text)"
-            " VALUES (%s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, lower(f_unaccent(%s)))",
-            (e.originator_id, e.org_id, e.client_id, e.title, f.get("description"), e.pipeline_id, e.stage_id,
-             e.explicit_value_cents or 0, e.explicit_value_cents is not None, e.currency, e.owner_id,
-             f.get("expected_close_date"), e.created_by, e.timestamp, e.timestamp, e.timestamp, e.title),
+            " VALUES (%(id)s, %(org)s, %(client)s, %(title)s, %(descr)s, 'open', %(p)s, %(s)s, %(v)s, %(explicit)s,"
+            " %(cur)s, %(owner)s, %(ecd)s, %(by)s, %(ts)s, %(ts)s, %(ts)s, lower(f_unaccent(%(title)s))))"
+            " INSERT INTO deal_stage_history (organization_id, deal_id, pipeline_id, stage_id, entered_at)"
+            " VALUES (%(org)s, %(id)s, %(p)s, %(s)s, %(ts)s)",
+            {"id": e.originator_id, "org": e.org_id, "client": e.client_id, "title": e.title,
+             "descr": f.get("description"), "p": e.pipeline_id, "s": e.stage_id, "v": e.explicit_value_cents or 0,
+             "explicit": e.explicit_value_cents is not None, "cur": e.currency, "owner": e.owner_id,
+             "ecd": f.get("expected_close_date"), "by": e.created_by, "ts": e.timestamp},
         )
-        self._enter_stage(cur, e, e.pipeline_id, e.stage_id)
 
     @handles(Deal.Updated)
     def updated(self, cur: Any, e: Any) -> None:
@@ -78,18 +112,15 @@ class DealsProjection(Projection):
 
     @handles(Deal.StatusChanged)
     def status_changed(self, cur: Any, e: Any) -> None:
-        self._set(cur, e, {"status": e.status, "close_date": e.close_date, "lost_reason": e.reason})
+        self._set(cur, e, {"status": e.status, "close_date": e.close_date, "lost_reason": e.reason}, leave_stage=True)
         if e.status == "open":
             row = cur.execute("SELECT pipeline_id, stage_id FROM deals WHERE id = %s", (e.originator_id,)).fetchone()
-            self._leave_stage(cur, e)
             self._enter_stage(cur, e, row["pipeline_id"], row["stage_id"])
-        else:
-            self._leave_stage(cur, e)
 
     @handles(Deal.StageMoved)
     def stage_moved(self, cur: Any, e: Any) -> None:
-        self._set(cur, e, {"pipeline_id": e.pipeline_id, "stage_id": e.stage_id, "stage_entered_at": e.timestamp})
-        self._leave_stage(cur, e)
+        self._set(cur, e, {"pipeline_id": e.pipeline_id, "stage_id": e.stage_id, "stage_entered_at": e.timestamp},
+                  leave_stage=True)
         self._enter_stage(cur, e, e.pipeline_id, e.stage_id)
 
     @handles(Deal.Assigned)
@@ -160,7 +191,11 @@ class DealsProjection(Projection):
     def deleted(self, cur: Any, e: Any) -> None:
         for table in ("deal_services", "deal_contacts", "deal_commissions", "deal_stage_history"):
             cur.execute(f"DELETE FROM {table} WHERE deal_id = %s", (e.originator_id,))  # noqa: S608
-        cur.execute("DELETE FROM deals WHERE id = %s", (e.originator_id,))
+        cur.execute(
+            "WITH old AS (DELETE FROM deals WHERE id = %(_id)s RETURNING " + STAT_SELECT + "),"
+            " delta AS (SELECT *, -1 AS sign FROM old) " + DELTA_UPSERT,
+            {"_id": e.originator_id},
+        )
 
     @handles(Client.MergedInto)
     def client_merged(self, cur: Any, e: Any) -> None:

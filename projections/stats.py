@@ -10,6 +10,9 @@ from typing import Any
 from uuid import UUID
 
 
+NIL = "'00000000-0000-0000-0000-000000000000'::uuid"
+
+
 def _names(conn: Any, table: str, ids: set[Any]) -> dict[Any, str]:
     ids = {i for i in ids if i is not None}
     if not ids:
@@ -24,21 +27,23 @@ def org_currency(conn: Any, org_id: UUID) -> str:
 
 
 def revenue(conn: Any, org_id: UUID, start: date, end: date, pipeline_id: UUID | None, user_id: UUID | None) -> dict[str, Any]:
-    """Won and lost deals closed in [start, end], overall and by pipeline, owner and month, in one pass."""
-    where = "organization_id = %(org)s AND status IN ('accepted', 'rejected') AND close_date BETWEEN %(start)s AND %(end)s"
+    """Won and lost deals closed in [start, end], overall and by pipeline, owner and month, in one pass over the
+    per-day summary the deals projection maintains (deal_daily_stats)."""
+    where = "organization_id = %(org)s AND day BETWEEN %(start)s AND %(end)s"
     if pipeline_id is not None:
         where += " AND pipeline_id = %(pipeline)s"
     if user_id is not None:
         where += " AND owner_id = %(owner)s"
     rows = conn.execute(
         f"""
-        SELECT grouping(pipeline_id) AS gp, grouping(owner_id) AS go, grouping(month) AS gm, pipeline_id, owner_id, month,
-               count(*) FILTER (WHERE status = 'accepted') AS won,
-               count(*) FILTER (WHERE status = 'rejected') AS lost,
-               coalesce(sum(value_cents) FILTER (WHERE status = 'accepted'), 0)::bigint AS revenue_cents
-        FROM (SELECT pipeline_id, owner_id, date_trunc('month', close_date)::date AS month, status, value_cents
-              FROM deals WHERE {where}) x
+        SELECT grouping(pipeline_id) AS gp, grouping(owner_id) AS go, grouping(month) AS gm,
+               nullif(pipeline_id, {NIL}) AS pipeline_id, nullif(owner_id, {NIL}) AS owner_id, month,
+               coalesce(sum(won), 0)::int AS won, coalesce(sum(lost), 0)::int AS lost,
+               coalesce(sum(won_cents), 0)::bigint AS revenue_cents
+        FROM (SELECT pipeline_id, owner_id, date_trunc('month', day::timestamp)::date AS month, won, lost, won_cents
+              FROM deal_daily_stats WHERE {where}) x
         GROUP BY GROUPING SETS ((), (pipeline_id), (owner_id), (month))
+        HAVING sum(won) + sum(lost) > 0 OR grouping(pipeline_id) + grouping(owner_id) + grouping(month) = 3
         """,
         {"org": org_id, "start": start, "end": end, "pipeline": pipeline_id, "owner": user_id},
     ).fetchall()

@@ -222,3 +222,36 @@ def test_sales_projections_rebuild_to_identical_rows(call, runtime, db):
         runtime.projector.rebuild(runtime.projection(name))
     after = {k: db.execute(q, (org,)).fetchall() for k, q in queries.items()}
     assert after == before
+
+
+def test_revenue_summary_follows_reopen_value_owner_pipeline_changes_and_deletes(call, db):
+    from application import identity
+
+    other_user = identity.create_user(db, call.org.organization_id, f"o{call.org.user_id.hex[:6]}@example.com", "O", "sales")
+    client = call("crm_clients_create", {"business_name": "Stats"})
+    p2 = call("crm_pipelines_create", {"name": "Second", "stages": [{"name": "Only", "probability": 50}]})
+    d1 = call("crm_deals_create", {"title": "one", "client_id": client["id"], "value": "100"})
+    d2 = call("crm_deals_create", {"title": "two", "client_id": client["id"], "value": "200"})
+    d3 = call("crm_deals_create", {"title": "three", "client_id": client["id"], "value": "300"})
+    for d in (d1, d2, d3):
+        call("crm_deals_set_status", {"deal_id": d["id"], "status": "accepted", "close_date": "2025-06-10"})
+    call("crm_deals_set_status", {"deal_id": d1["id"], "status": "open"})                       # reopened: out
+    call("crm_deals_update", {"deal_id": d2["id"], "value": "250"})                              # value change
+    call("crm_deals_assign", {"deal_id": d2["id"], "user_id": str(other_user)})                  # owner change
+    call("crm_deals_move_stage", {"deal_id": d3["id"], "pipeline_id": p2["id"], "stage_id": p2["stages"][0]["id"]})
+    call("crm_deals_set_status", {"deal_id": d3["id"], "status": "rejected", "close_date": "2025-07-01"})
+    d4 = call("crm_deals_create", {"title": "four", "client_id": client["id"], "value": "999"})
+    call("crm_deals_set_status", {"deal_id": d4["id"], "status": "accepted", "close_date": "2025-06-11"})
+    call("crm_deals_delete", {"deal_id": d4["id"]})                                              # deleted: out
+    rev = call("crm_stats_revenue", {"start_date": "2025-06-01", "end_date": "2025-07-31"})
+    direct = db.execute(
+        "SELECT count(*) FILTER (WHERE status = 'accepted') AS won, count(*) FILTER (WHERE status = 'rejected') AS lost,"
+        " coalesce(sum(value_cents) FILTER (WHERE status = 'accepted'), 0) AS cents FROM deals"
+        " WHERE organization_id = %s AND close_date BETWEEN '2025-06-01' AND '2025-07-31'",
+        (call.org.organization_id,)).fetchone()
+    assert (rev["deals_won"], rev["deals_lost"], rev["total_revenue"]["cents"]) == (direct["won"], direct["lost"], direct["cents"])
+    assert (rev["deals_won"], rev["deals_lost"], rev["total_revenue"]["cents"]) == (1, 1, 25000)
+    assert {g["key"]: g["won"] for g in rev["by_owner"]} == {str(other_user): 1, str(call.org.user_id): 0}
+    assert {g["name"]: (g["won"], g["lost"]) for g in rev["by_pipeline"]} == {"Sales": (1, 0), "Second": (0, 1)}
+    assert [(g["key"], g["won"], g["lost"]) for g in rev["by_month"]] == [("2025-06", 1, 0), ("2025-07", 0, 1)]
+    assert rev["win_rate"]["percent"] == 50.0
