@@ -7,6 +7,9 @@ same transaction as the events: a retried command appends nothing, and every eve
 from __future__ import annotations
 
 import datetime as dt
+import json
+
+import psycopg
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -29,26 +32,29 @@ class DateAsISO(Transcoding):
         return dt.date.fromisoformat(data)
 
 
-class FlusiaRecorder(PostgresApplicationRecorder):
-    def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
-        key = kwargs.get("idempotency")
-        if key is not None:
-            curs.execute(
-                "INSERT INTO idempotency_keys (organization_id, key, tool, request_hash, result) VALUES (%s, %s, %s, %s, %s)",
-                (key["organization_id"], key["key"], key["tool"], key["request_hash"], Jsonb(key["result"])),
-            )
+def _jsonb(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value, dumps=lambda v: json.dumps(v, default=str))
 
-    def _fetch_ids_after_insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any):
-        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        cause = kwargs.get("cause")
-        if cause is not None and ids:
+
+class FlusiaRecorder(PostgresApplicationRecorder):
+    """Appends through `flusia_append` (migrations/0007): the idempotency key, the events and the row saying who
+    caused them are written by one statement, so a retried command appends nothing and every event has a cause."""
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            # One statement is its own transaction: autocommit saves the BEGIN and COMMIT round trips.
+            if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                conn.autocommit = True
             curs.execute(
-                "INSERT INTO event_causes (first_notification_id, last_notification_id, organization_id, user_id,"
-                " token_id, oauth_client_id, correlation_id, tool) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (ids[0], ids[-1], cause["organization_id"], cause["user_id"], cause["token_id"],
-                 cause["oauth_client_id"], cause["correlation_id"], cause["tool"]),
+                "SELECT flusia_append(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s, %s) AS id",
+                (
+                    [e.originator_id for e in stored_events], [e.originator_version for e in stored_events],
+                    [e.topic for e in stored_events], [e.state for e in stored_events],
+                    _jsonb(kwargs.get("cause")), _jsonb(kwargs.get("idempotency")),
+                ),
+                prepare=True,
             )
-        return ids
+            return [row["id"] for row in curs.fetchall()]
 
 
 def postgres_env(database_url: str, *, create_table: bool = False, pool_size: int = 10) -> dict[str, str]:

@@ -110,4 +110,7 @@ def build_server(registry: Registry, service: Service, version: str) -> Server:
         instructions=SERVER_INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        # The SDK checks Mcp-Param-* headers of 2026-07-28 calls against the tool's schema; without this lookup
+        # it would run the whole tools/list handler on every call to find one schema.
+        get_tool_input_schema=lambda name: tool_of(op).inputSchema if (op := registry.get(name)) else None,
     )

@@ -58,21 +58,26 @@ class Projector:
             "SELECT position FROM projection_tracking WHERE name = %s FOR UPDATE", (projection.name,)
         ).fetchone()
         position = row["position"] if isinstance(row, dict) else row[0]
-        notifications = self.store.recorder.select_notifications(
-            start=position, limit=self.batch_size, topics=projection.topics(), inclusive_of_start=False
-        )
-        if not notifications:
+        # Commit order equals notification order (the recorder locks the table while inserting), so every event
+        # up to the head read now is final: a projection can skip past events it does not handle.
+        head_row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM stored_events").fetchone()
+        head = next(iter(head_row.values())) if isinstance(head_row, dict) else head_row[0]
+        if head <= position:
             return 0
+        notifications = self.store.recorder.select_notifications(
+            start=position, stop=head, limit=self.batch_size, topics=projection.topics(), inclusive_of_start=False
+        )
         with conn.cursor() as cur:
             for n in notifications:
                 projection.apply(cur, self.store.mapper.to_domain_event(n))
-            last = notifications[-1].id
+            full = len(notifications) == self.batch_size
+            last = notifications[-1].id if full else head
             cur.execute(
                 "UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s", (last, projection.name)
             )
-            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{projection.name}:{last}"))
+            if notifications:
+                cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{projection.name}:{last}"))
         return len(notifications)
-
     def catch_up(self, projection: Projection) -> int:
         total = 0
         while True:

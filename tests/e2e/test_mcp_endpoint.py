@@ -58,7 +58,7 @@ async def test_protocol_2025_06_18_initialize_and_call(server, make_org):
     assert init.status_code == 200, init.text
     assert init.json()["result"]["protocolVersion"] == "2025-06-18"
     listed = post(server, org.token, rpc("tools/list", {}, 2), version="2025-06-18").json()
-    assert any(t["name"] == "crm_users_me" for t in listed["result"]["tools"])
+    assert listed["result"]["tools"] and listed["result"]["nextCursor"]
     called = post(server, org.token, rpc("tools/call", {"name": "crm_users_me", "arguments": {}}, 3), version="2025-06-18").json()
     assert called["result"]["structuredContent"]["organization"]["id"] == str(org.organization_id)
 

@@ -21,12 +21,16 @@ from domain.clients import Client
 from tests.conftest import settle
 
 ROOT = Path(__file__).resolve().parents[2]
-READ_TABLES = {"clients": "id", "client_contacts": "id", "notes": "id", "recordings": "id", "tasks": "id"}
+def read_tables() -> list[str]:
+    from projections.catalog import all_projections
+
+    return [t for p in all_projections() for t in p.tables]
 
 
 def dump(url: str) -> dict[str, list]:
+    """Every read table of every projection, in a stable order."""
     with psycopg.connect(url) as conn:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY {k}").fetchall() for t, k in READ_TABLES.items()}
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY {t}::text").fetchall() for t in read_tables()}
 
 
 def admin(url: str):
@@ -80,10 +84,10 @@ def test_rebuild_gives_the_same_tables_as_incremental_projection(iso_runtime, fr
 def test_projector_killed_mid_catch_up_loses_nothing_and_applies_nothing_twice(iso_runtime, fresh_database_url):
     principal = admin(fresh_database_url)
     scripted_history(iso_runtime, principal, leads=60)
-    with psycopg.connect(fresh_database_url) as conn:  # forget the read models: project everything from 0 again
-        for table in reversed(READ_TABLES):
-            conn.execute(f"DELETE FROM {table}")
-        conn.execute("UPDATE projection_tracking SET position = 0")
+    with psycopg.connect(fresh_database_url) as conn, conn.cursor() as cur:  # forget the read models: from 0 again
+        for p in iso_runtime.projections:
+            p.clear(cur)
+        cur.execute("UPDATE projection_tracking SET position = 0")
     env = {**os.environ, "DATABASE_URL": fresh_database_url, "PYTHONPATH": str(ROOT)}
     code = ("import sys; from interfaces.runtime import Runtime; rt = Runtime(sys.argv[1], pool_size=2);"
             "rt.projector.batch_size = 7; rt.projector.run_forever(sys.argv[1])")
