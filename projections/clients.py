@@ -13,12 +13,17 @@ from projections.base import Projection, handles
 from projections.pagination import Sort, paginate
 
 SEARCH_REFRESH = """
-UPDATE clients c SET
-  search_text = lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, c.vat_number, c.vat_key, c.email,
-                                             c.phone, c.phone_key, cc.names))),
-  search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, cc.names))))
-FROM (SELECT string_agg(concat_ws(' ', name, email, phone), ' ') AS names FROM client_contacts WHERE client_id = %(id)s) cc
-WHERE c.id = %(id)s
+WITH names AS (SELECT string_agg(name, ' ') AS names FROM client_contacts WHERE client_id = %(id)s),
+updated AS (
+  UPDATE clients c SET
+    search_text = lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, names.names))),
+    search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, names.names))))
+  FROM names WHERE c.id = %(id)s
+  RETURNING c.organization_id, c.search_tsv
+)
+INSERT INTO client_search_words (organization_id, word)
+SELECT organization_id, unnest(tsvector_to_array(search_tsv)) FROM updated
+ON CONFLICT DO NOTHING
 """
 FIELD_COLUMNS = ("business_name", "contact_name", "vat_number", "tax_code", "email", "phone", "website", "address", "source")
 
@@ -29,7 +34,7 @@ def _db_value(key: str, value: Any) -> Any:
 
 class ClientsProjection(Projection):
     name = "clients"
-    tables = ("clients", "client_contacts")
+    tables = ("clients", "client_contacts", "client_search_words")
 
     def _set(self, cur: Any, event: Any, values: dict[str, Any]) -> None:
         values = {k: _db_value(k, v) for k, v in values.items()}
@@ -205,24 +210,71 @@ def client_exists(conn: Any, org_id: UUID, client_id: UUID) -> bool:
     return conn.execute("SELECT 1 FROM clients WHERE organization_id = %s AND id = %s", (org_id, client_id)).fetchone() is not None
 
 
+SIMILAR_WORDS_PER_TERM = 6
+NAME_CANDIDATES = 500
+
+
+def _name_query(conn: Any, org_id: UUID, text: str) -> str | None:
+    """A tsquery matching every word of `text`, each also as the similar words of this organization's lexicon
+    (typos) and, from 3 letters on, as a prefix (the user may still be typing). None when `text` has no words."""
+    rows = conn.execute(
+        """
+        SELECT t.term, array_remove(array_agg(w.word ORDER BY w.word <-> t.term), NULL) AS similar
+        FROM unnest(tsvector_to_array(to_tsvector('simple', lower(f_unaccent(%s))))) AS t(term)
+        LEFT JOIN LATERAL (
+            SELECT word FROM client_search_words
+            WHERE organization_id = %s AND word %% t.term
+            ORDER BY word <-> t.term LIMIT %s
+        ) w ON true
+        GROUP BY t.term
+        """,
+        (text, org_id, SIMILAR_WORDS_PER_TERM),
+    ).fetchall()
+    if not rows:
+        return None
+
+    def lexeme(word: str, prefix: bool = False) -> str:
+        return "'" + word.replace("'", "''") + "'" + (":*" if prefix else "")
+
+    groups = []
+    for row in rows:
+        alternatives = {lexeme(row["term"], prefix=len(row["term"]) >= 3), *(lexeme(w) for w in row["similar"])}
+        groups.append("(" + " | ".join(sorted(alternatives)) + ")")
+    return " & ".join(groups)
+
+
 def search_clients(conn: Any, org_id: UUID, text: str, *, kind: str | None = None, limit: int = 25) -> list[dict[str, Any]]:
-    """Best match first: trigram word similarity (typos, partial words) plus full-text hits, accent- and
-    case-insensitive; an exact VAT, e-mail or phone match ranks highest."""
-    params = {"org": org_id, "q": text, "vat": vat_key(text), "email": email_key(text), "phone": phone_key(text),
-              "kind": kind, "limit": limit}
+    """Best match first, tolerant of case, accents and small typos.
+
+    Candidates come from indexes only: names by full text over typo-expanded words, VAT/e-mail/phone by their
+    normalised keys (fragments of a phone number or e-mail too). Only candidates are scored: word similarity
+    of the whole query to the names, plus text rank, plus a bonus for an exact VAT, e-mail or phone match."""
+    digits = phone_key(text) if sum(ch.isdigit() for ch in text) >= 5 else None
+    fragment = text.strip().lower() if ("@" in text or "." in text) and len(text.strip()) >= 3 else None
+    params = {"org": org_id, "q": text, "tsq": _name_query(conn, org_id, text), "vat": vat_key(text),
+              "email": email_key(text), "phone": phone_key(text), "digits": digits, "fragment": fragment,
+              "kind": kind, "limit": limit, "cap": NAME_CANDIDATES}
     return conn.execute(
         f"""
-        WITH q AS (SELECT lower(f_unaccent(%(q)s)) AS q, plainto_tsquery('simple', lower(f_unaccent(%(q)s))) AS tsq)
+        WITH q AS (SELECT lower(f_unaccent(%(q)s)) AS q, to_tsquery('simple', coalesce(%(tsq)s, '')) AS tsq),
+        candidates AS (
+            (SELECT c.id FROM clients c, q WHERE c.organization_id = %(org)s AND %(tsq)s::text IS NOT NULL
+                AND c.search_tsv @@ q.tsq LIMIT %(cap)s)
+            UNION SELECT id FROM clients WHERE organization_id = %(org)s AND vat_key = %(vat)s
+            UNION SELECT id FROM clients WHERE organization_id = %(org)s AND email_key = %(email)s
+            UNION SELECT id FROM clients WHERE organization_id = %(org)s AND phone_key = %(phone)s
+            UNION (SELECT id FROM clients WHERE organization_id = %(org)s AND %(digits)s::text IS NOT NULL
+                   AND phone_key LIKE '%%' || %(digits)s || '%%' LIMIT %(cap)s)
+            UNION (SELECT id FROM clients WHERE organization_id = %(org)s AND %(fragment)s::text IS NOT NULL
+                   AND email_key LIKE '%%' || %(fragment)s || '%%' LIMIT %(cap)s)
+        )
         SELECT {CLIENT_COLUMNS},
                round((word_similarity(q.q, c.search_text)
                 + ts_rank(c.search_tsv, q.tsq)
                 + CASE WHEN c.vat_key = %(vat)s OR c.email_key = %(email)s OR c.phone_key = %(phone)s THEN 2 ELSE 0 END
                )::numeric, 4)::float AS score
-        FROM clients c, q
-        WHERE c.organization_id = %(org)s
-          AND (%(kind)s::text IS NULL OR c.kind = %(kind)s)
-          AND (q.q <%% c.search_text OR c.search_tsv @@ q.tsq
-               OR c.vat_key = %(vat)s OR c.email_key = %(email)s OR c.phone_key = %(phone)s)
+        FROM candidates JOIN clients c USING (id), q
+        WHERE (%(kind)s::text IS NULL OR c.kind = %(kind)s)
         ORDER BY score DESC, c.created_at DESC, c.id
         LIMIT %(limit)s
         """,
