@@ -11,7 +11,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.identity import ensure_user
 from application.registry import registry
-from application.sales_common import aggregate_command
+from application.handlers import entity_command
 from application.service import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed
 from domain.activities import Activity
@@ -207,8 +207,8 @@ def _update(a: Activity, cmd: UpdateActivity, uow: UnitOfWork) -> None:
     a.update(changes)
 
 
-aggregate_command("crm_activities_update", UpdateActivity, Activity, "activity_id", _update, output=ActivityOut,
-                  present=present_activity)
+entity_command("crm_activities_update", UpdateActivity, Activity, "activity_id", _update, output=ActivityOut,
+                  present=present_activity, presents_aggregate=True)
 
 
 class DeleteActivity(Command, kw_only=True):

@@ -10,12 +10,13 @@ from uuid import UUID
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from application.handlers import entity_command
 from application.identity import ensure_user
 from application.notes import NoteOut, add_note, load_note, note_page, present_note
 from application.registry import registry
 from application.service import QueryContext, UnitOfWork
 from application.shapes import (
-    Command, CursorArg, Email, Limit, ListQuery, NoteBody, Page, Phone, Query, Removed, SearchText, Tag,
+    Command, Email, Limit, ListQuery, NoteBody, Page, Phone, Query, Removed, SearchText, Tag,
 )
 from domain.clients import LEAD_STATUSES, Client
 from domain.recordings import Recording
@@ -331,15 +332,9 @@ registry.command("crm_clients_create", input=CreateClient, output=ClientDetail, 
 # -- changing one client: load, call the domain, save --------------------------------------------------------
 def client_command(name: str, input: type[Struct], act: Callable[[Client, Any, UnitOfWork], None], *,
                    destructive: bool = False) -> None:
-    """Declare a tool whose handler is only: load the client, call one domain method, save."""
-
-    def handle(cmd: Any, uow: UnitOfWork) -> UUID:
-        client = uow.get(Client, cmd.client_id, field="client_id")
-        act(client, cmd, uow)
-        return client.id
-
-    registry.command(name, input=input, output=ClientDetail, returns=UUID, present=present_client,
-                     destructive=destructive)(handle)
+    """A client tool that only loads the client, calls one domain method and saves."""
+    entity_command(name, input, Client, "client_id", act, output=ClientDetail, present=present_client,
+                   destructive=destructive, presents_aggregate=True)
 
 
 class UpdateClient(Command, kw_only=True):

@@ -15,7 +15,9 @@ from application.identity import ensure_user
 from application.notes import NoteOut, add_note, load_note, note_page, present_note
 from application.pipelines import load_pipeline
 from application.registry import registry
-from application.sales_common import AmountArg, Money, aggregate_command, money, org_settings, org_today
+from application.sales_common import AmountArg, Money, money
+from application.organization import org_settings, org_today
+from application.handlers import entity_command
 from application.service import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, NoteBody, Page, Query, Removed, SearchText
 from domain.clients import Client
@@ -316,7 +318,8 @@ def create_deal(cmd: CreateDeal, uow: UnitOfWork) -> UUID:
 
 # -- changing one deal -----------------------------------------------------------------------------------
 def deal_command(name: str, input: type[Struct], act, *, destructive: bool = False) -> None:
-    aggregate_command(name, input, Deal, "deal_id", act, output=DealDetail, present=present_deal, destructive=destructive)
+    entity_command(name, input, Deal, "deal_id", act, output=DealDetail, present=present_deal, destructive=destructive,
+                   presents_aggregate=True)
 
 
 class UpdateDeal(Command, kw_only=True):

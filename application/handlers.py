@@ -28,17 +28,19 @@ def entity_command(
     present: Callable[..., Any] | None = None,
     returns: type = UUID,
     destructive: bool = False,
+    presents_aggregate: bool = False,
 ) -> None:
     """Declare a tool whose handler loads `aggregate` by `cmd.<id_field>`, calls `act(agg, cmd, uow)` and saves.
 
-    The handler returns what `act` returns, or the aggregate's id when it returns None; `present` renders
-    that from the read models once they have caught up.
+    The handler returns what `act` returns, or the aggregate's id when it returns None (always the id with
+    `presents_aggregate`, for tools whose output is the aggregate itself); `present` renders that from the
+    read models once they have caught up.
     """
 
     def handle(cmd: Any, uow: UnitOfWork) -> Any:
         agg = uow.get(aggregate, getattr(cmd, id_field), field=id_field)
         result = act(agg, cmd, uow)
-        return agg.id if result is None else result
+        return agg.id if result is None or presents_aggregate else result
 
     registry.command(name, input=input, output=output, returns=returns, present=present,
                      destructive=destructive)(handle)

@@ -11,10 +11,11 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.handlers import entity_command
 from application.identity import ensure_user
+from application.organization import org_today
 from application.registry import registry
 from application.service import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed
-from application.tasks import TaskFilters, TaskOut, _task_page, organization_today
+from application.tasks import TaskFilters, TaskOut, _task_page
 from domain.clients import Client
 from domain.errors import NotFound
 from domain.projects import Project
@@ -105,7 +106,7 @@ def _summary(brief: dict[str, Any]) -> str | None:
 
 
 def present_project(ctx: QueryContext, project_id: UUID) -> ProjectDetail:
-    row = projects_q.get_project(ctx.conn, ctx.org_id, project_id, today=organization_today(ctx.conn, ctx.org_id))
+    row = projects_q.get_project(ctx.conn, ctx.org_id, project_id, today=org_today(ctx.conn, ctx.org_id))
     row["brief_summary"] = _summary(row.pop("brief") or {})
     return msgspec.convert(row, ProjectDetail)
 
@@ -332,7 +333,7 @@ def present_activity(ctx: QueryContext, activity_id: UUID) -> ActivityOut:
 
 project_command("crm_projects_add_activity", AddActivity,
                 lambda p, cmd, uow: p.log_activity(cmd.kind, cmd.text, minutes=cmd.minutes,
-                                                   occurred_on=cmd.occurred_on or organization_today(uow.conn, uow.org_id),
+                                                   occurred_on=cmd.occurred_on or org_today(uow.conn, uow.org_id),
                                                    author_id=uow.principal.user_id),
                 output=ActivityOut, present=present_activity)
 

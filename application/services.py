@@ -11,7 +11,9 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.registry import registry
-from application.sales_common import AmountArg, Money, aggregate_command, money, org_settings
+from application.sales_common import AmountArg, Money, money
+from application.organization import org_settings
+from application.handlers import entity_command
 from application.service import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
 from domain.errors import NotFound
@@ -191,8 +193,8 @@ def _update_service(s: CatalogService, cmd: UpdateService, uow: UnitOfWork) -> N
     s.update(changes)
 
 
-aggregate_command("crm_services_update", UpdateService, CatalogService, "service_id", _update_service,
-                  output=ServiceOut, present=present_service)
+entity_command("crm_services_update", UpdateService, CatalogService, "service_id", _update_service,
+                  output=ServiceOut, present=present_service, presents_aggregate=True)
 
 
 class ArchiveService(Command, kw_only=True):
@@ -201,8 +203,8 @@ class ArchiveService(Command, kw_only=True):
     service_id: ServiceId
 
 
-aggregate_command("crm_services_archive", ArchiveService, CatalogService, "service_id", lambda s, cmd, uow: s.archive(),
-                  output=ServiceOut, present=present_service, destructive=True)
+entity_command("crm_services_archive", ArchiveService, CatalogService, "service_id", lambda s, cmd, uow: s.archive(),
+                  output=ServiceOut, present=present_service, destructive=True, presents_aggregate=True)
 
 
 class DeleteService(Command, kw_only=True):

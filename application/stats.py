@@ -10,7 +10,8 @@ from uuid import UUID
 from msgspec import Meta, Struct
 
 from application.registry import registry
-from application.sales_common import Money, money, org_settings, org_today, percentage
+from application.sales_common import Money, money, percentage
+from application.organization import org_settings, org_today
 from application.service import QueryContext
 from application.shapes import Query
 from domain.errors import DomainError

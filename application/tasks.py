@@ -7,7 +7,6 @@ import binascii
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -15,6 +14,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from application import attachments as blobs
 from application.handlers import entity_command
 from application.identity import ensure_user
+from application.organization import org_today
 from application.registry import registry
 from application.service import QueryContext, UnitOfWork
 from application.shapes import Command, Limit, ListQuery, Page, Query, Removed, SearchText, Tag
@@ -110,12 +110,6 @@ class TagCounts(Struct):
     items: list[TagCount]
 
 
-def organization_today(conn, org_id: UUID) -> date:
-    """'Today' in the organization's timezone: what 'due today' and 'overdue' mean to its users."""
-    tz = conn.execute("SELECT timezone FROM organizations WHERE id = %s", (org_id,)).fetchone()["timezone"]
-    return datetime.now(ZoneInfo(tz)).date()
-
-
 def _attachment(ctx: QueryContext, row: dict[str, Any], secret: bytes | None) -> AttachmentOut:
     out = msgspec.convert(row, AttachmentOut)
     if row.get("sha256") and secret is not None:
@@ -202,7 +196,7 @@ class ListTasks(TaskFilters, kw_only=True):
 
 def _task_page(ctx: QueryContext, q: TaskFilters, project_id: UUID | None) -> Page[TaskOut]:
     rows, cursor = tasks_q.list_tasks(
-        ctx.conn, ctx.org_id, today=organization_today(ctx.conn, ctx.org_id), assignee_id=q.assignee_id,
+        ctx.conn, ctx.org_id, today=org_today(ctx.conn, ctx.org_id), assignee_id=q.assignee_id,
         unassigned=q.unassigned, client_id=q.client_id, deal_id=q.deal_id, project_id=project_id, status=q.status,
         tag=q.tag, due=q.due, due_from=q.due_from, due_to=q.due_to, sort=q.sort, limit=q.limit, cursor=q.cursor,
     )

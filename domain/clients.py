@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 from eventsourcing.domain import event
 
 from domain.base import apply_changes
-from domain.shared import Assignable, Taggable, TagNotFound
+from domain.shared import Assignable, Taggable
 from domain.errors import Conflict, DomainError, NotFound
 
 LEAD_STATUSES = ("new", "contacted", "qualified", "unqualified", "lost")

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from projections.activities import ActivitiesProjection
 from projections.base import Projection
 from projections.clients import ClientsProjection
+from projections.deals import DealsProjection
 from projections.notes import NotesProjection
+from projections.pipelines import PipelinesProjection
+from projections.projects import ProjectsProjection
 from projections.recordings import RecordingsProjection
+from projections.services import ServicesProjection
 from projections.tasks import TasksProjection
-from projections.projects import ProjectsProjection  # noqa: E402
-from projections.wiki import WikiProjection  # noqa: E402
+from projections.timeline import TimelineProjection
+from projections.wiki import WikiProjection
 
 
 def all_projections() -> list[Projection]:
-    return [ClientsProjection(), NotesProjection(), RecordingsProjection(), TasksProjection(), ProjectsProjection(), WikiProjection()]
-all_projections = __import__("projections.sales", fromlist=["with_sales"]).with_sales(all_projections)  # sales core
+    return [
+        ClientsProjection(), NotesProjection(), RecordingsProjection(), TasksProjection(), ProjectsProjection(),
+        WikiProjection(), PipelinesProjection(), DealsProjection(), ServicesProjection(), ActivitiesProjection(),
+        TimelineProjection(),
+    ]

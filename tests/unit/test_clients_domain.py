@@ -6,9 +6,10 @@ from uuid import uuid4
 
 import pytest
 
-from domain.clients import (AlreadyAClient, CannotMergeIntoItself, Client, ContactNotFound, NotALead, TagNotFound,
+from domain.clients import (AlreadyAClient, CannotMergeIntoItself, Client, ContactNotFound, NotALead,
                             email_key, phone_key, vat_key)
 from domain.errors import DomainError, NotFound
+from domain.shared import TagNotFound
 
 ORG = uuid4()
 
