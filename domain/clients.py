@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 from eventsourcing.domain import event
 
 from domain.base import apply_changes
-from domain.shared import Assignable, Taggable
+from domain.shared import Assignable, Editable, Taggable
 from domain.errors import Conflict, DomainError, NotFound
 
 LEAD_STATUSES = ("new", "contacted", "qualified", "unqualified", "lost")
@@ -41,8 +41,9 @@ class CannotMergeIntoItself(DomainError):
     code = "invalid_merge"
 
 
-class Client(Taggable, Assignable):
+class Client(Editable, Taggable, Assignable):
     entity_name = "client"
+    editable_fields = EDITABLE_FIELDS
 
     @event("Created")
     def __init__(
@@ -78,14 +79,7 @@ class Client(Taggable, Assignable):
         return cls(org_id=org_id, kind="client", status=None, fields=fields, assigned_to=assigned_to, created_by=created_by)
 
     # -- fields and funnel -------------------------------------------------------------------------------
-    def update(self, changes: dict[str, Any]) -> None:
-        changed = {k: v for k, v in changes.items() if getattr(self, k, None) != v}
-        if changed:
-            self._updated(changes=changed)
 
-    @event("Updated")
-    def _updated(self, changes: dict[str, Any]) -> None:
-        apply_changes(self, changes, EDITABLE_FIELDS)
 
     def set_status(self, status: str) -> None:
         if self.kind != "lead":

@@ -17,7 +17,8 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import event
 
-from domain.base import TenantAggregate, apply_changes
+from domain.base import apply_changes
+from domain.shared import Editable
 from domain.errors import DomainError, NotFound
 from domain.money import decimal_in, line_total_cents
 from domain.pipelines import Pipeline, StageNotFound
@@ -41,8 +42,9 @@ def _ensure_stage(pipeline: Pipeline, stage_id: UUID) -> None:
         raise StageNotFound(stage_id)
 
 
-class Deal(TenantAggregate):
+class Deal(Editable):
     entity_name = "deal"
+    editable_fields = EDITABLE_FIELDS
 
     @event("Created")
     def __init__(
@@ -105,14 +107,7 @@ class Deal(TenantAggregate):
         self.value_cents = value_cents
 
     # -- fields ------------------------------------------------------------------------------------------
-    def update(self, changes: dict[str, Any]) -> None:
-        changed = {k: v for k, v in changes.items() if getattr(self, k, None) != v}
-        if changed:
-            self._updated(changes=changed)
 
-    @event("Updated")
-    def _updated(self, changes: dict[str, Any]) -> None:
-        apply_changes(self, changes, EDITABLE_FIELDS)
 
     # -- status ------------------------------------------------------------------------------------------
     def set_status(self, status: str, *, today: date, reason: str | None = None, close_date: date | None = None) -> None:

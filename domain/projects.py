@@ -12,7 +12,8 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import event
 
-from domain.base import TenantAggregate, apply_changes
+from domain.base import apply_changes
+from domain.shared import Editable
 from domain.errors import Conflict, DomainError, NotFound
 
 STATUSES = ("planned", "active", "on_hold", "completed", "cancelled")
@@ -38,8 +39,9 @@ def _check_dates(start: date | None, end: date | None) -> None:
         raise DomainError("end_date is before start_date", field="end_date")
 
 
-class Project(TenantAggregate):
+class Project(Editable):
     entity_name = "project"
+    editable_fields = EDITABLE_FIELDS
 
     @event("Created")
     def __init__(self, org_id: UUID, fields: dict[str, Any], created_by: UUID | None) -> None:
@@ -76,18 +78,12 @@ class Project(TenantAggregate):
             raise ProjectArchived("the project is archived and accepts no new tasks; unarchive it first",
                                   field="project_id")
 
-    def update(self, changes: dict[str, Any]) -> None:
+    def check_changes(self, changes: dict[str, Any]) -> None:
         self._ensure_active()
         if "status" in changes and changes["status"] not in STATUSES:
             raise DomainError(f"status must be one of {', '.join(STATUSES)}", field="status")
         _check_dates(changes.get("start_date", self.start_date), changes.get("end_date", self.end_date))
-        changed = {k: v for k, v in changes.items() if getattr(self, k, None) != v}
-        if changed:
-            self._updated(changes=changed)
 
-    @event("Updated")
-    def _updated(self, changes: dict[str, Any]) -> None:
-        apply_changes(self, changes, EDITABLE_FIELDS)
 
     # -- archive -----------------------------------------------------------------------------------------
     def archive(self) -> None:

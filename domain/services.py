@@ -13,6 +13,7 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from domain.base import TenantAggregate, apply_changes
+from domain.shared import Editable
 from domain.errors import Conflict, DomainError
 
 SERVICE_FIELDS = frozenset({"name", "code", "description", "unit_price_cents", "vat_rate", "unit", "category_id"})
@@ -30,10 +31,11 @@ class CategoryNotEmpty(Conflict):
     code = "category_not_empty"
 
 
-class CatalogService(TenantAggregate):
+class CatalogService(Editable):
     """A sellable service or product (named CatalogService to avoid confusion with the application Service)."""
 
     entity_name = "service"
+    editable_fields = SERVICE_FIELDS
 
     @event("Created")
     def __init__(self, org_id: UUID, fields: dict[str, Any]) -> None:
@@ -46,14 +48,7 @@ class CatalogService(TenantAggregate):
         self.archived = False
         self.deleted = False
 
-    def update(self, changes: dict[str, Any]) -> None:
-        changed = {k: v for k, v in changes.items() if getattr(self, k, None) != v}
-        if changed:
-            self._updated(changes=changed)
 
-    @event("Updated")
-    def _updated(self, changes: dict[str, Any]) -> None:
-        apply_changes(self, changes, SERVICE_FIELDS)
 
     def archive(self) -> None:
         if not self.archived:

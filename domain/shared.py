@@ -1,4 +1,4 @@
-"""Shapes many aggregates share, written once: tags and assignment to a user.
+"""Shapes many aggregates share, written once: partial updates, tags and assignment to a user.
 
 Events are declared as nested classes and triggered through `type(self)`, so each aggregate gets its own
 copy and topic (`Client.Tagged`, `Task.Tagged`): projections subscribe to exactly their resource's events.
@@ -6,13 +6,35 @@ copy and topic (`Client.Tagged`, `Task.Tagged`): projections subscribe to exactl
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain.base import TenantAggregate
+from domain.base import TenantAggregate, apply_changes
 from domain.errors import NotFound
+
+
+class Editable(TenantAggregate):
+    """Partial updates: only fields that really change are recorded, and only `editable_fields` may change.
+    Aggregates with extra rules override `check_changes`."""
+
+    editable_fields: ClassVar[frozenset[str]] = frozenset()
+
+    class Updated(Aggregate.Event):
+        changes: dict[str, Any]
+
+        def apply(self, aggregate: Editable) -> None:
+            apply_changes(aggregate, self.changes, type(aggregate).editable_fields)
+
+    def check_changes(self, changes: dict[str, Any]) -> None:
+        """Invariants of a change, checked before anything is recorded."""
+
+    def update(self, changes: dict[str, Any]) -> None:
+        self.check_changes(changes)
+        changed = {k: v for k, v in changes.items() if getattr(self, k, None) != v}
+        if changed:
+            self.trigger_event(type(self).Updated, changes=changed)
 
 
 class TagNotFound(NotFound):

@@ -15,7 +15,7 @@ from eventsourcing.domain import event
 
 from domain.base import apply_changes
 from domain.errors import Conflict, DomainError, NotFound
-from domain.shared import Assignable, Taggable, TagNotFound  # noqa: F401 - re-exported
+from domain.shared import Assignable, Editable, Taggable, TagNotFound  # noqa: F401 - re-exported
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 STATUSES = ("open", "done")
@@ -42,8 +42,9 @@ class NotDone(Conflict):
     code = "not_done"
 
 
-class Task(Taggable, Assignable):
+class Task(Editable, Taggable, Assignable):
     entity_name = "task"
+    editable_fields = EDITABLE_FIELDS
     assignee_field = "assignee_id"
 
     @event("Created")
@@ -65,18 +66,12 @@ class Task(Taggable, Assignable):
         self.deleted = False
 
     # -- fields ------------------------------------------------------------------------------------------
-    def update(self, changes: dict[str, Any]) -> None:
+    def check_changes(self, changes: dict[str, Any]) -> None:
         if "priority" in changes and changes["priority"] not in PRIORITIES:
             raise DomainError(f"priority must be one of {', '.join(PRIORITIES)}", field="priority")
         if "title" in changes and not (changes["title"] or "").strip():
             raise DomainError("title cannot be empty", field="title")
-        changed = {k: v for k, v in changes.items() if getattr(self, k, None) != v}
-        if changed:
-            self._updated(changes=changed)
 
-    @event("Updated")
-    def _updated(self, changes: dict[str, Any]) -> None:
-        apply_changes(self, changes, EDITABLE_FIELDS)
 
     # -- status ------------------------------------------------------------------------------------------
     def complete(self) -> None:
