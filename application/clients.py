@@ -12,11 +12,11 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.handlers import entity_command
 from application.identity import ensure_user
-from application.notes import NoteOut, add_note, load_note, note_page, present_note
+from application.notes import note_tools
 from application.registry import registry
 from application.service import QueryContext, UnitOfWork
 from application.shapes import (
-    Command, Email, Limit, ListQuery, NoteBody, Page, Phone, Query, Removed, SearchText, Tag,
+    Command, Email, Limit, ListQuery, Page, Phone, Query, Removed, SearchText, Tag,
 )
 from domain.clients import LEAD_STATUSES, Client
 from domain.recordings import Recording
@@ -245,16 +245,6 @@ class ListContacts(Query, kw_only=True):
 def list_contacts(q: ListContacts, ctx: QueryContext) -> ContactList:
     _require_client(ctx, q.client_id)
     return ContactList(items=[msgspec.convert(r, ContactOut) for r in clients_q.list_contacts(ctx.conn, ctx.org_id, q.client_id)])
-
-
-class ListClientNotes(ClientPageQuery, kw_only=True):
-    """Notes on a lead/client, newest first."""
-
-
-@registry.query("crm_clients_list_notes", output=Page[NoteOut])
-def list_client_notes(q: ListClientNotes, ctx: QueryContext) -> Page[NoteOut]:
-    _require_client(ctx, q.client_id)
-    return note_page(ctx, "client", q.client_id, q.limit, q.cursor)
 
 
 class ListRecordings(ClientPageQuery, kw_only=True):
@@ -488,44 +478,8 @@ def delete_client(cmd: DeleteClient, uow: UnitOfWork) -> Removed:
 
 
 # -- notes ---------------------------------------------------------------------------------------------------
-class AddClientNote(Command, kw_only=True):
-    """Add a note to a lead/client."""
-
-    client_id: ClientId
-    body: NoteBody
-
-
-@registry.command("crm_clients_add_note", output=NoteOut, returns=UUID, present=present_note)
-def add_client_note(cmd: AddClientNote, uow: UnitOfWork) -> UUID:
-    uow.get(Client, cmd.client_id, field="client_id")
-    return add_note(uow, "client", cmd.client_id, cmd.body)
-
-
-class UpdateClientNote(Command, kw_only=True):
-    """Replace the text of a note on a lead/client."""
-
-    client_id: ClientId
-    note_id: Annotated[UUID, Meta(description="From crm_clients_list_notes.")]
-    body: NoteBody
-
-
-@registry.command("crm_clients_update_note", output=NoteOut, returns=UUID, present=present_note)
-def update_client_note(cmd: UpdateClientNote, uow: UnitOfWork) -> UUID:
-    load_note(uow, "client", cmd.client_id, cmd.note_id).edit(cmd.body)
-    return cmd.note_id
-
-
-class DeleteClientNote(Command, kw_only=True):
-    """Delete a note from a lead/client."""
-
-    client_id: ClientId
-    note_id: Annotated[UUID, Meta(description="From crm_clients_list_notes.")]
-
-
-@registry.command("crm_clients_delete_note", output=Removed, destructive=True)
-def delete_client_note(cmd: DeleteClientNote, uow: UnitOfWork) -> Removed:
-    load_note(uow, "client", cmd.client_id, cmd.note_id).delete()
-    return Removed(id=cmd.note_id, entity="note")
+note_tools("clients", subject_type="client", subject="a lead/client", aggregate=Client, id_field="client_id",
+           id_type=ClientId, require=lambda ctx, client_id: _require_client(ctx, client_id))
 
 
 # -- recordings --------------------------------------------------------------------------------------------

@@ -12,14 +12,14 @@ from eventsourcing.application import AggregateNotFoundError
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.identity import ensure_user
-from application.notes import NoteOut, add_note, load_note, note_page, present_note
+from application.notes import note_tools
 from application.pipelines import load_pipeline
 from application.registry import registry
 from application.sales_common import AmountArg, Money, money
 from application.organization import org_settings, org_today
 from application.handlers import entity_command
 from application.service import QueryContext, UnitOfWork
-from application.shapes import Command, ListQuery, NoteBody, Page, Query, Removed, SearchText
+from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
 from domain.clients import Client
 from domain.deals import Deal
 from domain.errors import DomainError, NotFound
@@ -267,18 +267,6 @@ def list_deal_commissions(q: ListDealCommissions, ctx: QueryContext) -> Commissi
     row = deals_q.get_deal(ctx.conn, ctx.org_id, q.deal_id)
     items = _commissions(ctx, q.deal_id, row["value_cents"], row["currency"])
     return CommissionList(items=items, total=money(sum(c.amount.cents for c in items), row["currency"]))
-
-
-class ListDealNotes(ListQuery, kw_only=True):
-    """Notes on a deal, newest first."""
-
-    deal_id: DealId
-
-
-@registry.query("crm_deals_list_notes", output=Page[NoteOut])
-def list_deal_notes(q: ListDealNotes, ctx: QueryContext) -> Page[NoteOut]:
-    _require_deal(ctx, q.deal_id)
-    return note_page(ctx, "deal", q.deal_id, q.limit, q.cursor)
 
 
 # -- creating --------------------------------------------------------------------------------------------
@@ -546,41 +534,6 @@ deal_command("crm_deals_remove_commission", RemoveCommission, lambda d, cmd, uow
 
 
 # -- notes -----------------------------------------------------------------------------------------------
-class AddDealNote(Command, kw_only=True):
-    """Add a note to a deal; it also appears on the deal's and the client's timeline."""
-
-    deal_id: DealId
-    body: NoteBody
-
-
-@registry.command("crm_deals_add_note", output=NoteOut, returns=UUID, present=present_note)
-def add_deal_note(cmd: AddDealNote, uow: UnitOfWork) -> UUID:
-    uow.get(Deal, cmd.deal_id, field="deal_id")
-    return add_note(uow, "deal", cmd.deal_id, cmd.body)
-
-
-class UpdateDealNote(Command, kw_only=True):
-    """Replace the text of a note on a deal."""
-
-    deal_id: DealId
-    note_id: Annotated[UUID, Meta(description="From crm_deals_list_notes.")]
-    body: NoteBody
-
-
-@registry.command("crm_deals_update_note", output=NoteOut, returns=UUID, present=present_note)
-def update_deal_note(cmd: UpdateDealNote, uow: UnitOfWork) -> UUID:
-    load_note(uow, "deal", cmd.deal_id, cmd.note_id).edit(cmd.body)
-    return cmd.note_id
-
-
-class DeleteDealNote(Command, kw_only=True):
-    """Delete a note from a deal."""
-
-    deal_id: DealId
-    note_id: Annotated[UUID, Meta(description="From crm_deals_list_notes.")]
-
-
-@registry.command("crm_deals_delete_note", output=Removed, destructive=True)
-def delete_deal_note(cmd: DeleteDealNote, uow: UnitOfWork) -> Removed:
-    load_note(uow, "deal", cmd.deal_id, cmd.note_id).delete()
-    return Removed(id=cmd.note_id, entity="note")
+note_tools("deals", subject_type="deal", subject="a deal", aggregate=Deal, id_field="deal_id", id_type=DealId,
+           require=lambda ctx, deal_id: _require_deal(ctx, deal_id),
+           add_doc="Add a note to a deal; it also appears on the deal's and the client's timeline.")
