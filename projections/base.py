@@ -24,6 +24,7 @@ class Projection:
     name: ClassVar[str]
     tables: ClassVar[tuple[str, ...]]
     _handlers: ClassVar[dict[type, str]]
+    _topics: ClassVar[list[str]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -31,10 +32,11 @@ class Projection:
         for attr, fn in vars(cls).items():
             for event_class in getattr(fn, "__handles__", ()):
                 cls._handlers[event_class] = attr
+        cls._topics = [get_topic(c) for c in cls._handlers]
 
     @classmethod
     def topics(cls) -> list[str]:
-        return [get_topic(c) for c in cls._handlers]
+        return cls._topics
 
     def apply(self, cur: Any, event: Any) -> None:
         getattr(self, self._handlers[type(event)])(cur, event)

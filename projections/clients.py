@@ -54,21 +54,32 @@ class ClientsProjection(Projection):
     def created(self, cur: Any, e: Any) -> None:
         f = {c: e.fields.get(c) for c in FIELD_COLUMNS}
         cur.execute(
-            "INSERT INTO clients (id, organization_id, kind, status, business_name, contact_name, vat_number, tax_code,"
-            " email, phone, website, address, source, assigned_to, created_by, created_at, updated_at,"
-            " vat_key, email_key, phone_key)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (e.originator_id, e.org_id, e.kind, e.status, f["business_name"], f["contact_name"], f["vat_number"],
-             f["tax_code"], f["email"], f["phone"], f["website"], _db_value("address", f["address"]), f["source"],
-             e.assigned_to, e.created_by, e.timestamp, e.timestamp,
-             vat_key(f["vat_number"]), email_key(f["email"]), phone_key(f["phone"])),
+            """
+            WITH inserted AS (
+              INSERT INTO clients (id, organization_id, kind, status, business_name, contact_name, vat_number, tax_code,
+                email, phone, website, address, source, assigned_to, created_by, created_at, updated_at,
+                vat_key, email_key, phone_key, search_text, search_tsv)
+              SELECT %(id)s, %(org)s, %(kind)s, %(status)s, %(business_name)s, %(contact_name)s, %(vat_number)s,
+                %(tax_code)s, %(email)s, %(phone)s, %(website)s, %(address)s, %(source)s, %(assigned_to)s,
+                %(created_by)s, %(ts)s, %(ts)s, %(vat_key)s, %(email_key)s, %(phone_key)s, names, to_tsvector('simple', names)
+              FROM (SELECT lower(f_unaccent(concat_ws(' ', %(business_name)s::text, %(contact_name)s::text))) AS names) n
+              RETURNING organization_id, search_tsv
+            )
+            INSERT INTO client_search_words (organization_id, word)
+            SELECT organization_id, unnest(tsvector_to_array(search_tsv)) FROM inserted
+            ON CONFLICT DO NOTHING
+            """,
+            {**f, "id": e.originator_id, "org": e.org_id, "kind": e.kind, "status": e.status,
+             "address": _db_value("address", f["address"]), "assigned_to": e.assigned_to, "created_by": e.created_by,
+             "ts": e.timestamp, "vat_key": vat_key(f["vat_number"]), "email_key": email_key(f["email"]),
+             "phone_key": phone_key(f["phone"])},
         )
-        self._refresh_search(cur, e.originator_id)
 
     @handles(Client.Updated)
     def updated(self, cur: Any, e: Any) -> None:
         self._set(cur, e, dict(e.changes))
-        self._refresh_search(cur, e.originator_id)
+        if {"business_name", "contact_name"} & set(e.changes):
+            self._refresh_search(cur, e.originator_id)
 
     @handles(Client.StatusChanged)
     def status_changed(self, cur: Any, e: Any) -> None:
@@ -243,7 +254,7 @@ def _name_query(conn: Any, org_id: UUID, text: str) -> str | None:
     return " & ".join(groups)
 
 
-def search_clients(conn: Any, org_id: UUID, text: str, *, kind: str | None = None, limit: int = 25) -> list[dict[str, Any]]:
+def search_statement(conn: Any, org_id: UUID, text: str, *, kind: str | None = None, limit: int = 25) -> tuple[str, dict]:
     """Best match first, tolerant of case, accents and small typos.
 
     Candidates come from indexes only: names by full text over typo-expanded words, VAT/e-mail/phone by their
@@ -254,7 +265,7 @@ def search_clients(conn: Any, org_id: UUID, text: str, *, kind: str | None = Non
     params = {"org": org_id, "q": text, "tsq": _name_query(conn, org_id, text), "vat": vat_key(text),
               "email": email_key(text), "phone": phone_key(text), "digits": digits, "fragment": fragment,
               "kind": kind, "limit": limit, "cap": NAME_CANDIDATES}
-    return conn.execute(
+    return (
         f"""
         WITH q AS (SELECT lower(f_unaccent(%(q)s)) AS q, to_tsquery('simple', coalesce(%(tsq)s, '')) AS tsq),
         candidates AS (
@@ -279,7 +290,12 @@ def search_clients(conn: Any, org_id: UUID, text: str, *, kind: str | None = Non
         LIMIT %(limit)s
         """,
         params,
-    ).fetchall()
+    )
+
+
+def search_clients(conn: Any, org_id: UUID, text: str, *, kind: str | None = None, limit: int = 25) -> list[dict[str, Any]]:
+    """Best match first, tolerant of case, accents and small typos (see `search_statement`)."""
+    return conn.execute(*search_statement(conn, org_id, text, kind=kind, limit=limit)).fetchall()
 
 
 def find_duplicates(conn: Any, org_id: UUID, *, by: str = "any", limit: int = 50) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
 
@@ -68,8 +69,10 @@ class Projector:
             start=position, stop=head, limit=self.batch_size, topics=projection.topics(), inclusive_of_start=False
         )
         with conn.cursor() as cur:
-            for n in notifications:
-                projection.apply(cur, self.store.mapper.to_domain_event(n))
+            # Pipeline mode: a batch's statements go to the server without waiting for each answer.
+            with conn.pipeline():
+                for n in notifications:
+                    projection.apply(cur, self.store.mapper.to_domain_event(n))
             full = len(notifications) == self.batch_size
             last = notifications[-1].id if full else head
             cur.execute(
@@ -118,23 +121,59 @@ class Projector:
             self._thread.join(timeout=5)
 
     def run_forever(self, conninfo: str) -> None:
-        """Hold the advisory locks we can get, catch up, then wake on every NOTIFY from the event store."""
+        """Hold the advisory locks we can get, catch up, then wake on every NOTIFY from the event store.
+
+        After a wake only the projections that handle one of the new events' topics run; the others are known
+        to be caught up and their positions move to the new head in one statement. A command therefore waits
+        for the projections it touches, not for a round of every projection."""
         owned: list[Projection] = []
         while not self._stop.is_set():
             try:
                 with psycopg.connect(conninfo, autocommit=True) as listen:
                     listen.execute(f'LISTEN "{self.store.recorder.channel_name}"')
+                    seen = 0  # every owned projection has applied all it handles up to here
+                    next_lock_attempt = 0.0
                     while not self._stop.is_set():
-                        for p in self.projections:
-                            if p not in owned:
-                                got = listen.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(p.name),)).fetchone()[0]
-                                if got:
-                                    owned.append(p)
-                        for p in owned:
-                            self.catch_up(p)
+                        if len(owned) < len(self.projections) and time.monotonic() >= next_lock_attempt:
+                            for p in self._take_locks(listen, owned):
+                                self.catch_up(p)
+                            next_lock_attempt = time.monotonic() + 5.0
+                        head = listen.execute("SELECT coalesce(max(notification_id), 0) FROM stored_events").fetchone()[0]
+                        if head > seen:
+                            self._follow(listen, owned, seen, head)
+                            seen = head
                         for _ in listen.notifies(timeout=1.0, stop_after=1):
                             pass
             except Exception:  # keep following after a lost connection; locks are re-taken on reconnect
                 log.exception("projector loop failed; retrying")
                 owned.clear()
                 self._stop.wait(1.0)
+
+    def _take_locks(self, listen: psycopg.Connection, owned: list[Projection]) -> list[Projection]:
+        acquired = []
+        for p in self.projections:
+            if p not in owned and listen.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(p.name),)).fetchone()[0]:
+                owned.append(p)
+                acquired.append(p)
+        return acquired
+
+    def _follow(self, listen: psycopg.Connection, owned: list[Projection], seen: int, head: int) -> None:
+        if seen == 0:
+            for p in owned:
+                self.catch_up(p)
+            return
+        new_topics = {r[0] for r in listen.execute(
+            "SELECT DISTINCT topic FROM stored_events WHERE notification_id > %s AND notification_id <= %s", (seen, head)
+        ).fetchall()}
+        idle = []
+        for p in owned:
+            if new_topics.intersection(p.topics()):
+                self.catch_up(p)
+            else:
+                idle.append(p.name)
+        if idle:
+            listen.execute(
+                "UPDATE projection_tracking SET position = %s, updated_at = now()"
+                " WHERE name = ANY(%s) AND position >= %s AND position < %s",
+                (head, idle, seen, head),
+            )
