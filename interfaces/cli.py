@@ -130,18 +130,26 @@ def cmd_serve(args: argparse.Namespace, url: str) -> None:
     migrate(url)
     with connect(url) as conn:
         if identity.organization_count(conn) == 0:
+            import secrets
+
+            from application import oauth
+
             demo = identity.create_organization(conn, "Demo Organization", "admin@example.com", "Demo Admin")
+            password = secrets.token_urlsafe(12)
+            oauth.set_password(conn, demo.organization_id, demo.user_id, password)
             print(
-                "\nCreated the demo organization and its admin user. Their API token (shown only this once):\n\n"
-                f"    {demo.token}\n\n"
+                "\nCreated the demo organization and its admin user (shown only this once):\n\n"
+                f"    API token:  {demo.token}\n"
+                f"    login:      admin@example.com / {password}   (for OAuth clients such as Claude or Inspector)\n\n"
                 f"organization_id={demo.organization_id} user_id={demo.user_id}\n"
-                f"MCP endpoint: http://{args.host}:{args.port}/mcp  (Authorization: Bearer <token>)\n",
+                f"MCP endpoint: http://{args.host}:{args.port}/mcp  (Authorization: Bearer <token>, or OAuth)\n",
                 flush=True,
             )
     runtime = Runtime(url)
     app = create_app(runtime)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, loop="uvloop",
+                    http="httptools")
     finally:
         runtime.close()
 
