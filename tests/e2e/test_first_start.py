@@ -6,8 +6,11 @@ import re
 import time
 
 import httpx
+import psycopg
+from psycopg.rows import dict_row
 import pytest
 
+from application.oauth import authenticate
 from tests.conftest import start_server
 from tests.mcp_helpers import call, mcp_client
 
@@ -20,7 +23,11 @@ async def test_first_start_prints_a_working_admin_token_once(fresh_database_url)
         deadline = time.monotonic() + 20
         while "flusia_" not in srv.log_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
-        token = re.search(r"(flusia_[A-Za-z0-9_\-]{32,})", srv.log_path.read_text()).group(1)
+        printed = srv.log_path.read_text()
+        token = re.search(r"(flusia_[A-Za-z0-9_\-]{32,})", printed).group(1)
+        password = re.search(r"admin@example.com / (\S+)", printed).group(1)
+        with psycopg.connect(fresh_database_url, row_factory=dict_row) as conn:  # the printed login works for OAuth
+            assert len(authenticate(conn, "admin@example.com", password)) == 1
         async with mcp_client(srv.mcp_url, token) as client:
             me = await call(client, "crm_users_me")
         assert me["organization"]["name"] == "Demo Organization" and me["user"]["role"] == "admin"
@@ -32,7 +39,7 @@ async def test_first_start_prints_a_working_admin_token_once(fresh_database_url)
     again = start_server(fresh_database_url)  # a second start must not create or print anything new
     try:
         time.sleep(1.0)
-        assert "flusia_" not in again.log_path.read_text()
+        assert "flusia_" not in again.log_path.read_text() and "admin@example.com /" not in again.log_path.read_text()
     finally:
         again.process.terminate()
         again.process.wait(10)
