@@ -178,9 +178,10 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await runtime.positions.start()
+        runtime.projector.on_advance = runtime.positions.advanced
         if run_projector:
             runtime.projector.start(runtime.database_url)
-        await runtime.positions.start()
         try:
             async with sessions.run():
                 yield

@@ -27,8 +27,15 @@ class ProjectionPositions:
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._follow(), name="projection-positions")
         await asyncio.wait_for(self._ready.wait(), timeout=30)
+
+    def advanced(self, name: str, position: int) -> None:
+        """Thread-safe: the projector in this process moved `name` to `position` (committed)."""
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._update({name: position})))
 
     async def stop(self) -> None:
         if self._task:

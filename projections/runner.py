@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import psycopg
+from eventsourcing.persistence import Notification
 from psycopg_pool import ConnectionPool
 
 from application.store import EventStore
@@ -24,6 +25,20 @@ from projections.base import Projection
 
 log = logging.getLogger("flusia.projector")
 CHANNEL = "flusia_projections"
+# Commit order equals notification order (appends lock the table), so every event up to the head read here is
+# final: a projection may skip past events it does not handle and still never miss one.
+NEXT_BATCH = """
+WITH tracking AS (SELECT position FROM projection_tracking WHERE name = %(name)s FOR UPDATE),
+     store AS (SELECT coalesce(max(notification_id), 0) AS head FROM stored_events)
+SELECT tracking.position, store.head, e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
+FROM tracking CROSS JOIN store
+LEFT JOIN LATERAL (
+    SELECT notification_id, originator_id, originator_version, topic, state FROM stored_events
+    WHERE notification_id > tracking.position AND notification_id <= store.head AND topic = ANY(%(topics)s)
+    ORDER BY notification_id LIMIT %(limit)s
+) e ON true
+ORDER BY e.notification_id
+"""
 
 
 def advisory_key(name: str) -> int:
@@ -40,6 +55,9 @@ class Projector:
         self.batch_size = batch_size
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Called (from the projector's thread) after each commit that moved a projection: lets waiters in this
+        # process wake without the NOTIFY round trip. Other processes still learn it from the channel.
+        self.on_advance: Callable[[str, int], None] | None = None
         for p in self.projections:
             with pool.connection() as conn:
                 conn.execute(
@@ -50,37 +68,42 @@ class Projector:
     def run_batch(self, projection: Projection, *, conn: psycopg.Connection | None = None) -> int:
         """Apply the next batch of events to one projection; returns how many events it applied."""
         if conn is not None:
-            return self._apply_batch(conn, projection)
+            return self._apply_batch(conn, projection)[0]
         with self.pool.connection() as own, own.transaction():
-            return self._apply_batch(own, projection)
+            applied, position = self._apply_batch(own, projection)
+        if applied and self.on_advance is not None:
+            self.on_advance(projection.name, position)
+        return applied
 
-    def _apply_batch(self, conn: psycopg.Connection, projection: Projection) -> int:
-        row = conn.execute(
-            "SELECT position FROM projection_tracking WHERE name = %s FOR UPDATE", (projection.name,)
-        ).fetchone()
-        position = row["position"] if isinstance(row, dict) else row[0]
-        # Commit order equals notification order (the recorder locks the table while inserting), so every event
-        # up to the head read now is final: a projection can skip past events it does not handle.
-        head_row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM stored_events").fetchone()
-        head = next(iter(head_row.values())) if isinstance(head_row, dict) else head_row[0]
+    def _apply_batch(self, conn: psycopg.Connection, projection: Projection) -> tuple[int, int]:
+        """One transaction's work: lock the tracking row, read the next events, apply them, move the position.
+        Returns (events applied, new position). Two round trips: the read, then the pipelined writes."""
+        rows = conn.execute(NEXT_BATCH, {"name": projection.name, "topics": projection.topics(),
+                                         "limit": self.batch_size}).fetchall()
+        first = rows[0]
+        position, head = (first["position"], first["head"]) if isinstance(first, dict) else (first[0], first[1])
         if head <= position:
-            return 0
-        notifications = self.store.recorder.select_notifications(
-            start=position, stop=head, limit=self.batch_size, topics=projection.topics(), inclusive_of_start=False
-        )
-        with conn.cursor() as cur:
-            # Pipeline mode: a batch's statements go to the server without waiting for each answer.
-            with conn.pipeline():
-                for n in notifications:
-                    projection.apply(cur, self.store.mapper.to_domain_event(n))
-            full = len(notifications) == self.batch_size
-            last = notifications[-1].id if full else head
+            return 0, position
+        events = [
+            Notification(id=r[2], originator_id=r[3], originator_version=r[4], topic=r[5], state=bytes(r[6]))
+            for r in (tuple(r.values()) if isinstance(r, dict) else r for r in rows) if r[2] is not None
+        ]
+        full = len(events) == self.batch_size
+        last = events[-1].id if full else head
+        with conn.cursor() as cur, conn.pipeline():
+            # Pipeline mode: the batch's statements go to the server without waiting for each answer.
+            # Read models are rebuilt from the (durably committed) events, so their commit need not wait for the
+            # WAL flush: a crash can only lose rows and tracking position together, and they are re-applied.
+            cur.execute("SET LOCAL synchronous_commit = off")
+            for n in events:
+                projection.apply(cur, self.store.mapper.to_domain_event(n))
             cur.execute(
                 "UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s", (last, projection.name)
             )
-            if notifications:
+            if events:
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{projection.name}:{last}"))
-        return len(notifications)
+        return len(events), last
+
     def catch_up(self, projection: Projection) -> int:
         total = 0
         while True:
@@ -101,13 +124,14 @@ class Projector:
                 projection.clear(cur)
             conn.execute("UPDATE projection_tracking SET position = 0 WHERE name = %s", (projection.name,))
             while True:
-                n = self._apply_batch(conn, projection)
+                n, position = self._apply_batch(conn, projection)
                 applied += n
-                row = conn.execute("SELECT position FROM projection_tracking WHERE name = %s", (projection.name,)).fetchone()
                 if progress:
-                    progress(row["position"], total_events)
+                    progress(position, total_events)
                 if n < self.batch_size:
                     break
+        if self.on_advance is not None:
+            self.on_advance(projection.name, position)
         return applied
 
     # -- live following ----------------------------------------------------------------------------------
