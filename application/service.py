@@ -50,12 +50,27 @@ class UnitOfWork:
 
     principal: Principal
     store: EventStore
-    conn: Any
+    pool: ConnectionPool
     pending: list[TenantAggregate] = field(default_factory=list)
+    _borrowed: Any = None
+    _conn: Any = None
 
     @property
     def org_id(self) -> UUID:
         return self.principal.organization_id
+
+    @property
+    def conn(self) -> Any:
+        """A read connection, borrowed from the pool only by handlers that check something (most do not)."""
+        if self._conn is None:
+            self._borrowed = self.pool.connection()
+            self._conn = self._borrowed.__enter__()
+        return self._conn
+
+    def close(self) -> None:
+        if self._borrowed is not None:
+            self._borrowed.__exit__(None, None, None)
+            self._borrowed = self._conn = None
 
     def get(self, aggregate_type: type[TenantAggregate], aggregate_id: UUID, *, field: str) -> Any:
         from eventsourcing.application import AggregateNotFoundError
@@ -198,15 +213,20 @@ class Service:
     def run_command(self, op: Operation, params: Any, principal: Principal) -> tuple[Any, dict[str, int]]:
         """Handle, save atomically with the idempotency key and cause; retry optimistic-concurrency conflicts."""
         key = getattr(params, "idempotency_key", None)
-        request_hash = hashlib.sha256(msgspec.json.encode(msgspec.structs.replace(params, idempotency_key=None))).hexdigest()
+        request_hash = None
+        if key is not None:
+            unkeyed = msgspec.structs.replace(params, idempotency_key=None)
+            request_hash = hashlib.sha256(msgspec.json.encode(unkeyed)).hexdigest()
         for attempt in range(MAX_CONFLICT_RETRIES):
             if key is not None:
                 replay = self._replay(op, principal, key, request_hash)
                 if replay is not None:
                     return replay, {}
-            with self.pool.connection() as conn:
-                uow = UnitOfWork(principal, self.store, conn)
+            uow = UnitOfWork(principal, self.store, self.pool)
+            try:
                 returned = op.handler(params, uow)
+            finally:
+                uow.close()
             idempotency = None
             if key is not None:
                 idempotency = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from uuid import UUID
 
@@ -261,7 +262,9 @@ def search_statement(conn: Any, org_id: UUID, text: str, *, kind: str | None = N
     normalised keys (fragments of a phone number or e-mail too). Only candidates are scored: word similarity
     of the whole query to the names, plus text rank, plus a bonus for an exact VAT, e-mail or phone match."""
     digits = phone_key(text) if sum(ch.isdigit() for ch in text) >= 5 else None
-    fragment = text.strip().lower() if ("@" in text or "." in text) and len(text.strip()) >= 3 else None
+    stripped = text.strip().lower()
+    whole_email = re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", stripped) is not None  # answered by the exact key
+    fragment = stripped if ("@" in stripped or "." in stripped) and len(stripped) >= 3 and not whole_email else None
     params = {"org": org_id, "q": text, "tsq": _name_query(conn, org_id, text), "vat": vat_key(text),
               "email": email_key(text), "phone": phone_key(text), "digits": digits, "fragment": fragment,
               "kind": kind, "limit": limit, "cap": NAME_CANDIDATES}
