@@ -13,6 +13,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from application.handlers import entity_command
 from application.identity import ensure_user
 from application.notes import note_tools
+from application.shared_tools import assignment_tools, tag_tools
 from application.registry import registry
 from application.service import QueryContext, UnitOfWork
 from application.shapes import (
@@ -364,48 +365,12 @@ class ConvertToClient(Command, kw_only=True):
 client_command("crm_clients_convert_to_client", ConvertToClient, lambda c, cmd, uow: c.convert_to_client())
 
 
-class AssignClient(Command, kw_only=True):
-    """Assign a lead/client to a user of the organization (find the user_id with crm_users_list)."""
-
-    client_id: ClientId
-    user_id: UserId
-
-
-def _assign(client: Client, cmd: AssignClient, uow: UnitOfWork) -> None:
-    ensure_user(uow.conn, uow.org_id, cmd.user_id, field="user_id")
-    client.assign(cmd.user_id)
-
-
-client_command("crm_clients_assign", AssignClient, _assign)
-
-
-class UnassignClient(Command, kw_only=True):
-    """Remove the assignment of a lead/client, leaving nobody responsible for it."""
-
-    client_id: ClientId
-
-
-client_command("crm_clients_unassign", UnassignClient, lambda c, cmd, uow: c.unassign(), destructive=True)
-
-
-class TagClient(Command, kw_only=True):
-    """Add a tag to a lead/client (no effect if it already has it)."""
-
-    client_id: ClientId
-    tag: Tag
-
-
-client_command("crm_clients_add_tag", TagClient, lambda c, cmd, uow: c.add_tag(cmd.tag))
-
-
-class UntagClient(Command, kw_only=True):
-    """Remove a tag from a lead/client."""
-
-    client_id: ClientId
-    tag: Tag
-
-
-client_command("crm_clients_remove_tag", UntagClient, lambda c, cmd, uow: c.remove_tag(cmd.tag), destructive=True)
+assignment_tools("clients", label="Client", aggregate=Client, id_field="client_id", id_type=ClientId,
+                 assign_doc="Assign a lead/client to a user of the organization (find the user_id with crm_users_list).",
+                 unassign_doc="Remove the assignment of a lead/client, leaving nobody responsible for it.",
+                 output=ClientDetail, present=present_client)
+tag_tools("clients", label="Client", aggregate=Client, id_field="client_id", id_type=ClientId, subject="a lead/client",
+          output=ClientDetail, present=present_client)
 
 
 class AddContact(Command, kw_only=True):

@@ -13,6 +13,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.identity import ensure_user
 from application.notes import note_tools
+from application.shared_tools import assignment_tools
 from application.pipelines import load_pipeline
 from application.registry import registry
 from application.sales_common import AmountArg, Money, money
@@ -366,28 +367,10 @@ def _move(deal: Deal, cmd: MoveStage, uow: UnitOfWork) -> None:
 deal_command("crm_deals_move_stage", MoveStage, _move)
 
 
-class AssignDeal(Command, kw_only=True):
-    """Make a user the owner of the deal (find the user_id with crm_users_list)."""
-
-    deal_id: DealId
-    user_id: Annotated[UUID, Meta(description="A user id of this organization.")]
-
-
-def _assign(deal: Deal, cmd: AssignDeal, uow: UnitOfWork) -> None:
-    ensure_user(uow.conn, uow.org_id, cmd.user_id, field="user_id")
-    deal.assign(cmd.user_id)
-
-
-deal_command("crm_deals_assign", AssignDeal, _assign)
-
-
-class UnassignDeal(Command, kw_only=True):
-    """Remove the deal's owner, leaving nobody responsible for it."""
-
-    deal_id: DealId
-
-
-deal_command("crm_deals_unassign", UnassignDeal, lambda d, cmd, uow: d.unassign(), destructive=True)
+assignment_tools("deals", label="Deal", aggregate=Deal, id_field="deal_id", id_type=DealId,
+                 assign_doc="Make a user the owner of the deal (find the user_id with crm_users_list).",
+                 unassign_doc="Remove the deal's owner, leaving nobody responsible for it.",
+                 output=DealDetail, present=present_deal)
 
 
 class DeleteDeal(Command, kw_only=True):

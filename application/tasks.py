@@ -16,6 +16,7 @@ from application.handlers import entity_command
 from application.identity import ensure_user
 from application.organization import org_today
 from application.registry import registry
+from application.shared_tools import assignment_tools, tag_tools
 from application.service import QueryContext, UnitOfWork
 from application.shapes import Command, Limit, ListQuery, Page, Query, Removed, SearchText, Tag
 from domain.clients import Client
@@ -344,28 +345,10 @@ class ReopenTask(Command, kw_only=True):
 task_command("crm_tasks_reopen", ReopenTask, lambda t, cmd, uow: t.reopen())
 
 
-class AssignTask(Command, kw_only=True):
-    """Assign a task to a user of the organization (find the user_id with crm_users_list)."""
-
-    task_id: TaskId
-    user_id: Annotated[UUID, Meta(description="A user id of this organization.")]
-
-
-def _assign(task: Task, cmd: AssignTask, uow: UnitOfWork) -> None:
-    ensure_user(uow.conn, uow.org_id, cmd.user_id, field="user_id")
-    task.assign(cmd.user_id)
-
-
-task_command("crm_tasks_assign", AssignTask, _assign)
-
-
-class UnassignTask(Command, kw_only=True):
-    """Remove a task's assignee, leaving nobody responsible for it."""
-
-    task_id: TaskId
-
-
-task_command("crm_tasks_unassign", UnassignTask, lambda t, cmd, uow: t.unassign(), destructive=True)
+assignment_tools("tasks", label="Task", aggregate=Task, id_field="task_id", id_type=TaskId,
+                 assign_doc="Assign a task to a user of the organization (find the user_id with crm_users_list).",
+                 unassign_doc="Remove a task's assignee, leaving nobody responsible for it.",
+                 output=TaskDetail, present=present_task)
 
 
 class DeleteTask(Command, kw_only=True):
@@ -382,24 +365,8 @@ def _delete(task: Task, cmd: DeleteTask, uow: UnitOfWork) -> Removed:
 task_command("crm_tasks_delete", DeleteTask, _delete, destructive=True, output=Removed, present=None, returns=Removed)
 
 
-class TagTask(Command, kw_only=True):
-    """Add a tag to a task (no effect if it already has it). See crm_tasks_list_tags for tags in use."""
-
-    task_id: TaskId
-    tag: Tag
-
-
-task_command("crm_tasks_add_tag", TagTask, lambda t, cmd, uow: t.add_tag(cmd.tag))
-
-
-class UntagTask(Command, kw_only=True):
-    """Remove a tag from a task."""
-
-    task_id: TaskId
-    tag: Tag
-
-
-task_command("crm_tasks_remove_tag", UntagTask, lambda t, cmd, uow: t.remove_tag(cmd.tag), destructive=True)
+tag_tools("tasks", label="Task", aggregate=Task, id_field="task_id", id_type=TaskId, subject="a task",
+          output=TaskDetail, present=present_task, add_hint=" See crm_tasks_list_tags for tags in use.")
 
 
 # -- checklist -------------------------------------------------------------------------------------------
