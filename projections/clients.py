@@ -265,7 +265,8 @@ def search_statement(conn: Any, org_id: UUID, text: str, *, kind: str | None = N
     stripped = text.strip().lower()
     whole_email = re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", stripped) is not None  # answered by the exact key
     fragment = stripped if ("@" in stripped or "." in stripped) and len(stripped) >= 3 and not whole_email else None
-    params = {"org": org_id, "q": text, "tsq": _name_query(conn, org_id, text), "vat": vat_key(text),
+    name_query = None if whole_email else _name_query(conn, org_id, text)  # an address is not a name
+    params = {"org": org_id, "q": text, "tsq": name_query, "vat": vat_key(text),
               "email": email_key(text), "phone": phone_key(text), "digits": digits, "fragment": fragment,
               "kind": kind, "limit": limit, "cap": NAME_CANDIDATES}
     return (
