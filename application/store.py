@@ -7,13 +7,12 @@ same transaction as the events: a retried command appends nothing, and every eve
 from __future__ import annotations
 
 import datetime as dt
-import json
-
-import psycopg
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import Application
 from eventsourcing.persistence import ApplicationRecorder, JSONTranscoder, StoredEvent, Transcoding
 from eventsourcing.postgres import PostgresApplicationRecorder
@@ -32,29 +31,62 @@ class DateAsISO(Transcoding):
         return dt.date.fromisoformat(data)
 
 
-def _jsonb(value: Any) -> Jsonb | None:
-    return None if value is None else Jsonb(value, dumps=lambda v: json.dumps(v, default=str))
+APPEND_LOCK = 72_000_002  # serialises appends: ids are drawn under it and it is held until commit
+
+
+@lru_cache(maxsize=64)
+def append_statement(events: int, with_cause: bool, with_key: bool) -> str:
+    """One statement that appends `events` events, with the row saying who caused them and the idempotency key.
+
+    Appends take one transaction-scoped advisory lock before drawing notification ids and keep it until they
+    commit, so commit order equals notification order and a follower never passes over an id that commits later
+    (the guarantee eventsourcing gets from locking the table). A repeated idempotency key or a concurrent write
+    of the same aggregate version violates a unique index: the whole statement, events included, is refused."""
+    ctes = [f"serial AS (SELECT pg_advisory_xact_lock({APPEND_LOCK}))"]
+    if with_key:
+        ctes.append(
+            "idem AS (INSERT INTO idempotency_keys (organization_id, key, tool, request_hash, result)"
+            " VALUES (%s, %s, %s, %s, %s))"
+        )
+    if events:
+        values = ", ".join(["(%s::uuid, %s::bigint, %s::text, %s::bytea)"] * events)
+        ctes.append(
+            "ins AS (INSERT INTO stored_events (originator_id, originator_version, topic, state)"
+            f" SELECT v.* FROM serial, (VALUES {values}) AS v RETURNING notification_id)"
+        )
+        if with_cause:
+            ctes.append(
+                "cause AS (INSERT INTO event_causes (first_notification_id, last_notification_id, organization_id,"
+                " user_id, token_id, oauth_client_id, correlation_id, tool)"
+                " SELECT min(notification_id), max(notification_id), %s, %s, %s, %s, %s, %s FROM ins)"
+            )
+        tail = "SELECT notification_id, pg_notify('stored_events', '') FROM ins ORDER BY notification_id"
+    else:
+        tail = "SELECT NULL::bigint AS notification_id FROM serial WHERE false"
+    return "WITH " + ",\n".join(ctes) + "\n" + tail
 
 
 class FlusiaRecorder(PostgresApplicationRecorder):
-    """Appends through `flusia_append` (migrations/0007): the idempotency key, the events and the row saying who
-    caused them are written by one statement, so a retried command appends nothing and every event has a cause."""
+    """Appends with one statement (see `append_statement`): the idempotency key, the events and the row saying
+    who caused them are written together, so a retried command appends nothing and every event has a cause."""
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        cause, key = kwargs.get("cause"), kwargs.get("idempotency")
+        params: list[Any] = []
+        if key is not None:
+            params += [key["organization_id"], key["key"], key["tool"], key["request_hash"], Jsonb(key["result"])]
+        for e in stored_events:
+            params += [e.originator_id, e.originator_version, e.topic, e.state]
+        if cause is not None and stored_events:
+            params += [cause["organization_id"], cause["user_id"], cause["token_id"], cause["oauth_client_id"],
+                       cause["correlation_id"], cause["tool"]]
+        sql = append_statement(len(stored_events), cause is not None, key is not None)
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             # One statement is its own transaction: autocommit saves the BEGIN and COMMIT round trips.
             if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 conn.autocommit = True
-            curs.execute(
-                "SELECT flusia_append(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s, %s) AS id",
-                (
-                    [e.originator_id for e in stored_events], [e.originator_version for e in stored_events],
-                    [e.topic for e in stored_events], [e.state for e in stored_events],
-                    _jsonb(kwargs.get("cause")), _jsonb(kwargs.get("idempotency")),
-                ),
-                prepare=True,
-            )
-            return [row["id"] for row in curs.fetchall()]
+            curs.execute(sql, params, prepare=True)
+            return [row["notification_id"] for row in curs.fetchall()]
 
 
 def postgres_env(database_url: str, *, create_table: bool = False, pool_size: int = 10) -> dict[str, str]:
