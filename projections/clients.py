@@ -200,13 +200,15 @@ def get_client(conn: Any, org_id: UUID, client_id: UUID) -> dict[str, Any]:
         "   AND t.status = 'open') AS open_tasks_count,"
         " (SELECT count(*) FROM deals d WHERE d.organization_id = c.organization_id AND d.client_id = c.id) AS deals_count,"
         " (SELECT count(*) FROM recordings r WHERE r.organization_id = c.organization_id AND r.client_id = c.id)"
-        "   AS recordings_count"
+        "   AS recordings_count,"
+        " (SELECT coalesce(json_agg(json_build_object('id', k.id, 'name', k.name, 'role', k.role, 'email', k.email,"
+        "   'phone', k.phone) ORDER BY k.created_at, k.id), '[]') FROM client_contacts k"
+        "   WHERE k.organization_id = c.organization_id AND k.client_id = c.id) AS contacts"
         " FROM clients c WHERE c.organization_id = %s AND c.id = %s",
         (org_id, client_id),
     ).fetchone()
     if row is None:
         raise NotFound("client", client_id, field="client_id")
-    row["contacts"] = list_contacts(conn, org_id, client_id)
     return row
 
 
