@@ -187,24 +187,6 @@ def typo(rng: random.Random, text: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Database, processes
 # ---------------------------------------------------------------------------------------------------------
-def create_database(admin_url: str, name: str) -> str:
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(admin_url)
-    params["dbname"] = name
-    return make_conninfo(**params)
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -619,6 +601,8 @@ def main() -> None:
     from application.migrate import migrate
 
     RESULTS.mkdir(parents=True, exist_ok=True)
+    from interfaces.database import create_database, drop_database
+
     admin_url = os.environ.get("BENCH_ADMIN_URL", ADMIN_DEFAULT)
     db_name = f"flusia_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     url = create_database(admin_url, db_name)

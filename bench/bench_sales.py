@@ -60,7 +60,7 @@ def main() -> None:
     from domain.deals import Deal
     from domain.pipelines import Pipeline
     from interfaces.runtime import Runtime
-    from tests.conftest import create_database, drop_database
+    from interfaces.database import create_database, drop_database
 
     name = f"flusia_bench_sales_{uuid.uuid4().hex[:6]}"
     url = create_database(ADMIN, name)

@@ -172,20 +172,17 @@ def vocab_ranks(vocab: list[str]) -> tuple[list[str], list[str]]:
 
 def main() -> None:
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from psycopg.rows import dict_row
 
     from application import identity
     from application.migrate import migrate
     from interfaces.runtime import Runtime
 
+    from interfaces.database import create_database, drop_database
+
     admin = os.environ.get("BENCH_ADMIN_URL", ADMIN_DEFAULT)
     name = f"flusia_bench_work_{os.getpid()}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(admin)
-    params["dbname"] = name
-    url = make_conninfo(**params)
+    url = create_database(admin, name)
     res: dict[str, Any] = {"tasks": N_TASKS, "pages": N_PAGES}
     try:
         migrate(url)
@@ -216,8 +213,7 @@ def main() -> None:
                   f"  target p50 < {TARGET_P50_MS:.0f} ms: {'PASS' if r['pass'] else 'FAIL'}")
     finally:
         if not os.environ.get("BENCH_KEEP_DB"):
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(admin, name)
 
 
 if __name__ == "__main__":

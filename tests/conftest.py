@@ -18,8 +18,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
+
+from interfaces.database import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,24 +34,9 @@ def _admin_url() -> str:
         psycopg.connect(local, connect_timeout=3).close()
         return local
     except psycopg.OperationalError:
-        from interfaces.database import start_embedded
+        from interfaces.database import database_url_for, start_embedded
 
-        params = conninfo_to_dict(start_embedded())
-        params["dbname"] = "postgres"
-        return make_conninfo(**params)
-
-
-def create_database(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(admin_url)
-    params["dbname"] = name
-    return make_conninfo(**params)
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        return database_url_for(start_embedded(), "postgres")
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from psycopg.rows import dict_row
 
 from application import identity
 from application.principal import Principal
-from domain.clients import Client
 from tests.conftest import settle
 
 ROOT = Path(__file__).resolve().parents[2]
