@@ -200,6 +200,8 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
             redirect_host=oauth.redirect_host(authz.redirect_uri), identities=identities, scope=authz.scope,
         ), status, cookies)
 
+    CSRF_REFUSED = "invalid_request: the form's CSRF token is missing or invalid. Reload the page and try again."
+
     async def checked_form(request: Request[Any, Any, Any], base: str) -> tuple[dict[str, str], dict[str, Any] | None, str | None]:
         form = dict((await request.form()).items())
         sid, session = await current_session(request, base)
@@ -208,16 +210,22 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
             return form, None, sid
         return form, session, sid
 
-    @get("/authorize")
-    async def authorize(request: Request[Any, Any, Any]) -> Response[Any]:
-        base = _public_base_url(request.scope)
-        query = request.scope.get("query_string", b"").decode("latin-1")
+    async def authz_or_error(query: str, base: str) -> AuthzRequest | Response[Any]:
+        """The validated authorization request, or the answer to a bad one: an error page while the client or
+        its redirect URI is in doubt (never an open redirect), an error redirect once both are known good."""
         try:
-            authz = await db(parse_request, query, base)
+            return await db(parse_request, query, base)
         except PageError as e:
             return _html(pages.error_page(str(e)), 400)
         except RedirectError as e:
             return error_redirect(e, base)
+
+    @get("/authorize")
+    async def authorize(request: Request[Any, Any, Any]) -> Response[Any]:
+        base = _public_base_url(request.scope)
+        authz = await authz_or_error(request.scope.get("query_string", b"").decode("latin-1"), base)
+        if isinstance(authz, Response):
+            return authz
         sid, session = await current_session(request, base)
         cookies: list[Cookie] = []
         if session is None:
@@ -230,14 +238,10 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
         base = _public_base_url(request.scope)
         form, session, sid = await checked_form(request, base)
         if session is None:
-            return _html(pages.error_page("invalid_request: the form's CSRF token is missing or invalid. "
-                                          "Reload the page and try again."), 403)
-        try:
-            authz = await db(parse_request, form.get("request", ""), base)
-        except PageError as e:
-            return _html(pages.error_page(str(e)), 400)
-        except RedirectError as e:
-            return error_redirect(e, base)
+            return _html(pages.error_page(CSRF_REFUSED), 403)
+        authz = await authz_or_error(form.get("request", ""), base)
+        if isinstance(authz, Response):
+            return authz
         email = (form.get("email") or "").strip().lower()[:320]
         password = form.get("password") or ""
         ip_bucket, email_bucket = f"login-ip:{_client_address(request)}", f"login-email:{email}"
@@ -267,14 +271,10 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
         base = _public_base_url(request.scope)
         form, session, _ = await checked_form(request, base)
         if session is None:
-            return _html(pages.error_page("invalid_request: the form's CSRF token is missing or invalid. "
-                                          "Reload the page and try again."), 403)
-        try:
-            authz = await db(parse_request, form.get("request", ""), base)
-        except PageError as e:
-            return _html(pages.error_page(str(e)), 400)
-        except RedirectError as e:
-            return error_redirect(e, base)
+            return _html(pages.error_page(CSRF_REFUSED), 403)
+        authz = await authz_or_error(form.get("request", ""), base)
+        if isinstance(authz, Response):
+            return authz
         identities = await db(store.active_identities, session["identities"])
         if not identities:
             return await consent_or_login(authz, session, [])
