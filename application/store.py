@@ -15,8 +15,8 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.application import Application
-from eventsourcing.persistence import (ApplicationRecorder, IntegrityError, JSONTranscoder, OperationalError, StoredEvent,
-                                      Transcoding)
+from eventsourcing.persistence import (ApplicationRecorder, IntegrityError, JSONTranscoder, OperationalError, Recording,
+                                      StoredEvent, Transcoding)
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
@@ -152,6 +152,14 @@ class EventStore(Application[UUID]):
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
+
+    def save(self, *aggregates: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Append the pending events of our aggregates in one statement (kwargs: `cause`, `idempotency`).
+
+        The library's save() also takes bare events, takes snapshots and notifies in-process followers; none of
+        that is used here, and its runtime Protocol checks measured a tenth of a millisecond per command."""
+        events = [event for aggregate in aggregates for event in aggregate.collect_events()]
+        return self.events.put(events, **kwargs)
 
     def construct_recorder(self) -> ApplicationRecorder:
         return FlusiaRecorder(self.factory.datastore, conninfo=self.database_url)  # type: ignore[attr-defined]
