@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
@@ -103,7 +104,7 @@ def build_server(registry: Registry, service: Service, version: str) -> Server:
             )
         return types.CallToolResult(content=[types.TextContent(type="text", text=render(result))], structuredContent=result)
 
-    return Server(
+    server = Server(
         "flusia-crm",
         version=version,
         title="Flusia CRM",
@@ -114,3 +115,8 @@ def build_server(registry: Registry, service: Service, version: str) -> Server:
         # it would run the whole tools/list handler on every call to find one schema.
         get_tool_input_schema=lambda name: tool_of(op).inputSchema if (op := registry.get(name)) else None,
     )
+    if not (os.environ.get("OTEL_TRACES_EXPORTER") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+        # The SDK wraps every message in an OpenTelemetry span; with no exporter configured that is pure cost
+        # on every call (our own log line per tool call stays). Configure an exporter to keep the spans.
+        server.middleware = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
+    return server
