@@ -103,15 +103,6 @@ def principal_for_token(conn: Any, secret: str) -> Principal | None:
     )
 
 
-def role_grants_of(conn: Any, org_id: UUID, user_id: UUID) -> dict[str, str] | None:
-    row = conn.execute(
-        "SELECT r.grants FROM users u JOIN roles r ON r.id = u.role_id"
-        " WHERE u.id = %s AND u.organization_id = %s AND u.status = 'active'",
-        (user_id, org_id),
-    ).fetchone()
-    return row["grants"] if row else None
-
-
 def ensure_user(conn: Any, org_id: UUID, user_id: UUID, *, field: str) -> None:
     """Assignments must point at an active user of the same organization."""
     row = conn.execute(

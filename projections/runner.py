@@ -65,10 +65,8 @@ class Projector:
                 )
 
     # -- one batch ---------------------------------------------------------------------------------------
-    def run_batch(self, projection: Projection, *, conn: psycopg.Connection | None = None) -> int:
+    def run_batch(self, projection: Projection) -> int:
         """Apply the next batch of events to one projection; returns how many events it applied."""
-        if conn is not None:
-            return self._apply_batch(conn, projection)[0]
         with self.pool.connection() as own, own.transaction():
             applied, position = self._apply_batch(own, projection)
         if applied and self.on_advance is not None:
