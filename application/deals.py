@@ -17,6 +17,7 @@ from application.shared_tools import assignment_tools
 from application.pipelines import load_pipeline
 from application.registry import registry
 from application.sales_common import AmountArg, Money, money
+from application.values import decimal_range
 from application.organization import org_settings, org_today
 from application.handlers import entity_command
 from application.service import QueryContext, UnitOfWork
@@ -26,14 +27,17 @@ from domain.deals import Deal
 from domain.errors import DomainError, NotFound
 from domain.money import percent_of, to_cents
 from domain.pipelines import default_pipeline_id
+from domain.values import MAX_AMOUNT
 from domain.services import CatalogService
 from projections import deals as deals_q
 
 DealId = Annotated[UUID, Meta(description="The deal id (from crm_deals_list, crm_deals_search or crm_deals_create).")]
 Title = Annotated[str, Meta(min_length=1, max_length=300, description="Short name of the deal, e.g. 'ACME website redesign'.")]
 Status = Literal["open", "accepted", "rejected"]
-Percent = Annotated[Decimal, Meta(description="A percentage 0-100 as a decimal, e.g. \"10\" or \"12.5\".")]
-Quantity = Annotated[Decimal, Meta(description="Quantity as a decimal, e.g. \"1\", \"2.5\" (hours).")]
+Percent = Annotated[Decimal, Meta(description="A percentage 0-100 as a decimal, e.g. \"10\" or \"12.5\".",
+                                  **decimal_range(0, 100))]
+Quantity = Annotated[Decimal, Meta(description="Quantity as a decimal, e.g. \"1\", \"2.5\" (hours), up to 1000000000.",
+                                   **decimal_range(0, 10**9))]
 LineId = Annotated[UUID, Meta(description="The line id (from crm_deals_list_services or crm_deals_get).")]
 
 
@@ -190,8 +194,9 @@ class ListDeals(ListQuery, kw_only=True):
     client_id: UUID | None = None
     owner_id: Annotated[UUID | None, Meta(description="Only deals owned by this user id.")] = None
     unassigned: Annotated[bool, Meta(description="Only deals without an owner.")] = False
-    value_min: Annotated[Decimal | None, Meta(description="Minimum value (inclusive), e.g. \"10000\".")] = None
-    value_max: Annotated[Decimal | None, Meta(description="Maximum value (inclusive).")] = None
+    value_min: Annotated[Decimal | None, Meta(description="Minimum value (inclusive), e.g. \"10000\".",
+                                              **decimal_range(0, MAX_AMOUNT))] = None
+    value_max: Annotated[Decimal | None, Meta(description="Maximum value (inclusive).", **decimal_range(0, MAX_AMOUNT))] = None
     closed_from: Annotated[date | None, Meta(description="Close date on or after (YYYY-MM-DD).")] = None
     closed_to: Annotated[date | None, Meta(description="Close date on or before (YYYY-MM-DD).")] = None
     created_from: Annotated[datetime | None, Meta(description="Created at or after (ISO 8601).")] = None
@@ -281,7 +286,8 @@ class CreateDeal(Command, kw_only=True):
     client_id: Annotated[UUID, Meta(description="Lead/client id (crm_clients_search).")]
     pipeline_id: Annotated[UUID | None, Meta(description="Pipeline id; default: the organization's default pipeline.")] = None
     stage_id: Annotated[UUID | None, Meta(description="Stage id of that pipeline; default: its first stage.")] = None
-    value: Annotated[Decimal | None, Meta(description="Explicit deal value, e.g. \"45000\"; omit to use the sum of service lines.")] = None
+    value: Annotated[Decimal | None, Meta(description="Explicit deal value, e.g. \"45000\"; omit to use the sum of service lines.",
+                                          **decimal_range(0, MAX_AMOUNT))] = None
     owner_id: Annotated[UUID | None, Meta(description="User who owns the deal (crm_users_list); default: you.")] = None
     expected_close_date: Annotated[date | None, Meta(description="When you expect to close it (YYYY-MM-DD), for the forecast.")] = None
     description: Annotated[str, Meta(max_length=20000)] | None = None
@@ -393,7 +399,8 @@ class AddService(Command, kw_only=True):
     deal_id: DealId
     service_id: Annotated[UUID, Meta(description="Catalog service id (crm_services_search).")]
     quantity: Quantity = Decimal(1)
-    unit_price: Annotated[Decimal | None, Meta(description="Price per unit; default the catalog price.")] = None
+    unit_price: Annotated[Decimal | None, Meta(description="Price per unit; default the catalog price.",
+                                               **decimal_range(0, MAX_AMOUNT))] = None
     discount_percent: Percent = Decimal(0)
 
 
@@ -493,7 +500,8 @@ class SetCommission(Command, kw_only=True):
     deal_id: DealId
     user_id: Annotated[UUID, Meta(description="The user earning the commission (crm_users_list).")]
     percent: Percent | None = None
-    amount: Annotated[Decimal | None, Meta(description="Fixed amount in the organization's currency, e.g. \"500\".")] = None
+    amount: Annotated[Decimal | None, Meta(description="Fixed amount in the organization's currency, e.g. \"500\".",
+                                           **decimal_range(0, MAX_AMOUNT))] = None
 
 
 def _set_commission(deal: Deal, cmd: SetCommission, uow: UnitOfWork) -> None:

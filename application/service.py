@@ -27,6 +27,7 @@ from application.errors import InvalidArguments, PermissionDenied, ToolError, Un
 from application.principal import Principal
 from application.registry import Operation, Registry
 from application.store import EventStore
+from application.values import check_storable
 from domain.base import TenantAggregate
 from domain.errors import DomainError
 
@@ -175,6 +176,7 @@ class Service:
             params = msgspec.convert(arguments or {}, op.input)
         except msgspec.ValidationError as e:
             raise _format_validation(e) from None
+        check_storable(params)
         if op.kind == "query":
             out = await self._thread(self.run_query, op, params, principal)
         else:

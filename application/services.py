@@ -12,6 +12,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.registry import registry
 from application.sales_common import AmountArg, Money, money
+from application.values import decimal_range
 from application.organization import org_settings
 from application.handlers import entity_command
 from application.service import QueryContext, UnitOfWork
@@ -26,7 +27,8 @@ ServiceId = Annotated[UUID, Meta(description="The service id (from crm_services_
 CategoryId = Annotated[UUID, Meta(description="A catalog category id (from crm_services_list_categories).")]
 ServiceName = Annotated[str, Meta(min_length=1, max_length=200, description="Service/product name, e.g. 'Website design'.")]
 Code = Annotated[str, Meta(min_length=1, max_length=60, description="Your internal code/SKU, e.g. 'WEB-01'.")]
-VatRate = Annotated[Decimal, Meta(description="VAT rate in percent as a decimal, e.g. \"22\" or \"10\".")]
+VatRate = Annotated[Decimal, Meta(description="VAT rate in percent as a decimal, e.g. \"22\" or \"10\".",
+                                  **decimal_range(0, 100))]
 Unit = Annotated[str, Meta(min_length=1, max_length=30, description="Unit of sale, e.g. 'hour', 'piece', 'month'.")]
 
 

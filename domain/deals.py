@@ -23,6 +23,7 @@ from domain.errors import DomainError, NotFound
 from domain.money import decimal_in, line_total_cents
 from domain.pipelines import Pipeline, StageNotFound
 from domain.services import CatalogService
+from domain.values import check_minor_units
 
 STATUSES = ("open", "accepted", "rejected")
 EDITABLE_FIELDS = frozenset({"title", "description", "expected_close_date", "client_id"})
@@ -91,7 +92,9 @@ class Deal(Editable):
         return sum(line["total_cents"] for line in (self.lines if lines is None else lines).values())
 
     def _value_with(self, lines: dict[str, dict[str, Any]]) -> int:
-        return self.explicit_value_cents if self.explicit_value_cents is not None else self.computed_value_cents(lines)
+        """The deal's value with these lines; their sum must stay storable even while an explicit value hides it."""
+        computed = check_minor_units(self.computed_value_cents(lines), field="quantity")
+        return self.explicit_value_cents if self.explicit_value_cents is not None else computed
 
     def set_value(self, value_cents: int | None) -> None:
         """An explicit value, or None to go back to the sum of the service lines."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from domain.errors import DomainError
+from domain.values import MAX_AMOUNT, check_minor_units
 
 CENT = Decimal("0.01")
 SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "CHF": "CHF ", "JPY": "¥"}
@@ -22,6 +23,8 @@ def to_cents(amount: Decimal | int | str, *, field: str) -> int:
         raise DomainError("must be a decimal amount, e.g. 45000 or 45000.50", field=field) from None
     if not value.is_finite() or value < 0:
         raise DomainError("must be a non-negative amount", field=field)
+    if value > MAX_AMOUNT:
+        raise DomainError(f"must be at most {MAX_AMOUNT:.0f}", field=field)
     return int((value * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
@@ -36,9 +39,9 @@ def decimal_in(value: Decimal | int | str, *, field: str, low: Decimal, high: De
 
 
 def line_total_cents(quantity: Decimal | str, unit_price_cents: int, discount_percent: Decimal | str) -> int:
-    """quantity x unit price x (1 - discount), rounded half-up to the cent."""
+    """quantity x unit price x (1 - discount), rounded half-up to the cent; never beyond what can be stored."""
     total = Decimal(str(quantity)) * unit_price_cents * (1 - Decimal(str(discount_percent)) / 100)
-    return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return check_minor_units(int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP)), field="quantity")
 
 
 def percent_of(cents: int, percent: Decimal | str) -> int:
