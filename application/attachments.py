@@ -1,6 +1,8 @@
 """Stored attachment content and its expiring signed download links.
 
-Inline content is kept in PostgreSQL (`attachment_blobs`, keyed by organization and SHA-256). A download
+Inline content is kept in PostgreSQL (`attachment_blobs`, keyed by organization and SHA-256, counting its
+references); it is written and released in the same statement as the events that attach and remove it, so a
+refused command leaves no content and a removed attachment or deleted task leaves none behind. A download
 link is `/attachments/<id>?expires=<unix>&sig=<HMAC-SHA256(secret, "<id>.<expires>")>`: whoever holds it
 may download that one file until it expires. The secret is FLUSIA_SECRET, else one generated once and
 kept in the database so every worker signs alike.
@@ -11,11 +13,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import time
+from collections import Counter
 from typing import Any
 from uuid import UUID
+
+from application.store import SideWrite
 
 LINK_TTL_SECONDS = 15 * 60
 MAX_INLINE_BYTES = 2 * 1024 * 1024
@@ -61,12 +67,31 @@ def check_link(secret: bytes, attachment_id: UUID | str, expires: str | int | No
     return None
 
 
-def store_blob(conn: Any, org_id: UUID, content: bytes) -> str:
-    """Keep the content (once per organization and digest); returns its SHA-256 hex digest."""
+def keep_content(org_id: UUID, content: bytes) -> tuple[str, SideWrite]:
+    """The content's SHA-256 and the write that stores it (once per organization and digest, one more
+    reference), to commit with the event that attaches it."""
     digest = hashlib.sha256(content).hexdigest()
-    conn.execute("INSERT INTO attachment_blobs (organization_id, sha256, content) VALUES (%s, %s, %s)"
-                 " ON CONFLICT DO NOTHING", (org_id, digest, content))
-    return digest
+    return digest, SideWrite(
+        "INSERT INTO attachment_blobs (organization_id, sha256, content, refs) VALUES (%s, %s, %s, 1)"
+        " ON CONFLICT (organization_id, sha256) DO UPDATE SET refs = attachment_blobs.refs + 1",
+        (org_id, digest, content))
+
+
+def release_content(org_id: UUID, digests: list[str]) -> list[SideWrite]:
+    """Writes dropping one reference per digest (to commit with the events that remove the attachments): the
+    content goes when nothing references it. Each row is touched by exactly one of the two statements."""
+    counts = Counter(digests)
+    if not counts:
+        return []
+    rows = [json.dumps({"sha256": d, "n": n}) for d, n in counts.items()]
+    released = "SELECT r.sha256, r.n FROM jsonb_to_recordset(%s::jsonb) AS r(sha256 text, n integer)"
+    payload = "[" + ",".join(rows) + "]"
+    return [
+        SideWrite(f"DELETE FROM attachment_blobs b USING ({released}) r WHERE b.organization_id = %s"
+                  " AND b.sha256 = r.sha256 AND b.refs <= r.n", (payload, org_id)),
+        SideWrite(f"UPDATE attachment_blobs b SET refs = b.refs - r.n FROM ({released}) r WHERE b.organization_id = %s"
+                  " AND b.sha256 = r.sha256 AND b.refs > r.n", (payload, org_id)),
+    ]
 
 
 def load_blob(conn: Any, org_id: UUID, digest: str) -> bytes | None:

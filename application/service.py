@@ -23,16 +23,19 @@ from anyio import CapacityLimiter
 from eventsourcing.persistence import IntegrityError
 from psycopg_pool import ConnectionPool
 
-from application.errors import InvalidArguments, PermissionDenied, ToolError, UnknownTool
+from application.errors import (InvalidArguments, PermissionDenied, ReadModelDegraded, StoredButNotReadable, ToolError,
+                                UnknownTool)
 from application.principal import Principal
 from application.registry import Operation, Registry
-from application.store import EventStore
+from application.store import EventStore, SideWrite
 from application.values import check_storable
 from domain.base import TenantAggregate
-from domain.errors import DomainError
+from domain.errors import DomainError, NotFound
 
 log = logging.getLogger("flusia.tools")
 MAX_CONFLICT_RETRIES = 12
+WRITE_WAIT_SECONDS = 2.0
+"""How long a write waits for the read models before answering that it was stored but cannot be shown yet."""
 
 
 @dataclass
@@ -53,6 +56,8 @@ class UnitOfWork:
     store: EventStore
     pool: ConnectionPool
     pending: list[TenantAggregate] = field(default_factory=list)
+    side_writes: list[SideWrite] = field(default_factory=list)
+    """Writes outside the event store that must commit with the events (attachment content)."""
     _borrowed: Any = None
     _conn: Any = None
 
@@ -76,8 +81,6 @@ class UnitOfWork:
     def get(self, aggregate_type: type[TenantAggregate], aggregate_id: UUID, *, field: str) -> Any:
         from eventsourcing.application import AggregateNotFoundError
 
-        from domain.errors import NotFound
-
         try:
             agg = self.store.repository.get(aggregate_id)
         except AggregateNotFoundError:
@@ -96,6 +99,16 @@ class UnitOfWork:
         for agg in aggregates:
             if all(agg is not p for p in self.pending):
                 self.pending.append(agg)
+
+
+@dataclass
+class Committed:
+    """What a command did: the handler's result, the projection positions to wait for, and what was stored."""
+
+    returned: Any
+    targets: dict[str, int]
+    ids: list[str] = field(default_factory=list)
+    last_event: int | None = None
 
 
 def _format_validation(e: msgspec.ValidationError) -> InvalidArguments:
@@ -133,6 +146,7 @@ class Service:
         self.pool = pool
         self.positions = positions
         self._topic_projections: dict[str, list[str]] = {}
+        self._projection_resources: dict[str, set[str]] = {p.name: set(p.resources) for p in projections}
         for p in projections:
             for topic in p.topics():
                 self._topic_projections.setdefault(topic, []).append(p.name)
@@ -194,25 +208,86 @@ class Service:
 
     def run_query(self, op: Operation, params: Any, principal: Principal) -> Any:
         with self.query_context(principal) as ctx:
-            return op.handler(params, ctx)
+            parked = self.parked_for(principal.organization_id, ctx.conn)
+            affected = {n: nid for n, nid in parked.items()
+                        if self._projection_resources.get(n, set()) & {op.resource, *getattr(op, "reads", ())}}
+            if affected:
+                raise self._degraded(affected)
+            try:
+                return op.handler(params, ctx)
+            except NotFound:
+                if parked:  # the entity may be one of the events set aside: never a false "not found"
+                    raise self._degraded(parked) from None
+                raise
+
+    # -- parked events (stream consumer failures) ----------------------------------------------------------
+    def parked_for(self, org_id: UUID, conn: Any = None) -> dict[str, int]:
+        """Read models holding a parked event of this organization: name -> parked notification id."""
+        if self.positions is not None:
+            return self.positions.parked_for(org_id)
+        if conn is None:
+            with self.pool.connection() as own:
+                return self.parked_for(org_id, own)
+        rows = conn.execute("SELECT consumer, notification_id FROM consumer_parked WHERE organization_id = %s",
+                            (org_id,)).fetchall()
+        return {r["consumer"]: r["notification_id"] for r in rows}
+
+    @staticmethod
+    def _degraded(parked: dict[str, int]) -> ReadModelDegraded:
+        names = ", ".join(sorted(parked))
+        return ReadModelDegraded(
+            f"the {names} read model{'s are' if len(parked) > 1 else ' is'} behind for this organization: an event "
+            f"(#{min(parked.values())}) could not be applied and is parked, so answers could be wrong or incomplete. "
+            "Operators see it with `flusia projections failures` and apply it with `flusia projections retry`.",
+            details={"behind": sorted(parked)})
 
     # -- commands ----------------------------------------------------------------------------------------
     async def run_command_async(self, op: Operation, params: Any, principal: Principal) -> Any:
-        returned, targets = await self._thread(self.run_command, op, params, principal)
-        if targets:
-            if self.positions is not None:
-                await self.positions.wait_for(targets)
-            elif self.sync_settle is not None:
-                await self._thread(self.sync_settle, targets)
+        """Run a command, then answer only once the read models show it (read-your-writes). A command whose
+        events were committed never answers an error saying nothing changed: if its result cannot be read back
+        within WRITE_WAIT_SECONDS, or reading it fails, the error says it WAS stored, with the ids."""
+        done = await self._thread(self.run_command, op, params, principal)
+        if done.targets:
+            state = await self._settle(done.targets, principal.organization_id)
+            if state != "ok":
+                raise self._stored_but(done, state, principal.organization_id)
         if op.present is None:
-            return returned
-        return await self._thread(self._present, op, returned, principal)
+            return done.returned
+        try:
+            return await self._thread(self._present, op, done.returned, principal)
+        except Exception as e:
+            if not done.targets:  # an idempotent replay wrote nothing now: an ordinary error
+                raise
+            log.error("reading back a stored command failed org=%s tool=%s error=%s", principal.organization_id,
+                      op.name, type(e).__name__)
+            raise self._stored_but(done, "unreadable", principal.organization_id) from None
+
+    async def _settle(self, targets: dict[str, int], org_id: UUID) -> str:
+        if self.positions is not None:
+            return await self.positions.wait_for(targets, org_id, timeout=WRITE_WAIT_SECONDS)
+        if self.sync_settle is not None:
+            await self._thread(self.sync_settle, targets)
+        parked = await self._thread(self.parked_for, org_id)
+        return "degraded" if any(name in targets and nid <= targets[name] for name, nid in parked.items()) else "ok"
+
+    def _stored_but(self, done: Committed, state: str, org_id: UUID) -> ToolError:
+        stored = (f"Your change WAS stored (events up to #{done.last_event}; ids: {', '.join(done.ids)}) "
+                  "but it cannot be shown yet: ")
+        details = {"stored": True, "ids": done.ids, "result": msgspec.to_builtins(done.returned)}
+        advice = " Do not repeat the call (it would do it twice); read it again later."
+        if state == "degraded":
+            parked = self.parked_for(org_id)
+            error = self._degraded(parked)
+            return ReadModelDegraded(stored + error.message + advice, details={**details, **(error.details or {})})
+        reason = ("the read models did not catch up within %.0f s." % WRITE_WAIT_SECONDS if state == "timeout"
+                  else "reading it back failed.")
+        return StoredButNotReadable(stored + reason + advice, details=details)
 
     def _present(self, op: Operation, returned: Any, principal: Principal) -> Any:
         with self.query_context(principal) as ctx:
             return op.present(ctx, returned)
 
-    def run_command(self, op: Operation, params: Any, principal: Principal) -> tuple[Any, dict[str, int]]:
+    def run_command(self, op: Operation, params: Any, principal: Principal) -> Committed:
         """Handle, save atomically with the idempotency key and cause; retry optimistic-concurrency conflicts."""
         key = getattr(params, "idempotency_key", None)
         request_hash = None
@@ -223,10 +298,16 @@ class Service:
             if key is not None:
                 replay = self._replay(op, principal, key, request_hash)
                 if replay is not None:
-                    return replay, {}
+                    return Committed(replay, {})
             uow = UnitOfWork(principal, self.store, self.pool)
             try:
                 returned = op.handler(params, uow)
+            except NotFound:
+                # Handlers check links against read models; with this organization's events parked those can lie.
+                parked = self.parked_for(principal.organization_id)
+                if parked:
+                    raise self._degraded(parked) from None
+                raise
             finally:
                 uow.close()
             idempotency = None
@@ -241,7 +322,8 @@ class Service:
                 "correlation_id": principal.correlation_id, "tool": op.name,
             }
             try:
-                recordings = self.store.save(*uow.pending, idempotency=idempotency, cause=cause)
+                recordings = self.store.save(*uow.pending, idempotency=idempotency, cause=cause,
+                                             side_writes=uow.side_writes)
             except IntegrityError:
                 if attempt == MAX_CONFLICT_RETRIES - 1:
                     raise ToolError("the entity kept changing concurrently; try again", code="conflict") from None
@@ -249,7 +331,9 @@ class Service:
                 # jitter so that a crowd of writers does not collide again in lockstep.
                 time.sleep(random.uniform(0, 0.004) * (attempt + 1))
                 continue
-            return returned, self._targets(recordings)
+            ids = list(dict.fromkeys(str(r.domain_event.originator_id) for r in recordings))
+            return Committed(returned, self._targets(recordings), ids,
+                             max((r.notification.id for r in recordings), default=None))
         raise AssertionError("unreachable")
 
     def _replay(self, op: Operation, principal: Principal, key: str, request_hash: str) -> Any | None:

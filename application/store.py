@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from uuid import UUID
@@ -38,24 +39,27 @@ APPEND_LOCK = 72_000_002  # serialises appends: ids are drawn under it and it is
 
 
 @lru_cache(maxsize=64)
-def append_statement(events: int, with_cause: bool, with_key: bool) -> str:
-    """One statement that appends `events` events, with the row saying who caused them and the idempotency key.
+def append_statement(events: int, with_cause: bool, with_key: bool, side_writes: tuple[str, ...] = ()) -> str:
+    """One statement that appends `events` events, with the row saying who caused them, the idempotency key and
+    any side writes (data-modifying SQL that must commit with the events or not at all, e.g. attachment content).
 
     Appends take one transaction-scoped advisory lock before drawing notification ids and keep it until they
     commit, so commit order equals notification order and a follower never passes over an id that commits later
     (the guarantee eventsourcing gets from locking the table). A repeated idempotency key or a concurrent write
-    of the same aggregate version violates a unique index: the whole statement, events included, is refused."""
+    of the same aggregate version violates a unique index: the whole statement, events included, is refused.
+    Each event records its organization (the cause's), so consumers can isolate one organization's events."""
     ctes = [f"serial AS (SELECT pg_advisory_xact_lock({APPEND_LOCK}))"]
     if with_key:
         ctes.append(
             "idem AS (INSERT INTO idempotency_keys (organization_id, key, tool, request_hash, result)"
             " VALUES (%s, %s, %s, %s, %s))"
         )
+    ctes += [f"side{i} AS ({sql})" for i, sql in enumerate(side_writes)]
     if events:
         values = ", ".join(["(%s::uuid, %s::bigint, %s::text, %s::bytea)"] * events)
         ctes.append(
-            "ins AS (INSERT INTO stored_events (originator_id, originator_version, topic, state)"
-            f" SELECT v.* FROM serial, (VALUES {values}) AS v RETURNING notification_id)"
+            "ins AS (INSERT INTO stored_events (originator_id, originator_version, topic, state, organization_id)"
+            f" SELECT v.*, %s::uuid FROM serial, (VALUES {values}) AS v RETURNING notification_id)"
         )
         if with_cause:
             ctes.append(
@@ -67,6 +71,14 @@ def append_statement(events: int, with_cause: bool, with_key: bool) -> str:
     else:
         tail = "SELECT NULL::bigint AS notification_id FROM serial WHERE false"
     return "WITH " + ",\n".join(ctes) + "\n" + tail
+
+
+@dataclass(frozen=True)
+class SideWrite:
+    """SQL (INSERT/UPDATE/DELETE, no RETURNING) committed in the same statement as a command's events."""
+
+    sql: str
+    params: tuple[Any, ...]
 
 
 class FlusiaRecorder(PostgresApplicationRecorder):
@@ -90,15 +102,21 @@ class FlusiaRecorder(PostgresApplicationRecorder):
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         cause, key = kwargs.get("cause"), kwargs.get("idempotency")
+        side_writes: Sequence[SideWrite] = kwargs.get("side_writes") or ()
         params: list[Any] = []
         if key is not None:
             params += [key["organization_id"], key["key"], key["tool"], key["request_hash"], Jsonb(key["result"])]
+        for side in side_writes:
+            params += side.params
+        if stored_events:
+            params.append(cause["organization_id"] if cause is not None else kwargs.get("organization_id"))
         for e in stored_events:
             params += [e.originator_id, e.originator_version, e.topic, e.state]
         if cause is not None and stored_events:
             params += [cause["organization_id"], cause["user_id"], cause["token_id"], cause["oauth_client_id"],
                        cause["correlation_id"], cause["tool"]]
-        sql = append_statement(len(stored_events), cause is not None, key is not None)
+        sql = append_statement(len(stored_events), cause is not None, key is not None,
+                               tuple(side.sql for side in side_writes))
         # psycopg errors are mapped as eventsourcing's own recorder maps them (the service retries conflicts).
         # A failed append is not retried here: it may have committed before the connection broke.
         with self._append_lock:
@@ -154,7 +172,8 @@ class EventStore(Application[UUID]):
         transcoder.register(DateAsISO())
 
     def save(self, *aggregates: Any, **kwargs: Any) -> list[Recording[UUID]]:
-        """Append the pending events of our aggregates in one statement (kwargs: `cause`, `idempotency`).
+        """Append the pending events of our aggregates in one statement (kwargs: `cause`, `idempotency`,
+        `side_writes`, and `organization_id` for events appended without a cause).
 
         The library's save() also takes bare events, takes snapshots and notifies in-process followers; none of
         that is used here, and its runtime Protocol checks measured a tenth of a millisecond per command."""

@@ -358,6 +358,7 @@ class DeleteTask(Command, kw_only=True):
 
 
 def _delete(task: Task, cmd: DeleteTask, uow: UnitOfWork) -> Removed:
+    _release(task, uow, list(task.attachments))
     task.delete()
     return Removed(id=task.id, entity="task")
 
@@ -450,7 +451,8 @@ def _attach(task: Task, cmd: AddAttachment, uow: UnitOfWork) -> UUID:
         raise DomainError(f"content is larger than {blobs.MAX_INLINE_BYTES} bytes; attach a url instead",
                           field="content_base64")
     check_content(content, cmd.mime_type, cmd.size_bytes)
-    digest = blobs.store_blob(uow.conn, uow.org_id, content)
+    digest, write = blobs.keep_content(uow.org_id, content)
+    uow.side_writes.append(write)
     return task.add_attachment(cmd.name, sha256=digest, size_bytes=len(content), mime_type=cmd.mime_type,
                                added_by=uow.principal.user_id)
 
@@ -465,7 +467,13 @@ class RemoveAttachment(Command, kw_only=True):
     attachment_id: AttachmentId
 
 
+def _release(task: Task, uow: UnitOfWork, attachment_ids: list[str]) -> None:
+    digests = [d for a in attachment_ids if (d := task.attachments.get(a, {}).get("sha256"))]
+    uow.side_writes += blobs.release_content(uow.org_id, digests)
+
+
 def _detach(task: Task, cmd: RemoveAttachment, uow: UnitOfWork) -> Removed:
+    _release(task, uow, [str(cmd.attachment_id)])
     task.remove_attachment(cmd.attachment_id)
     return Removed(id=cmd.attachment_id, entity="attachment")
 

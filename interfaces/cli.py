@@ -79,11 +79,45 @@ def cmd_token_create(args: argparse.Namespace, url: str) -> None:
 
 
 def cmd_projections_status(args: argparse.Namespace, url: str) -> None:
+    from interfaces.health import consumer_report
+
     with connect(url) as conn:
-        head = conn.execute("SELECT coalesce(max(notification_id), 0) AS head FROM stored_events").fetchone()["head"]
-        rows = conn.execute("SELECT name, position, updated_at FROM projection_tracking ORDER BY name").fetchall()
-    emit({"event_store_head": head,
-          "projections": {r["name"]: {"position": r["position"], "updated_at": r["updated_at"]} for r in rows}})
+        report = consumer_report(conn)
+    emit({"event_store_head": report["event_store_head"], "projections": report["consumers"]})
+
+
+def _projections(runtime: Any, name: str | None) -> list[Any]:
+    if name is None:
+        return list(runtime.projections)
+    try:
+        return [runtime.projection(name)]
+    except KeyError:
+        fail(f"unknown projection {name!r}; known: {', '.join(p.name for p in runtime.projections)}")
+        raise
+
+
+def cmd_projections_failures(args: argparse.Namespace, url: str) -> None:
+    """Parked events: which consumer, organization and event, the error class, attempts and when."""
+    from interfaces.runtime import Runtime
+
+    runtime = Runtime(url, pool_size=2)
+    try:
+        with runtime.pool.connection() as conn:
+            emit({"parked": runtime.projector.parked(conn, args.name)})
+    finally:
+        runtime.close()
+
+
+def cmd_projections_retry(args: argparse.Namespace, url: str) -> None:
+    """Retry parked events now (after a fix), in order, exactly once; what still fails stays parked."""
+    from interfaces.runtime import Runtime
+
+    runtime = Runtime(url, pool_size=2)
+    try:
+        out = {p.name: runtime.projector.retry_parked(p, due_only=False) for p in _projections(runtime, args.name)}
+        emit({"retried": {name: results for name, results in out.items() if results}})
+    finally:
+        runtime.close()
 
 
 def cmd_projections_rebuild(args: argparse.Namespace, url: str) -> None:
@@ -91,14 +125,9 @@ def cmd_projections_rebuild(args: argparse.Namespace, url: str) -> None:
 
     runtime = Runtime(url, pool_size=4)
     try:
-        names = [args.name] if args.name else [p.name for p in runtime.projections]
         out = {}
-        for name in names:
-            try:
-                projection = runtime.projection(name)
-            except KeyError:
-                fail(f"unknown projection {name!r}; known: {', '.join(p.name for p in runtime.projections)}")
-            out[name] = {"events_applied": runtime.projector.rebuild(projection, progress_bar(f"rebuild {name}"))}
+        for projection in _projections(runtime, args.name):
+            out[projection.name] = runtime.projector.rebuild_report(projection, progress_bar(f"rebuild {projection.name}"))
             sys.stderr.write("\n")
         emit({"rebuilt": out})
     finally:
@@ -195,7 +224,14 @@ def parser() -> argparse.ArgumentParser:
     tc.set_defaults(func=cmd_token_create)
 
     proj = sub.add_parser("projections", help="read models").add_subparsers(dest="projections_command", required=True)
-    proj.add_parser("status", help="positions and the event store head").set_defaults(func=cmd_projections_status)
+    proj.add_parser("status", help="positions, lag and parked events per consumer").set_defaults(
+        func=cmd_projections_status)
+    pf = proj.add_parser("failures", help="list parked events (events a consumer could not apply)")
+    pf.add_argument("name", nargs="?")
+    pf.set_defaults(func=cmd_projections_failures)
+    pt = proj.add_parser("retry", help="retry parked events now (all projections when NAME is omitted)")
+    pt.add_argument("name", nargs="?")
+    pt.set_defaults(func=cmd_projections_retry)
     pr = proj.add_parser("rebuild", help="drop and replay a projection (all when NAME is omitted)")
     pr.add_argument("name", nargs="?")
     pr.set_defaults(func=cmd_projections_rebuild)

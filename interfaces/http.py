@@ -1,4 +1,4 @@
-"""The Litestar app: `/mcp` (MCP over streamable HTTP), `/healthz`, and the OAuth discovery documents."""
+"""The Litestar app: `/mcp` (MCP over streamable HTTP), `/healthz`, `/readyz`, and the OAuth discovery documents."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from interfaces.runtime import Runtime
 from interfaces.attachments import download_route
 
 log = logging.getLogger("flusia.http")
+from interfaces.health import health_routes
 VERSION = "1.0.0"
 MAX_BODY = 4 * 1024 * 1024
 
@@ -162,24 +163,10 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     def protected_resource_mcp(request: Request[Any, Any, Any]) -> dict[str, Any]:
         return resource_metadata(request)
 
-    @get("/healthz")
-    async def healthz() -> Response[dict[str, Any]]:
-        def check() -> dict[str, Any]:
-            with runtime.pool.connection() as conn:
-                rows = conn.execute("SELECT name, position FROM projection_tracking ORDER BY name").fetchall()
-                head = conn.execute("SELECT coalesce(max(notification_id), 0) AS head FROM stored_events").fetchone()
-            return {"status": "ok", "event_store_head": head["head"], "projections": {r["name"]: r["position"] for r in rows}}
-
-        try:
-            return Response(await anyio.to_thread.run_sync(check))
-        except Exception:
-            log.exception("health check failed")
-            return Response({"status": "unavailable"}, status_code=503)
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.positions.start()
-        runtime.projector.on_advance = runtime.positions.advanced
+        runtime.projector.listener = runtime.positions
         if run_projector:
             runtime.projector.start(runtime.database_url)
         try:
@@ -190,7 +177,8 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             runtime.projector.stop()
 
     app = Litestar(
-        [mcp_endpoint, protected_resource, protected_resource_mcp, healthz, *oauth_routes(runtime, auth), download_route],
+        [mcp_endpoint, protected_resource, protected_resource_mcp, *health_routes, *oauth_routes(runtime, auth),
+         download_route],
         lifespan=[lifespan],
         debug=False,
         # Browser-based clients (MCP Inspector) read the metadata and OAuth endpoints from another origin.

@@ -20,6 +20,7 @@ ACTIVITY_COLUMNS = ("id, type, client_id, deal_id, user_id, occurred_at, subject
 class ActivitiesProjection(Projection):
     name = "activities"
     tables = ("activities",)
+    resources = ("activities",)
 
     @handles(Activity.Created)
     def created(self, cur: Any, e: Any) -> None:

@@ -23,6 +23,9 @@ def handles(*event_classes: type) -> Callable[[Callable[..., Any]], Callable[...
 class Projection:
     name: ClassVar[str]
     tables: ClassVar[tuple[str, ...]]
+    resources: ClassVar[tuple[str, ...]] = ()
+    """Whose data its tables hold (permission resources): reads of those answer `read_model_degraded` while one
+    of an organization's events is parked here."""
     _handlers: ClassVar[dict[type, str]]
     _topics: ClassVar[list[str]]
 

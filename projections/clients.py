@@ -36,6 +36,7 @@ def _db_value(key: str, value: Any) -> Any:
 class ClientsProjection(Projection):
     name = "clients"
     tables = ("clients", "client_contacts", "client_search_words")
+    resources = ("clients",)
 
     def _set(self, cur: Any, event: Any, values: dict[str, Any]) -> None:
         values = {k: _db_value(k, v) for k, v in values.items()}

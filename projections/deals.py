@@ -54,6 +54,7 @@ STATS_UPSERT = DELTA_UPSERT
 class DealsProjection(Projection):
     name = "deals"
     tables = ("deals", "deal_services", "deal_contacts", "deal_commissions", "deal_stage_history", "deal_daily_stats")
+    resources = ("deals", "stats")
 
     def _set(self, cur: Any, e: Any, values: dict[str, Any], *, leave_stage: bool = False) -> None:
         """Update the deal row; when a column that counts in revenue stats changes, move the deal's contribution

@@ -17,6 +17,7 @@ NOTE_COLUMNS = "id, subject_type, subject_id, body, author_id, created_at, updat
 class NotesProjection(Projection):
     name = "notes"
     tables = ("notes",)
+    resources = ("clients", "deals")
 
     @handles(Note.Created)
     def created(self, cur: Any, e: Any) -> None:

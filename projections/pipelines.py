@@ -20,6 +20,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 class PipelinesProjection(Projection):
     name = "pipelines"
     tables = ("pipelines", "pipeline_stages")
+    resources = ("pipelines",)
 
     def _write_positions(self, cur: Any, pipeline_id: UUID, stage_ids: list[str]) -> None:
         for pos, sid in enumerate(stage_ids):

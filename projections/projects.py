@@ -27,6 +27,7 @@ SORTS = {
 class ProjectsProjection(Projection):
     name = "projects"
     tables = ("projects", "project_members", "project_activities")
+    resources = ("projects",)
 
     def _touch(self, cur: Any, e: Any, sets: str = "", params: tuple = ()) -> None:
         cur.execute(f"UPDATE projects SET {sets + ', ' if sets else ''}updated_at = %s WHERE id = %s",  # noqa: S608

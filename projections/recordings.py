@@ -21,6 +21,7 @@ SUMMARY_COLUMNS = (
 class RecordingsProjection(Projection):
     name = "recordings"
     tables = ("recordings",)
+    resources = ("clients",)
 
     @handles(Recording.Created)
     def created(self, cur: Any, e: Any) -> None:

@@ -20,6 +20,7 @@ SERVICE_FROM = " FROM services s LEFT JOIN service_categories c ON c.id = s.cate
 class ServicesProjection(Projection):
     name = "services"
     tables = ("service_categories", "services")
+    resources = ("services",)
 
     @handles(CatalogService.Created)
     def created(self, cur: Any, e: Any) -> None:

@@ -34,6 +34,7 @@ ATTACHMENT_COLUMNS = "id, task_id, name, url, sha256, size_bytes, mime_type, cre
 class TasksProjection(Projection):
     name = "tasks"
     tables = ("tasks", "task_checklist_items", "task_attachments")
+    resources = ("tasks",)
 
     def _touch(self, cur: Any, e: Any, sets: str = "", params: tuple = ()) -> None:
         cur.execute(f"UPDATE tasks SET {sets + ', ' if sets else ''}updated_at = %s WHERE id = %s",  # noqa: S608

@@ -34,6 +34,7 @@ ENTRY_INSERT = (
 class TimelineProjection(Projection):
     name = "timeline"
     tables = ("timeline_deals", "timeline_entries")
+    resources = ("activities",)
 
     def _deal_client(self, cur: Any, deal_id: UUID | None) -> UUID | None:
         if deal_id is None:

@@ -21,6 +21,7 @@ SEARCH_REFRESH = (
 class WikiProjection(Projection):
     name = "wiki"
     tables = ("wiki_categories", "wiki_pages", "wiki_revisions")
+    resources = ("wiki",)
 
     def _revision(self, cur: Any, e: Any, change: str, *, summary: str | None = None, restored_from: int | None = None,
                   author_id: Any = None) -> None:

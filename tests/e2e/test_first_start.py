@@ -31,8 +31,9 @@ async def test_first_start_prints_a_working_admin_token_once(fresh_database_url)
         async with mcp_client(srv.mcp_url, token) as client:
             me = await call(client, "crm_users_me")
         assert me["organization"]["name"] == "Demo Organization" and me["user"]["role"] == "admin"
-        health = httpx.get(f"{srv.base_url}/healthz").json()
-        assert health["status"] == "ok" and set(health["projections"]) >= {"clients", "tasks", "notes"}
+        assert httpx.get(f"{srv.base_url}/healthz").json() == {"status": "ok"}
+        ready = httpx.get(f"{srv.base_url}/readyz").json()
+        assert ready["status"] == "ready" and set(ready["consumers"]) >= {"clients", "tasks", "notes"}
     finally:
         srv.process.terminate()
         srv.process.wait(10)

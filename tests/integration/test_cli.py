@@ -37,7 +37,7 @@ def test_org_user_token_and_projection_commands(fresh_database_url):
     status = flusia("projections", "status", env=env)
     assert set(status) == {"event_store_head", "projections"}
     rebuilt = flusia("projections", "rebuild", "clients", env=env)
-    assert rebuilt == {"rebuilt": {"clients": {"events_applied": 0}}}
+    assert rebuilt == {"rebuilt": {"clients": {"events_applied": 0, "parked": []}}}
 
 
 def test_bad_permission_flag_is_a_clear_error(fresh_database_url):

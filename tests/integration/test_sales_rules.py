@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tests.conftest import settle
-from tests.integration.sales_helpers import Caller
+from tests.inprocess import Caller
 
 
 @pytest.fixture

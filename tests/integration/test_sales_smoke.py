@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from tests.integration.sales_helpers import Caller
+from tests.inprocess import Caller
 
 
 @pytest.fixture

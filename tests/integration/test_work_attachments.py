@@ -12,7 +12,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from application import attachments as blobs
-from tests.integration.work_helpers import call
+from tests.inprocess import call
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 

@@ -11,9 +11,8 @@ import uuid
 import msgspec
 import pytest
 
-from application.errors import PermissionDenied
-from domain.errors import NotFound
-from tests.integration.work_helpers import call
+from application.errors import PermissionDenied, ToolError
+from tests.inprocess import call
 
 WORK = re.compile(r"^crm_(tasks|projects|wiki)_")
 DUMMY = {"title": "x", "name": "x", "text": "x", "tag": "x", "q": "x", "kind": "comment", "mime_type": "text/plain",
@@ -63,7 +62,7 @@ def test_another_organization_sees_nothing(runtime, make_org, database_url, org_
         if touches and op.name in FILTERS_ONLY:  # ids here only filter a list: nothing of A's comes back
             assert call(runtime, pb, op.name, args)["items"] == [], op.name
         elif touches:
-            with pytest.raises(NotFound):
+            with pytest.raises(ToolError, match="not found"):
                 call(runtime, pb, op.name, args)
             checked.append(op.name)
     # lists and searches of B show none of A's rows

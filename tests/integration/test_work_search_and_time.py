@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from tests.integration.work_helpers import call
+from tests.inprocess import call
 
 
 def test_wiki_search_italian_stemming_ranking_and_snippets(runtime, make_org, database_url):

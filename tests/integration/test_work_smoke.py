@@ -7,8 +7,8 @@ import datetime as dt
 
 import pytest
 
-from domain.errors import DomainError, NotFound
-from tests.integration.work_helpers import call
+from application.errors import ToolError
+from tests.inprocess import call
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
@@ -39,11 +39,11 @@ def test_tasks_checklist_tags_attachments(runtime, make_org, database_url):
     ref = call(runtime, p, "crm_tasks_add_attachment", {"task_id": task["id"], "name": "brief", "mime_type": "text/html",
                                                         "url": "https://example.com/brief"})
     assert ref["download_url"] is None
-    with pytest.raises(DomainError) as e:
+    with pytest.raises(ToolError) as e:
         call(runtime, p, "crm_tasks_add_attachment", {"task_id": task["id"], "name": "x.pdf", "mime_type": "application/pdf",
                                                       "content_base64": base64.b64encode(PNG).decode()})
     assert e.value.field == "mime_type"
-    with pytest.raises(DomainError) as e:
+    with pytest.raises(ToolError) as e:
         call(runtime, p, "crm_tasks_add_attachment", {"task_id": task["id"], "name": "l.png", "mime_type": "image/png",
                                                       "size_bytes": 3, "content_base64": base64.b64encode(PNG).decode()})
     assert e.value.field == "size_bytes"
@@ -60,7 +60,7 @@ def test_tasks_checklist_tags_attachments(runtime, make_org, database_url):
     assert assigned["assignee_id"] == str(org.user_id)
     assert call(runtime, p, "crm_tasks_unassign", {"task_id": task["id"]})["assignee_id"] is None
     call(runtime, p, "crm_tasks_delete", {"task_id": task["id"]})
-    with pytest.raises(NotFound):
+    with pytest.raises(ToolError, match="not found"):
         call(runtime, p, "crm_tasks_get", {"task_id": task["id"]})
 
 
@@ -90,13 +90,13 @@ def test_projects(runtime, make_org, database_url):
     call(runtime, p, "crm_projects_archive", {"project_id": proj["id"]})
     assert call(runtime, p, "crm_projects_list")["items"] == []
     assert [x["id"] for x in call(runtime, p, "crm_projects_list", {"archived": True})["items"]] == [proj["id"]]
-    with pytest.raises(DomainError) as e:
+    with pytest.raises(ToolError) as e:
         call(runtime, p, "crm_tasks_create", {"title": "Late", "project_id": proj["id"]})
     assert e.value.code == "project_archived" and e.value.field == "project_id"
     call(runtime, p, "crm_projects_unarchive", {"project_id": proj["id"]})
     assert call(runtime, p, "crm_projects_update", {"project_id": proj["id"], "status": "completed"})["status"] == "completed"
     call(runtime, p, "crm_projects_delete", {"project_id": proj["id"]})
-    with pytest.raises(NotFound):
+    with pytest.raises(ToolError, match="not found"):
         call(runtime, p, "crm_projects_get", {"project_id": proj["id"]})
 
 
@@ -104,16 +104,16 @@ def test_wiki_pages_revisions_moves(runtime, make_org, database_url):
     org = make_org("Wiki")
     p = org.principal(database_url)
     cat = call(runtime, p, "crm_wiki_create_category", {"name": "Procedures"})
-    with pytest.raises(DomainError):
+    with pytest.raises(ToolError):
         call(runtime, p, "crm_wiki_create_category", {"name": "procedures"})
     root = call(runtime, p, "crm_wiki_create_page", {"title": "Onboarding", "body": "Welcome", "category_id": cat["id"]})
     child = call(runtime, p, "crm_wiki_create_page", {"title": "Accounts", "body": "Create accounts",
                                                       "parent_id": root["id"], "category_id": cat["id"]})
     grandchild = call(runtime, p, "crm_wiki_create_page", {"title": "E-mail", "body": "Mailbox", "parent_id": child["id"]})
-    with pytest.raises(DomainError) as e:
+    with pytest.raises(ToolError) as e:
         call(runtime, p, "crm_wiki_move_page", {"page_id": root["id"], "parent_id": grandchild["id"]})
     assert e.value.field == "parent_id"
-    with pytest.raises(DomainError):
+    with pytest.raises(ToolError):
         call(runtime, p, "crm_wiki_move_page", {"page_id": root["id"], "parent_id": root["id"]})
     moved = call(runtime, p, "crm_wiki_move_page", {"page_id": grandchild["id"], "parent_id": root["id"]})
     assert moved["parent_id"] == root["id"] and moved["revision"] == 2
@@ -129,8 +129,8 @@ def test_wiki_pages_revisions_moves(runtime, make_org, database_url):
         [child["id"], grandchild["id"]], key=lambda i: {child["id"]: "accounts", grandchild["id"]: "e-mail"}[i])
     assert call(runtime, p, "crm_wiki_list_categories")["items"][0]["pages_count"] == 2
     call(runtime, p, "crm_wiki_delete_page", {"page_id": child["id"]})
-    with pytest.raises(NotFound):
+    with pytest.raises(ToolError, match="not found"):
         call(runtime, p, "crm_wiki_get_page", {"page_id": child["id"]})
-    with pytest.raises(DomainError):
+    with pytest.raises(ToolError):
         call(runtime, p, "crm_wiki_restore_revision", {"page_id": root["id"], "revision": 9})
     _ = dt
