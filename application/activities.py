@@ -61,6 +61,19 @@ class TimelineEntry(Struct, kw_only=True):
     previous_stage_name: str | None
 
 
+class TimelinePage(Struct, kw_only=True):
+    items: list[TimelineEntry]
+    next_cursor: str | None = None
+    omitted: Annotated[list[str], Meta(description=(
+        "What the timeline leaves out because this token may not read it, e.g. 'notes on clients (needs "
+        "clients:read)'; empty when nothing is left out."))] = []
+
+
+# Parts of a timeline that are another resource's data, left out (not refused) without read on that resource.
+TIMELINE_PARTS = (("clients", "notes on clients"), ("deals", "deal entries and notes on deals"),
+                  ("pipelines", "stage names"))
+
+
 def present_activity(ctx: QueryContext, activity_id: UUID) -> ActivityOut:
     return msgspec.convert(activities_q.get_activity(ctx.conn, ctx.org_id, activity_id), ActivityOut)
 
@@ -99,7 +112,8 @@ def get_activity(q: GetActivity, ctx: QueryContext) -> ActivityOut:
 class Timeline(ListQuery, kw_only=True):
     """The merged history of a client or a deal, newest first: logged activities, notes, deal creation,
     status changes (won/lost/reopened) and stage moves. A client's timeline includes its deals' entries.
-    Give client_id or deal_id."""
+    Give client_id or deal_id. What the token may not read (notes on clients, deal entries, stage names) is left
+    out and listed in `omitted`."""
 
     client_id: UUID | None = None
     deal_id: UUID | None = None
@@ -107,13 +121,20 @@ class Timeline(ListQuery, kw_only=True):
                      Meta(description="Only these kinds of entries.")] = None
 
 
-@registry.query("crm_activities_timeline", output=Page[TimelineEntry])
-def timeline(q: Timeline, ctx: QueryContext) -> Page[TimelineEntry]:
+@registry.query("crm_activities_timeline", output=TimelinePage)
+def timeline(q: Timeline, ctx: QueryContext) -> TimelinePage:
     if q.client_id is None and q.deal_id is None:
         raise DomainError("give client_id or deal_id", field="client_id")
+    may = {resource: ctx.principal.can(resource, "read") for resource, _ in TIMELINE_PARTS}
     rows, cursor = timeline_q.timeline(ctx.conn, ctx.org_id, client_id=q.client_id, deal_id=q.deal_id, kinds=q.kinds,
-                                       limit=q.limit, cursor=q.cursor)
-    return Page(items=[msgspec.convert(r, TimelineEntry) for r in rows], next_cursor=cursor)
+                                       limit=q.limit, cursor=q.cursor, client_notes=may["clients"],
+                                       deal_entries=may["deals"])
+    items = [msgspec.convert(r, TimelineEntry) for r in rows]
+    if not may["pipelines"]:
+        for item in items:
+            item.stage_name = item.previous_stage_name = None
+    return TimelinePage(items=items, next_cursor=cursor,
+                        omitted=[f"{part} (needs {resource}:read)" for resource, part in TIMELINE_PARTS if not may[resource]])
 
 
 # -- logging ---------------------------------------------------------------------------------------------
@@ -175,13 +196,18 @@ class LogNote(LogBase, kw_only=True):
     """Log a free note on the timeline of a client and/or deal."""
 
 
-registry.command("crm_activities_log_call", input=LogCall, output=ActivityOut, returns=UUID, present=present_activity)(
+LOG_READS = ("clients", "deals")  # the client and deal it concerns are checked, and a deal gives its client
+registry.command("crm_activities_log_call", input=LogCall, output=ActivityOut, returns=UUID, present=present_activity,
+                 reads=LOG_READS)(
     _log("call", lambda c: {"direction": c.direction, "duration_minutes": c.duration_minutes, "outcome": c.outcome}))
-registry.command("crm_activities_log_meeting", input=LogMeeting, output=ActivityOut, returns=UUID, present=present_activity)(
+registry.command("crm_activities_log_meeting", input=LogMeeting, output=ActivityOut, returns=UUID, present=present_activity,
+                 reads=LOG_READS)(
     _log("meeting", lambda c: {"end": c.end, "attendees": c.attendees or None, "location": c.location}))
-registry.command("crm_activities_log_email", input=LogEmail, output=ActivityOut, returns=UUID, present=present_activity)(
+registry.command("crm_activities_log_email", input=LogEmail, output=ActivityOut, returns=UUID, present=present_activity,
+                 reads=LOG_READS)(
     _log("email", lambda c: {"direction": c.direction, "snippet": c.snippet}))
-registry.command("crm_activities_log_note", input=LogNote, output=ActivityOut, returns=UUID, present=present_activity)(
+registry.command("crm_activities_log_note", input=LogNote, output=ActivityOut, returns=UUID, present=present_activity,
+                 reads=LOG_READS)(
     _log("note", lambda c: {}))
 
 

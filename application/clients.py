@@ -229,7 +229,7 @@ class ListClientDeals(ClientPageQuery, kw_only=True):
     """Deals of a lead/client, newest first."""
 
 
-@registry.query("crm_clients_list_deals", output=Page[DealSummary])
+@registry.query("crm_clients_list_deals", output=Page[DealSummary], reads=("deals",))
 def list_client_deals(q: ListClientDeals, ctx: QueryContext) -> Page[DealSummary]:
     _require_client(ctx, q.client_id)
     rows, cursor = clients_q.list_client_deals(ctx.conn, ctx.org_id, q.client_id, q.limit, q.cursor)
@@ -422,7 +422,8 @@ class MergeClients(Command, kw_only=True):
     duplicate_ids: Annotated[list[UUID], Meta(min_length=1, max_length=20, description="Leads/clients merged into the survivor.")]
 
 
-@registry.command("crm_clients_merge", output=ClientDetail, returns=UUID, present=present_client, destructive=True)
+@registry.command("crm_clients_merge", output=ClientDetail, returns=UUID, present=present_client, destructive=True,
+                  writes=("deals", "tasks", "activities"))  # their read models follow the duplicates to the survivor
 def merge_clients(cmd: MergeClients, uow: UnitOfWork) -> UUID:
     survivor = uow.get(Client, cmd.survivor_id, field="survivor_id")
     for i, dup_id in enumerate(dict.fromkeys(cmd.duplicate_ids)):

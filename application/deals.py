@@ -41,6 +41,12 @@ Quantity = Annotated[Decimal, Meta(description="Quantity as a decimal, e.g. \"1\
 LineId = Annotated[UUID, Meta(description="The line id (from crm_deals_list_services or crm_deals_get).")]
 
 
+# What deal results show beyond the deal: its client's name (and, in a deal's details, the client's contact persons),
+# its pipeline's and stage's names and win probability, and whether each line's catalog service is still sellable.
+DEAL_READS = ("clients", "pipelines")
+DETAIL_READS = (*DEAL_READS, "services")
+
+
 class DealOut(Struct, kw_only=True):
     id: UUID
     title: str
@@ -205,7 +211,7 @@ class ListDeals(ListQuery, kw_only=True):
                   "close_date_asc"] = "created_desc"
 
 
-@registry.query("crm_deals_list", output=Page[DealOut])
+@registry.query("crm_deals_list", output=Page[DealOut], reads=DEAL_READS)
 def list_deals(q: ListDeals, ctx: QueryContext) -> Page[DealOut]:
     filters = {"status": q.status, "pipeline_id": q.pipeline_id, "stage_id": q.stage_id, "client_id": q.client_id,
                "owner_id": q.owner_id, "unassigned": q.unassigned, "closed_from": q.closed_from, "closed_to": q.closed_to,
@@ -222,7 +228,7 @@ class GetDeal(Query, kw_only=True):
     deal_id: DealId
 
 
-@registry.query("crm_deals_get", output=DealDetail)
+@registry.query("crm_deals_get", output=DealDetail, reads=DETAIL_READS)
 def get_deal(q: GetDeal, ctx: QueryContext) -> DealDetail:
     return present_deal(ctx, q.deal_id)
 
@@ -234,7 +240,7 @@ class SearchDeals(Query, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=100)] = 25
 
 
-@registry.query("crm_deals_search", output=DealSearchResult)
+@registry.query("crm_deals_search", output=DealSearchResult, reads=DEAL_READS)
 def search_deals(q: SearchDeals, ctx: QueryContext) -> DealSearchResult:
     return DealSearchResult(items=[_deal_out(r, DealSearchHit) for r in deals_q.search_deals(ctx.conn, ctx.org_id, q.q, q.limit)])
 
@@ -247,7 +253,7 @@ class ListDealServices(DealQuery, kw_only=True):
     """The service lines of a deal: quantity, unit price, discount and line total."""
 
 
-@registry.query("crm_deals_list_services", output=LineList)
+@registry.query("crm_deals_list_services", output=LineList, reads=("services",))
 def list_deal_services(q: ListDealServices, ctx: QueryContext) -> LineList:
     row = deals_q.get_deal(ctx.conn, ctx.org_id, q.deal_id)
     lines = _lines(ctx, q.deal_id, row["currency"])
@@ -258,7 +264,7 @@ class ListDealContacts(DealQuery, kw_only=True):
     """The client's contact persons involved in a deal."""
 
 
-@registry.query("crm_deals_list_contacts", output=DealContactList)
+@registry.query("crm_deals_list_contacts", output=DealContactList, reads=("clients",))
 def list_deal_contacts(q: ListDealContacts, ctx: QueryContext) -> DealContactList:
     _require_deal(ctx, q.deal_id)
     return DealContactList(items=[msgspec.convert(r, DealContactOut) for r in deals_q.list_contacts(ctx.conn, ctx.org_id, q.deal_id)])
@@ -293,7 +299,7 @@ class CreateDeal(Command, kw_only=True):
     description: Annotated[str, Meta(max_length=20000)] | None = None
 
 
-@registry.command("crm_deals_create", output=DealDetail, returns=UUID, present=present_deal)
+@registry.command("crm_deals_create", output=DealDetail, returns=UUID, present=present_deal, reads=DETAIL_READS)
 def create_deal(cmd: CreateDeal, uow: UnitOfWork) -> UUID:
     uow.get(Client, cmd.client_id, field="client_id")
     pipeline = load_pipeline(uow, cmd.pipeline_id or default_pipeline_id(uow.org_id))
@@ -314,7 +320,7 @@ def create_deal(cmd: CreateDeal, uow: UnitOfWork) -> UUID:
 # -- changing one deal -----------------------------------------------------------------------------------
 def deal_command(name: str, input: type[Struct], act, *, destructive: bool = False) -> None:
     entity_command(name, input, Deal, "deal_id", act, output=DealDetail, present=present_deal, destructive=destructive,
-                   presents_aggregate=True)
+                   presents_aggregate=True, reads=DETAIL_READS)
 
 
 class UpdateDeal(Command, kw_only=True):
@@ -376,7 +382,7 @@ deal_command("crm_deals_move_stage", MoveStage, _move)
 assignment_tools("deals", label="Deal", aggregate=Deal, id_field="deal_id", id_type=DealId,
                  assign_doc="Make a user the owner of the deal (find the user_id with crm_users_list).",
                  unassign_doc="Remove the deal's owner, leaving nobody responsible for it.",
-                 output=DealDetail, present=present_deal)
+                 output=DealDetail, present=present_deal, reads=DETAIL_READS)
 
 
 class DeleteDeal(Command, kw_only=True):

@@ -29,12 +29,14 @@ def entity_command(
     returns: type = UUID,
     destructive: bool = False,
     presents_aggregate: bool = False,
+    reads: tuple[str, ...] = (),
+    writes: tuple[str, ...] = (),
 ) -> None:
     """Declare a tool whose handler loads `aggregate` by `cmd.<id_field>`, calls `act(agg, cmd, uow)` and saves.
 
     The handler returns what `act` returns, or the aggregate's id when it returns None (always the id with
     `presents_aggregate`, for tools whose output is the aggregate itself); `present` renders that from the
-    read models once they have caught up.
+    read models once they have caught up. `reads`/`writes`: other resources it touches (see application.registry).
     """
 
     def handle(cmd: Any, uow: UnitOfWork) -> Any:
@@ -43,4 +45,4 @@ def entity_command(
         return agg.id if result is None or presents_aggregate else result
 
     registry.command(name, input=input, output=output, returns=returns, present=present,
-                     destructive=destructive)(handle)
+                     destructive=destructive, reads=reads, writes=writes)(handle)

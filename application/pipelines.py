@@ -146,7 +146,7 @@ class GetBoard(Query, kw_only=True):
     deals_per_stage: Annotated[int, Meta(ge=0, le=100, description="How many deals to list per stage (largest first), 0-100.")] = 10
 
 
-@registry.query("crm_pipelines_board", output=Board)
+@registry.query("crm_pipelines_board", output=Board, reads=("deals",))
 def board(q: GetBoard, ctx: QueryContext) -> Board:
     pipeline = present_pipeline(ctx, q.pipeline_id or default_pipeline_id(ctx.org_id))
     currency = org_settings(ctx.conn, ctx.org_id)["currency"]

@@ -184,7 +184,7 @@ class ListProjectTasks(TaskFilters, kw_only=True):
     project_id: ProjectId
 
 
-@registry.query("crm_projects_list_tasks", output=Page[TaskOut])
+@registry.query("crm_projects_list_tasks", output=Page[TaskOut], reads=("tasks",))
 def list_project_tasks(q: ListProjectTasks, ctx: QueryContext) -> Page[TaskOut]:
     _require(ctx, q.project_id)
     return _task_page(ctx, q, q.project_id)
@@ -208,6 +208,9 @@ FIELDS = ("name", "description", "client_id", "deal_id", "status", "start_date",
 
 def _changes(cmd: Any) -> dict[str, Any]:
     return {k: getattr(cmd, k) for k in FIELDS if getattr(cmd, k, UNSET) is not UNSET}
+
+
+LINK_READS = ("clients", "deals")  # what _check_links reads
 
 
 def _check_links(uow: UnitOfWork, client_id: UUID | None, deal_id: UUID | None) -> None:
@@ -235,7 +238,7 @@ class CreateProject(Command, kw_only=True):
     currency: Currency | None = None
 
 
-@registry.command("crm_projects_create", output=ProjectDetail, returns=UUID, present=present_project)
+@registry.command("crm_projects_create", output=ProjectDetail, returns=UUID, present=present_project, reads=LINK_READS)
 def create_project(cmd: CreateProject, uow: UnitOfWork) -> UUID:
     _check_links(uow, cmd.client_id, cmd.deal_id)
     project = Project.create(uow.org_id, _changes(cmd), uow.principal.user_id)
@@ -246,9 +249,9 @@ def create_project(cmd: CreateProject, uow: UnitOfWork) -> UUID:
 
 
 def project_command(name: str, input: type[Struct], act: Any, *, destructive: bool = False, output: type = ProjectDetail,
-                    present: Any = present_project, returns: type = UUID) -> None:
+                    present: Any = present_project, returns: type = UUID, reads: tuple[str, ...] = ()) -> None:
     entity_command(name, input, Project, "project_id", act, output=output, present=present, returns=returns,
-                   destructive=destructive)
+                   destructive=destructive, reads=reads)
 
 
 class UpdateProject(Command, kw_only=True):
@@ -274,7 +277,7 @@ def _update(project: Project, cmd: UpdateProject, uow: UnitOfWork) -> None:
     project.update(changes)
 
 
-project_command("crm_projects_update", UpdateProject, _update)
+project_command("crm_projects_update", UpdateProject, _update, reads=LINK_READS)
 
 
 class DeleteProject(Command, kw_only=True):

@@ -2,19 +2,34 @@
 
 An operation is an input Struct (its docstring is the tool description, its annotated fields the JSON
 Schema and the validation), a kind, an output type and a handler. Everything the MCP layer shows —
-name, schemas, annotations, required permission, toolset — is derived from that one entry.
+name, schemas, annotations, required permissions, toolset — is derived from that one entry.
+
+Permissions cover every resource a tool touches: its own (read, write or delete by kind), plus read on each
+resource in `reads` (its result shows that resource's data, or it checks that resource's records, e.g. the
+client a new task links to) and write on each resource in `writes` (its events change that resource's read
+models, e.g. a merge re-pointing deals). What is not counted as another resource's data, on purpose:
+- counts and sums (`crm_clients_get` deals_count, a pipeline refusing deletion while it has open deals, the
+  `crm_stats_*` figures): they tell how many, not what; labels taken from another resource's records (pipeline
+  and stage names, lead sources, campaign names) are that resource's data and are declared;
+- people's names (and project members' e-mails) beside user ids: the organization's directory, which every
+  member sees; `users:read` guards listing and searching users, their roles and permissions;
+- a deal's service lines: copies made when the line was added (name, code, price), so the deal's own data;
+- recording the organization's default pipeline on its first use by a deal: it already exists, with the same
+  ids, for every reader (see application.pipelines), so nothing about pipelines changes.
+Where leaving something out is the better product, a tool does so and says so in its result instead of
+requiring the permission (`crm_activities_timeline` and its `omitted`).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 
-from application.permissions import RESOURCES
+from application.permissions import RESOURCES, allows
 
 Kind = Literal["query", "command", "destructive"]
 KIND_ACTION = {"query": "read", "command": "write", "destructive": "delete"}
@@ -61,6 +76,13 @@ class Operation:
     returns: type
     present: Callable[..., Any] | None = None
     open_world: bool = False
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for other in (*self.reads, *self.writes):
+            if other not in RESOURCES or other == self.resource:
+                raise ValueError(f"{self.name}: reads/writes name other resources; {other!r} is not one")
 
     @property
     def resource(self) -> str:
@@ -76,7 +98,28 @@ class Operation:
 
     @property
     def permission(self) -> str:
+        """The permission on the tool's own resource, from its kind."""
         return f"{self.resource}:{self.action}"
+
+    @property
+    def needs(self) -> tuple[tuple[str, str], ...]:
+        """Every (resource, action) a call needs: its own, then read on what it reads and write on what it writes."""
+        return ((self.resource, self.action), *((r, "read") for r in self.reads), *((r, "write") for r in self.writes))
+
+    @property
+    def permissions(self) -> list[str]:
+        """`needs` as permission names, e.g. ["pipelines:read", "deals:read"]."""
+        return [f"{r}:{a}" for r, a in self.needs]
+
+    def missing(self, grants: Mapping[str, str]) -> list[tuple[str, str]]:
+        return [(r, a) for r, a in self.needs if not allows(grants, r, a)]
+
+    def refusal(self, missing: list[tuple[str, str]]) -> str:
+        """Why a call is refused, naming each missing permission and what the tool does with it."""
+        verbs = {"read": "shows" if self.kind == "query" else "reads", "write": "changes", "delete": "deletes"}
+        parts = [f"{r}:{a} ({self.name} {verbs[a]} {r})" for r, a in missing]
+        return (f"missing permission{'s' if len(parts) > 1 else ''} {', '.join(parts)}:"
+                " the token or the user's role does not grant it")
 
     @property
     def read_only(self) -> bool:
@@ -124,13 +167,14 @@ class Registry:
         return op
 
     def query(
-        self, name: str, *, output: type, input: type[msgspec.Struct] | None = None, open_world: bool = False
+        self, name: str, *, output: type, input: type[msgspec.Struct] | None = None, open_world: bool = False,
+        reads: tuple[str, ...] = (),
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """`handler(query, ctx) -> output`."""
+        """`handler(query, ctx) -> output`; `reads`: other resources whose data the result shows."""
 
         def register(handler: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Operation(name, "query", input or _input_of(handler), output, handler, returns=output,
-                               open_world=open_world))
+                               open_world=open_world, reads=reads))
             return handler
 
         return register
@@ -145,14 +189,18 @@ class Registry:
         returns: type | None = None,
         present: Callable[..., Any] | None = None,
         open_world: bool = False,
+        reads: tuple[str, ...] = (),
+        writes: tuple[str, ...] = (),
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """`handler(command, uow) -> returns`; `present(ctx, returned) -> output` runs after projections caught up."""
+        """`handler(command, uow) -> returns`; `present(ctx, returned) -> output` runs after projections caught up.
+
+        `reads`: other resources it checks or whose data its output shows; `writes`: other resources it changes."""
 
         def register(handler: Callable[..., Any]) -> Callable[..., Any]:
             kind: Kind = "destructive" if destructive else "command"
             self.add(
                 Operation(name, kind, input or _input_of(handler), output, handler, returns=returns or output,
-                          present=present, open_world=open_world)
+                          present=present, open_world=open_world, reads=reads, writes=writes)
             )
             return handler
 
@@ -170,16 +218,14 @@ class Registry:
     def select(
         self, grants: dict[str, str] | None = None, toolsets: Iterable[str] | None = None, read_only: bool = False
     ) -> list[Operation]:
-        """The one list every filter applies to: permissions, toolsets, read-only mode."""
-        from application.permissions import allows
-
+        """The one list every filter applies to: permissions (every one a tool needs), toolsets, read-only mode."""
         wanted = set(toolsets) if toolsets else None
         return [
             op
             for op in self._ops.values()
             if (wanted is None or op.toolset in wanted)
             and (not read_only or op.read_only)
-            and (grants is None or allows(grants, op.resource, op.action))
+            and (grants is None or not op.missing(grants))
         ]
 
 

@@ -182,10 +182,9 @@ class Service:
         op = self.registry.get(name)
         if op is None:
             raise UnknownTool(f"unknown tool {name!r}", field="name")
-        if not principal.can(op.resource, op.action):
-            raise PermissionDenied(
-                f"missing permission {op.permission}: the token or the user's role does not grant {op.action} on {op.resource}"
-            )
+        missing = op.missing(principal.grants)
+        if missing:
+            raise PermissionDenied(op.refusal(missing))
         try:
             params = msgspec.convert(arguments or {}, op.input)
         except msgspec.ValidationError as e:

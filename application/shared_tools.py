@@ -28,20 +28,24 @@ def _input(resource: str, name: str, doc: str, fields: list[tuple[str, Any]]) ->
 
 
 def tag_tools(resource: str, *, label: str, aggregate: type[TenantAggregate], id_field: str, id_type: Any,
-              subject: str, output: type, present: Callable[..., Any], add_hint: str = "") -> None:
-    """crm_<resource>_add_tag and crm_<resource>_remove_tag for an aggregate that is `domain.shared.Taggable`."""
+              subject: str, output: type, present: Callable[..., Any], add_hint: str = "",
+              reads: tuple[str, ...] = ()) -> None:
+    """crm_<resource>_add_tag and crm_<resource>_remove_tag for an aggregate that is `domain.shared.Taggable`;
+    `reads`: other resources the presented output shows."""
     add = _input(resource, f"Tag{label}", f"Add a tag to {subject} (no effect if it already has it).{add_hint}",
                  [(id_field, id_type), ("tag", Tag)])
     remove = _input(resource, f"Untag{label}", f"Remove a tag from {subject}.", [(id_field, id_type), ("tag", Tag)])
     entity_command(f"crm_{resource}_add_tag", add, aggregate, id_field, lambda a, cmd, uow: a.add_tag(cmd.tag),
-                   output=output, present=present, presents_aggregate=True)
+                   output=output, present=present, presents_aggregate=True, reads=reads)
     entity_command(f"crm_{resource}_remove_tag", remove, aggregate, id_field, lambda a, cmd, uow: a.remove_tag(cmd.tag),
-                   output=output, present=present, destructive=True, presents_aggregate=True)
+                   output=output, present=present, destructive=True, presents_aggregate=True, reads=reads)
 
 
 def assignment_tools(resource: str, *, label: str, aggregate: type[TenantAggregate], id_field: str, id_type: Any,
-                     assign_doc: str, unassign_doc: str, output: type, present: Callable[..., Any]) -> None:
-    """crm_<resource>_assign (to an active user of the organization) and crm_<resource>_unassign."""
+                     assign_doc: str, unassign_doc: str, output: type, present: Callable[..., Any],
+                     reads: tuple[str, ...] = ()) -> None:
+    """crm_<resource>_assign (to an active user of the organization) and crm_<resource>_unassign; `reads`: other
+    resources the presented output shows."""
     assign = _input(resource, f"Assign{label}", assign_doc, [(id_field, id_type), ("user_id", UserId)])
     unassign = _input(resource, f"Unassign{label}", unassign_doc, [(id_field, id_type)])
 
@@ -50,6 +54,6 @@ def assignment_tools(resource: str, *, label: str, aggregate: type[TenantAggrega
         agg.assign(cmd.user_id)
 
     entity_command(f"crm_{resource}_assign", assign, aggregate, id_field, do_assign, output=output, present=present,
-                   presents_aggregate=True)
+                   presents_aggregate=True, reads=reads)
     entity_command(f"crm_{resource}_unassign", unassign, aggregate, id_field, lambda a, cmd, uow: a.unassign(),
-                   output=output, present=present, destructive=True, presents_aggregate=True)
+                   output=output, present=present, destructive=True, presents_aggregate=True, reads=reads)

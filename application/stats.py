@@ -89,7 +89,7 @@ def _group(rows: list[dict], key: str, currency: str, name=None) -> list[Revenue
     return out
 
 
-@registry.query("crm_stats_revenue", output=Revenue)
+@registry.query("crm_stats_revenue", output=Revenue, reads=("pipelines",))  # pipeline names
 def revenue(q: GetRevenue, ctx: QueryContext) -> Revenue:
     _period(q.start_date, q.end_date)
     cur = org_settings(ctx.conn, ctx.org_id)["currency"]
@@ -185,7 +185,7 @@ class GetConversion(Query, kw_only=True):
     end_date: EndDate | None = None
 
 
-@registry.query("crm_stats_pipeline_conversion", output=PipelineConversion)
+@registry.query("crm_stats_pipeline_conversion", output=PipelineConversion, reads=("pipelines",))
 def pipeline_conversion(q: GetConversion, ctx: QueryContext) -> PipelineConversion:
     pipeline = pipelines_q.get_pipeline(ctx.conn, ctx.org_id, q.pipeline_id or default_pipeline_id(ctx.org_id))
     rows = stats_q.pipeline_conversion(ctx.conn, ctx.org_id, pipeline["id"], q.start_date, q.end_date)
@@ -226,7 +226,7 @@ class GetLeadsBySource(Query, kw_only=True):
     end_date: EndDate
 
 
-@registry.query("crm_stats_leads_by_source", output=LeadsBySource)
+@registry.query("crm_stats_leads_by_source", output=LeadsBySource, reads=("clients",))  # the sources are client fields
 def leads_by_source(q: GetLeadsBySource, ctx: QueryContext) -> LeadsBySource:
     _period(q.start_date, q.end_date)
     rows = stats_q.leads_by_source(ctx.conn, ctx.org_id, q.start_date, q.end_date)
@@ -359,7 +359,7 @@ class GetNewsletterPerformance(Query, kw_only=True):
     end_date: EndDate
 
 
-@registry.query("crm_stats_newsletter_performance", output=NewsletterPerformance)
+@registry.query("crm_stats_newsletter_performance", output=NewsletterPerformance, reads=("newsletter",))
 def newsletter_performance(q: GetNewsletterPerformance, ctx: QueryContext) -> NewsletterPerformance:
     _period(q.start_date, q.end_date)
     rows = stats_q.newsletter_campaigns(ctx.conn, ctx.org_id, q.start_date, q.end_date)

@@ -150,6 +150,9 @@ def _ensure_row(uow: UnitOfWork, table: str, entity: str, entity_id: UUID, field
         raise NotFound(entity, entity_id, field=field)
 
 
+LINK_READS = ("clients", "deals", "projects")  # what _check_links reads
+
+
 def _check_links(uow: UnitOfWork, client_id: UUID | None, deal_id: UUID | None, project_id: UUID | None) -> None:
     if client_id is not None:
         uow.get(Client, client_id, field="client_id")
@@ -279,7 +282,7 @@ class CreateTask(Command, kw_only=True):
     checklist: Annotated[list[ItemText], Meta(max_length=50, description="Checklist items, in order.")] = []
 
 
-@registry.command("crm_tasks_create", output=TaskDetail, returns=UUID, present=present_task)
+@registry.command("crm_tasks_create", output=TaskDetail, returns=UUID, present=present_task, reads=LINK_READS)
 def create_task(cmd: CreateTask, uow: UnitOfWork) -> UUID:
     _check_links(uow, cmd.client_id, cmd.deal_id, cmd.project_id)
     if cmd.assignee_id is not None:
@@ -296,9 +299,10 @@ def create_task(cmd: CreateTask, uow: UnitOfWork) -> UUID:
 
 
 def task_command(name: str, input: type[Struct], act: Any, *, destructive: bool = False,
-                 output: type = TaskDetail, present: Any = present_task, returns: type = UUID) -> None:
+                 output: type = TaskDetail, present: Any = present_task, returns: type = UUID,
+                 reads: tuple[str, ...] = ()) -> None:
     entity_command(name, input, Task, "task_id", act, output=output, present=present, returns=returns,
-                   destructive=destructive)
+                   destructive=destructive, reads=reads)
 
 
 class UpdateTask(Command, kw_only=True):
@@ -324,7 +328,7 @@ def _update(task: Task, cmd: UpdateTask, uow: UnitOfWork) -> None:
     task.update(changes)
 
 
-task_command("crm_tasks_update", UpdateTask, _update)
+task_command("crm_tasks_update", UpdateTask, _update, reads=LINK_READS)
 
 
 class CompleteTask(Command, kw_only=True):

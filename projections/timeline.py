@@ -142,8 +142,14 @@ class TimelineProjection(Projection):
 
 
 def timeline(conn: Any, org_id: UUID, *, client_id: UUID | None, deal_id: UUID | None, kinds: list[str] | None,
-             limit: int, cursor: str | None):
+             limit: int, cursor: str | None, client_notes: bool = True, deal_entries: bool = True):
+    """One page of entries; `client_notes`/`deal_entries` False leave out notes on clients / everything about deals
+    (their entries and notes), in SQL so that pages stay full."""
     where = ["t.organization_id = %s"]
+    if not client_notes:
+        where.append("NOT (t.kind = 'note' AND t.deal_id IS NULL)")
+    if not deal_entries:
+        where.append("(t.kind = 'activity' OR (t.kind = 'note' AND t.deal_id IS NULL))")
     params: list[Any] = [org_id]
     if client_id is not None:
         where.append("t.client_id = %s")

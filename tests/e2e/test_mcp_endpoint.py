@@ -13,6 +13,7 @@ from application import identity
 from application.catalog import registry
 from application.permissions import RESOURCES
 from tests.mcp_helpers import all_tools, call, call_error, mcp_client
+from tests.tool_args import sample_args
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -102,8 +103,10 @@ async def test_list_shows_only_what_the_token_allows(server, make_org, db):
     token, _ = identity.create_token(db, org.organization_id, org.user_id, {"clients": "r", "tasks": "rw"})
     async with mcp_client(server.mcp_url, token) as client:
         names = {t.name for t in await all_tools(client)}
-    assert names == {op.name for op in registry if (op.resource, op.action) in
-                     {("clients", "read"), ("tasks", "read"), ("tasks", "write")}}
+    granted = {"clients:read", "tasks:read", "tasks:write"}
+    assert names == {op.name for op in registry if set(op.permissions) <= granted}
+    assert "crm_clients_list" in names and "crm_tasks_complete" in names
+    assert "crm_clients_list_deals" not in names and "crm_tasks_create" not in names  # they also read deals, ...
 
 
 # -- malformed input -----------------------------------------------------------------------------------------------
@@ -154,25 +157,35 @@ async def test_bad_arguments_name_the_field_and_write_nothing(server, make_org, 
 
 # -- permissions -------------------------------------------------------------------------------------------------------
 async def test_permission_matrix_every_tool(server, make_org, db):
-    """With a token lacking a tool's permission the call is refused naming it; with it, it is not refused."""
+    """Without any one permission a tool needs (on its own resource, or on one it reads or changes) the call is
+    refused naming that permission; with exactly the permissions it needs, it is not refused."""
     org = make_org()
-    flags = {"read": "r", "write": "w", "delete": "d"}
     everything = {r: "rwd" for r in RESOURCES}
-    ops = list(registry)
-    lacking_tokens, having_tokens = {}, {}
-    for resource, action in {(op.resource, op.action) for op in ops}:
-        lacking = {**everything, resource: everything[resource].replace(flags[action], "")}
-        lacking_tokens[(resource, action)] = identity.create_token(db, org.organization_id, org.user_id, lacking)[0]
-        having_tokens[(resource, action)] = identity.create_token(db, org.organization_id, org.user_id, {resource: flags[action]})[0]
-    for op in ops:
-        key = (op.resource, op.action)
-        async with mcp_client(server.mcp_url, lacking_tokens[key], mode="legacy") as client:
-            err = await call_error(client, op.name, {})
-            assert err["code"] == "permission_denied" and op.permission in err["message"], (op.name, err)
-        async with mcp_client(server.mcp_url, having_tokens[key], mode="legacy") as client:
-            result = await client.call_tool(op.name, {})
-            if result.is_error:
-                assert json.loads(result.content[0].text)["error"]["code"] != "permission_denied", op.name
+    refused_without: dict[tuple[str, str], list] = {}
+    allowed_with: dict[frozenset, list] = {}
+    for op in registry:
+        for need in op.needs:
+            refused_without.setdefault(need, []).append(op)
+        allowed_with.setdefault(frozenset(op.needs), []).append(op)
+
+    def token(grants: dict[str, str]) -> str:
+        return identity.create_token(db, org.organization_id, org.user_id, grants)[0]
+
+    for (resource, action), ops in refused_without.items():
+        lacking = {**everything, resource: everything[resource].replace(action[0], "")}
+        async with mcp_client(server.mcp_url, token(lacking), mode="legacy") as client:
+            for op in ops:
+                err = await call_error(client, op.name, {})
+                assert err["code"] == "permission_denied" and f"{resource}:{action}" in err["message"], (op.name, err)
+    for needs, ops in allowed_with.items():
+        grants: dict[str, str] = {}
+        for resource, action in needs:
+            grants[resource] = grants.get(resource, "") + action[0]
+        async with mcp_client(server.mcp_url, token(grants), mode="legacy") as client:
+            for op in ops:
+                result = await client.call_tool(op.name, {})
+                if result.is_error:
+                    assert json.loads(result.content[0].text)["error"]["code"] != "permission_denied", op.name
 
 
 async def test_viewer_role_caps_a_broad_token(server, make_org, db):
@@ -186,36 +199,10 @@ async def test_viewer_role_caps_a_broad_token(server, make_org, db):
 
 
 # -- tenancy -------------------------------------------------------------------------------------------------------------
-def sample_args(op, ids: dict[str, str]) -> dict:
+def tenancy_args(op, ids: dict[str, str]) -> dict:
     """Arguments for any tool, pointing every id at organization B's entities."""
-    schema = op.input_schema()
-    samples = {"email": "x@example.com", "phone": "+39 02 1234", "media_url": "https://example.com/a.mp3",
-               "website": "https://example.com", "status": None, "tag": "vip", "body": "text", "q": "Segreto",
-               "business_name": "Rubato", "name": "Nome", "title": "Titolo", "duration_seconds": 10}
-    args = {}
-    for field in schema.get("required", []):
-        prop = schema["properties"][field]
-        variants = prop.get("anyOf", [prop])
-        if field in ids:
-            args[field] = ids[field]
-        elif field == "duplicate_ids":
-            args[field] = [ids["client_id"]]
-        elif field == "survivor_id":
-            args[field] = ids["client_id"]
-        elif any("enum" in v for v in variants):
-            args[field] = next(v["enum"][0] for v in variants if "enum" in v)
-        elif field in samples and samples[field] is not None:
-            args[field] = samples[field]
-        elif any(v.get("format") == "uuid" for v in variants):
-            args[field] = str(uuid.uuid4())
-        elif any(v.get("type") == "integer" for v in variants):
-            args[field] = 1
-        else:
-            args[field] = "x"
-    for field in ("client_id", "task_id", "user_id", "assigned_to", "assignee_id"):
-        if field in schema["properties"] and field not in args:
-            args[field] = ids.get(field, ids["user_id"] if "assign" in field else ids["client_id"])
-    return args
+    return sample_args(op, {**ids, "duplicate_ids": [ids["client_id"]], "survivor_id": ids["client_id"],
+                            "assigned_to": ids["user_id"], "assignee_id": ids["user_id"]})
 
 
 async def test_organizations_are_isolated_for_every_tool(server, make_org):
@@ -233,7 +220,7 @@ async def test_organizations_are_isolated_for_every_tool(server, make_org):
     secrets = set(ids.values()) | {"Segreto di B", "nota di B", "compito di B", "Persona B"}
     async with mcp_client(server.mcp_url, a.token) as client_a:
         for op in registry:
-            args = sample_args(op, ids)
+            args = tenancy_args(op, ids)
             result = await client_a.call_tool(op.name, args)
             text = result.content[0].text
             if result.is_error:

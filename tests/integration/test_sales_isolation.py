@@ -10,6 +10,7 @@ import pytest
 
 from application.catalog import registry
 from application.errors import ToolError
+from application.permissions import RESOURCES
 from tests.inprocess import Caller
 
 SALES = ("deals", "pipelines", "services", "activities", "stats")
@@ -32,7 +33,7 @@ def world(runtime, database_url):
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
         a = identity.create_organization(conn, f"A {uuid.uuid4().hex[:6]}", f"a-{uuid.uuid4().hex[:6]}@example.com", "A")
         b = identity.create_organization(conn, f"B {uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}@example.com", "B")
-        viewer_secret, _ = identity.create_token(conn, b.organization_id, b.user_id, {r: "r" for r in SALES})
+        viewer_secret, _ = identity.create_token(conn, b.organization_id, b.user_id, {r: "r" for r in RESOURCES})
         pa = identity.principal_for_token(conn, a.token)
         pb = identity.principal_for_token(conn, b.token)
         pv = identity.principal_for_token(conn, viewer_secret)
