@@ -113,7 +113,7 @@ def build_server(registry: Registry, service: Service, version: str) -> Server:
         on_call_tool=call_tool,
         # The SDK checks Mcp-Param-* headers of 2026-07-28 calls against the tool's schema; without this lookup
         # it would run the whole tools/list handler on every call to find one schema.
-        get_tool_input_schema=lambda name: tool_of(op).inputSchema if (op := registry.get(name)) else None,
+        get_tool_input_schema=lambda name: tool_of(op).input_schema if (op := registry.get(name)) else None,
     )
     if not (os.environ.get("OTEL_TRACES_EXPORTER") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
         # The SDK wraps every message in an OpenTelemetry span; with no exporter configured that is pure cost

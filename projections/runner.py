@@ -131,7 +131,7 @@ class Projector:
         """Apply the next batch of events to one projection; returns how many events it handled."""
         with self.pool.connection() as own:
             handled, position, parked = self._batch(own, projection)
-        if handled:
+        if position:
             self._announce(projection.name, position, parked)
         return handled
 
@@ -158,13 +158,15 @@ class Projector:
     def _apply_batch(self, conn: psycopg.Connection, projection: Projection, *, careful: bool
                      ) -> tuple[int, int, list[Parked]]:
         """Lock the tracking row, read the next events, apply them, move the position. Returns (events handled,
-        new position, events parked). Two round trips on the fast path: the read, then the pipelined writes."""
+        new position or 0 when it did not move, events parked). Two round trips on the fast path: the read, then
+        the pipelined writes. The position moves (and is announced) even when every new event waits behind a
+        parked one, so a writer of a parked organization learns at once that its event was set aside."""
         with conn.cursor(row_factory=tuple_row) as read:
             rows = read.execute(NEXT_BATCH, {"name": projection.name, "topics": projection.topics(),
                                              "limit": self.batch_size, "none": NO_ORGANIZATION}).fetchall()
         position, head = rows[0][0], rows[0][1]
         if head <= position:
-            return 0, position, []
+            return 0, 0, []  # nothing moved
         events = [(_notification(r[2:7]), r[7] or NO_ORGANIZATION) for r in rows if r[2] is not None]
         last = events[-1][0].id if len(events) == self.batch_size else head
         parked: list[Parked] = []
@@ -182,8 +184,7 @@ class Projector:
                         (last, projection.name))
             for p in parked:
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"park|{p.consumer}|{p.organization_id}|{p.notification_id}"))
-            if events:
-                cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{projection.name}:{last}"))
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{projection.name}:{last}"))
         return len(events), last, parked
 
     def _apply_one_by_one(self, conn: psycopg.Connection, cur: Any, projection: Projection,
@@ -300,8 +301,10 @@ class Projector:
                 cur.execute("DELETE FROM consumer_parked WHERE consumer = %s", (projection.name,))
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"unpark|{projection.name}|*"))
             conn.execute("UPDATE projection_tracking SET position = 0 WHERE name = %s", (projection.name,))
+            position = 0
             while True:
-                n, position, newly = self._batch(conn, projection)
+                n, moved, newly = self._batch(conn, projection)
+                position = moved or position
                 applied += n
                 parked += newly
                 if progress:

@@ -6,6 +6,7 @@ embedded server (the same one `flusia serve` uses without DATABASE_URL).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -170,6 +171,28 @@ def server(database_url: str) -> Iterator[ServerProcess]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def flusia(*args: str, env: dict[str, str], stdin: str | None = None) -> dict:
+    """Run the `flusia` command line; it must succeed and print exactly one JSON object."""
+    proc = subprocess.run([sys.executable, "-m", "interfaces.cli", *args], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, input=stdin, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
+
+
+@pytest.fixture
+def iso_runtime(fresh_database_url):
+    """A runtime on a database of its own, settling projections synchronously after each write."""
+    from interfaces.runtime import Runtime
+
+    rt = Runtime(fresh_database_url, pool_size=6)
+    rt.service.positions = None
+    rt.service.sync_settle = lambda targets: settle(rt)
+    yield rt
+    rt.close()
 
 
 def settle(rt) -> None:

@@ -11,16 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def flusia(*args: str, env: dict[str, str], stdin: str | None = None) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "interfaces.cli", *args], cwd=ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, input=stdin, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stdout
-    return json.loads(lines[0])
+from tests.conftest import ROOT, flusia
 
 
 def test_org_user_token_and_projection_commands(fresh_database_url):

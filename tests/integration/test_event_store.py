@@ -58,17 +58,6 @@ def scripted_history(rt, principal: Principal, leads: int = 30) -> None:
     run(rt.service, principal, "crm_clients_delete", {"client_id": ids[4]})
 
 
-@pytest.fixture
-def iso_runtime(fresh_database_url):
-    from interfaces.runtime import Runtime
-
-    rt = Runtime(fresh_database_url, pool_size=6)
-    rt.service.positions = None
-    rt.service.sync_settle = lambda targets: settle(rt)
-    yield rt
-    rt.close()
-
-
 def test_rebuild_gives_the_same_tables_as_incremental_projection(iso_runtime, fresh_database_url):
     principal = admin(fresh_database_url)
     scripted_history(iso_runtime, principal)
