@@ -72,7 +72,7 @@ def list_users(q: ListUsers, ctx: QueryContext) -> Page[UserOut]:
         where += " AND u.status = %s"
         params.append(q.status)
     rows, cursor = paginate(ctx.conn, USER_SELECT, where, params,
-                            Sort("lower(u.name)", "text"), q.limit, q.cursor)
+                            Sort("lower(u.name)", "text", row_id="u.id"), q.limit, q.cursor)
     return Page(items=[msgspec.convert(r, UserOut) for r in rows], next_cursor=cursor)
 
 

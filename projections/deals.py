@@ -26,8 +26,9 @@ SORTS = {
     "updated_desc": Sort("updated_at", "timestamptz", descending=True),
     "value_desc": Sort("value_cents", "bigint", descending=True),
     "value_asc": Sort("value_cents", "bigint"),
-    "close_date_desc": Sort("coalesce(close_date, '-infinity'::date)", "date", descending=True),
-    "close_date_asc": Sort("coalesce(close_date, 'infinity'::date)", "date"),
+    # Open deals (no close date) last either way, behind finite dates a cursor can hold (not +-infinity).
+    "close_date_desc": Sort("coalesce(close_date, '0001-01-01'::date)", "date", descending=True),
+    "close_date_asc": Sort("coalesce(close_date, '9999-12-31'::date)", "date"),
 }
 
 

@@ -3,18 +3,59 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
+from uuid import UUID
 
 from domain.errors import DomainError
 
 
 @dataclass(frozen=True)
 class Sort:
-    expr: str          # SQL expression, never user input
-    cast: str          # SQL type of the expression, for comparing with the cursor value
+    expr: str          # SQL expression, never user input; never NULL nor infinite (a cursor holds its value)
+    cast: str          # SQL type of the expression, for comparing with the cursor value: one of CURSOR_VALUES
     descending: bool = False
+    row_id: str = "id"  # the unique id breaking ties; qualified (u.id) when the FROM joins tables with an id too
+
+
+INVALID_CURSOR = "cursor is not valid; pass next_cursor from the previous page unchanged"
+BIGINT = 2**63
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or "\x00" in value:
+        raise ValueError
+    value.encode()  # no lone surrogates
+    return value
+
+
+def _timestamptz(value: Any) -> datetime:
+    parsed = datetime.fromisoformat(_text(value))
+    if parsed.tzinfo is None:
+        raise ValueError
+    return parsed
+
+
+def _int_in(bound: int) -> Any:
+    def check(value: Any) -> int:
+        if type(value) is not int or not -bound <= value < bound:
+            raise ValueError
+        return value
+
+    return check
+
+
+# How a cursor's sort value is checked and turned into the value compared in SQL, per Sort.cast.
+CURSOR_VALUES = {
+    "text": _text,
+    "timestamptz": _timestamptz,
+    "date": lambda value: date.fromisoformat(_text(value)),
+    "bigint": _int_in(BIGINT),
+    "integer": _int_in(2**31),
+}
 
 
 def _encode(value: Any, row_id: Any) -> str:
@@ -22,37 +63,38 @@ def _encode(value: Any, row_id: Any) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode(cursor: str) -> tuple[Any, str]:
+def _decode(cursor: str, sort: Sort) -> tuple[Any, UUID]:
+    """The cursor's (sort value, row id), checked to be exactly what `_encode` writes for this sort before any SQL
+    sees it: a tampered or foreign cursor is the caller's error, never a database error."""
     try:
-        value, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return value, str(row_id)
-    except Exception:
-        raise DomainError("cursor is not valid; pass next_cursor from the previous page unchanged", field="cursor") from None
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not (isinstance(decoded, list) and len(decoded) == 2):
+            raise ValueError
+        value, row_id = decoded
+        return CURSOR_VALUES[sort.cast](value), UUID(_text(row_id))
+    except (ValueError, TypeError, UnicodeError, binascii.Error, RecursionError):
+        raise DomainError(INVALID_CURSOR, field="cursor") from None
 
 
 def paginate(
     conn: Any, select: str, from_where: str, params: list[Any], sort: Sort, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Run `SELECT {select} {from_where}` one page at a time, ordered by `sort` then id."""
+    """Run `SELECT {select} {from_where}` one page at a time, ordered by `sort` then the row id."""
     direction = "DESC" if sort.descending else "ASC"
     where = from_where
     args = list(params)
     if cursor:
-        value, row_id = _decode(cursor)
+        value, row_id = _decode(cursor, sort)
         cmp = "<" if sort.descending else ">"
-        where += f" AND ({sort.expr}, id) {cmp} (%s::{sort.cast}, %s::uuid)"
+        where += f" AND ({sort.expr}, {sort.row_id}) {cmp} (%s::{sort.cast}, %s::uuid)"
         args += [value, row_id]
-    sql = f"SELECT {select}, {sort.expr} AS _sort_key {where} ORDER BY {sort.expr} {direction}, id {direction} LIMIT %s"
-    try:
-        rows = conn.execute(sql, [*args, limit + 1]).fetchall()
-    except Exception as e:  # a cursor whose value does not cast (tampered) is the caller's error
-        if cursor and e.__class__.__name__ in {"InvalidTextRepresentation", "InvalidDatetimeFormat", "DatetimeFieldOverflow"}:
-            conn.rollback()
-            raise DomainError("cursor is not valid; pass next_cursor from the previous page unchanged", field="cursor") from None
-        raise
+    sql = (f"SELECT {select}, {sort.expr} AS _sort_key, {sort.row_id} AS _row_id {where}"
+           f" ORDER BY {sort.expr} {direction}, {sort.row_id} {direction} LIMIT %s")
+    rows = conn.execute(sql, [*args, limit + 1]).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = _encode(rows[-1]["_sort_key"], rows[-1]["id"]) if more and rows else None
+    next_cursor = _encode(rows[-1]["_sort_key"], rows[-1]["_row_id"]) if more and rows else None
     for r in rows:
         r.pop("_sort_key", None)
+        r.pop("_row_id", None)
     return rows, next_cursor

@@ -15,7 +15,6 @@ A write tool may show its own resource without read on it: it returns what it wr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from application.catalog import registry
 from application.errors import ToolError
 from application.registry import Operation
 from projections.catalog import all_projections
+from tests.inprocess import call
 from tests.tool_args import SAMPLES, sample_args
 
 
@@ -48,10 +48,6 @@ PROJECTION_RESOURCE = {
     "wiki": "wiki", "pipelines": "pipelines", "services": "services", "activities": "activities",
 }
 MIXED_PROJECTIONS = {"notes", "timeline"}  # views over several resources, changed only along with their own events
-
-
-def call(runtime: Any, principal: Any, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    return asyncio.run(runtime.service.call(principal, name, args or {}))
 
 
 def markers(text: str) -> set[str]:

@@ -1,0 +1,141 @@
+"""Every list tool pages with cursors: walking all pages finds each row once, in every sort order (the second page
+of users, deals sorted by close date with open deals on the page), and a tampered cursor is always the clear
+"cursor is not valid" error on `cursor`, never an internal error."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import date, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from application import identity
+from application.catalog import registry
+from application.errors import ToolError
+from tests.inprocess import call
+from tests.tool_args import sample_args
+
+LIST_TOOLS = [op for op in registry if "cursor" in op.input_schema()["properties"]]
+
+
+def sorts_of(op: Any) -> list[str | None]:
+    prop = op.input_schema()["properties"].get("sort")
+    if prop is None:
+        return [None]
+    return next(v["enum"] for v in prop.get("anyOf", [prop]) if "enum" in v)
+
+
+CASES = [(op, sort) for op in LIST_TOOLS for sort in sorts_of(op)]
+
+
+def case_id(case: Any) -> str:
+    op, sort = case
+    return op.name + (f"-{sort}" if sort else "")
+
+
+@pytest.fixture(scope="module")
+def listed(runtime, database_url) -> dict[str, Any]:
+    """An organization with at least three rows in every list, and the ids lists need (filters included: each
+    list is asked with every id argument it takes, see tests.tool_args)."""
+    import uuid
+
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        org = identity.create_organization(conn, f"Pages {uuid.uuid4().hex[:6]}", f"p-{uuid.uuid4().hex[:6]}@example.com",
+                                           "Zoe Admin")
+        for name in ("Anna Bianchi", "Bruno Verdi"):
+            identity.create_user(conn, org.organization_id, f"{uuid.uuid4().hex[:6]}@example.com", name, "sales")
+        admin = identity.principal_for_token(conn, org.token)
+
+    def do(tool: str, **args: Any) -> dict[str, Any]:
+        return call(runtime, admin, tool, args)
+
+    clients = [do("crm_clients_create_lead", business_name=name) for name in ("Gamma", "Alfa", "Beta")]
+    client_id = clients[0]["id"]
+    today = date.today()
+    deals = [do("crm_deals_create", title=f"Deal {i}", client_id=client_id, value=str(1000 * (i % 3))) for i in range(5)]
+    for deal, days in zip(deals[:3], (3, 10, 10)):  # two closed the same day, one earlier; two stay open
+        do("crm_deals_set_status", deal_id=deal["id"], status="accepted", close_date=(today - timedelta(days=days)).isoformat())
+    for body in ("one", "two", "three"):
+        do("crm_clients_add_note", client_id=client_id, body=body)
+        do("crm_deals_add_note", deal_id=deals[3]["id"], body=body)
+        do("crm_clients_add_recording", client_id=client_id, media_url="https://example.com/a.mp3", duration_seconds=5)
+        do("crm_activities_log_call", client_id=client_id, deal_id=deals[3]["id"], subject=body)
+        do("crm_services_create", name=f"Service {body}", unit_price="10")
+    projects = [do("crm_projects_create", name=name, end_date=end, client_id=client_id) for name, end in
+                (("Zeta", None), ("Eta", (today + timedelta(days=9)).isoformat()), ("Theta", today.isoformat()))]
+    project_id = projects[0]["id"]
+    do("crm_projects_add_activity", project_id=project_id, kind="comment", text="hello")
+    for i, (due, priority) in enumerate(((None, "high"), (today, "low"), (today, "urgent"), (None, "normal"))):
+        do("crm_tasks_create", title=f"Task {i}", project_id=project_id, client_id=client_id, deal_id=deals[3]["id"],
+           priority=priority,
+           **({"due_date": due.isoformat()} if due else {}))
+    pages = [do("crm_wiki_create_page", title=title, body="text") for title in ("Uno", "Due", "Tre")]
+    for body in ("v2", "v3"):
+        do("crm_wiki_update_page", page_id=pages[0]["id"], body=body)
+    ids = {"client_id": client_id, "deal_id": deals[3]["id"], "project_id": project_id, "page_id": pages[0]["id"]}
+    return {"runtime": runtime, "admin": admin, "ids": ids}
+
+
+def page(listed: dict[str, Any], op: Any, sort: str | None, limit: int, cursor: str | None = None) -> dict[str, Any]:
+    args = {**sample_args(op, listed["ids"]), "limit": limit, **({"sort": sort} if sort else {})}
+    if cursor is not None:
+        args["cursor"] = cursor
+    return call(listed["runtime"], listed["admin"], op.name, args)
+
+
+def row_key(item: dict[str, Any]) -> Any:
+    return item.get("id", item.get("revision"))  # revisions are numbered, not identified
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_walking_every_page_finds_every_row_once(listed, case):
+    op, sort = case
+    everything = [row_key(item) for item in page(listed, op, sort, 100)["items"]]
+    assert len(everything) >= 3, (op.name, everything)
+    for limit in (1, 2):
+        walked, cursor = [], None
+        while True:
+            got = page(listed, op, sort, limit, cursor)
+            walked += [row_key(item) for item in got["items"]]
+            cursor = got["next_cursor"]
+            if cursor is None:
+                break
+        assert walked == everything, (op.name, sort, limit)
+
+
+def b64(payload: Any) -> str:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+BAD_VALUES = [[1, [2]], [[[]]], {"a": 1}, 1e308, -1e308, 1.5, True, False, None, "a\x00b", "\ud800", 2**63,
+              -(2**63) - 1, 10**40]
+BAD_IDS = ["not-a-uuid", "", 123, None, True, [], {}, "a\x00b", "\ud800", 1e308, "x" * 300]
+
+
+def tampered(real: str) -> list[str]:
+    """Cursors made from a real one: each part replaced by what a cursor never holds, reshaped, or mangled."""
+    value, row_id = json.loads(base64.urlsafe_b64decode(real + "=" * (-len(real) % 4)))
+    shapes = [[], [value], [value, row_id, row_id], [[value, row_id]], {"value": value, "id": row_id}, value, row_id,
+              None, True, 1e308, "x" * 350, [[[[[[[[[[[]]]]]]]]]]]]
+    mangled = [real[: len(real) // 2], real + "A", "%%%", "not a cursor!", "\x00", b64(b"\xff\xfe\x00"), b64(b"[1, 2"),
+               "x" * 600]
+    return ([b64([v, row_id]) for v in BAD_VALUES] + [b64([value, i]) for i in BAD_IDS] + [b64(s) for s in shapes]
+            + mangled)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_a_tampered_cursor_is_refused_clearly(listed, case):
+    op, sort = case
+    real = page(listed, op, sort, 1)["next_cursor"]
+    assert real, f"{op.name} needs two rows for a cursor"
+    for cursor in tampered(real):
+        with pytest.raises(ToolError) as e:
+            page(listed, op, sort, 1, cursor)
+        assert e.value.code in {"invalid_arguments", "rule_violation"} and e.value.field == "cursor", (op.name, cursor, e.value)
+        if e.value.code == "rule_violation":
+            assert e.value.message == "cursor is not valid; pass next_cursor from the previous page unchanged"
