@@ -151,11 +151,29 @@ def cmd_project(args: argparse.Namespace, url: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, url: str) -> None:
+    import os
+
     import uvicorn
 
     from interfaces.http import create_app
+    from interfaces.public_url import LISTEN_URL_ENV, PUBLIC_URL_ENV, PublicUrls, listen_url, normalize_public_url
     from interfaces.runtime import Runtime
 
+    # OAuth metadata, token audiences and 401 challenges name FLUSIA_PUBLIC_URL (--public-url sets it), else this
+    # listening address; never a request's Host header.
+    if args.public_url is not None:
+        try:
+            os.environ[PUBLIC_URL_ENV] = normalize_public_url(args.public_url)
+        except ValueError as e:
+            fail(f"--public-url: {e}")
+    os.environ[LISTEN_URL_ENV] = listen_url(args.host, args.port)
+    try:
+        urls = PublicUrls.from_env()
+    except ValueError as e:
+        fail(str(e))
+    if urls.configured is None and args.host in ("", "0.0.0.0", "::"):
+        logging.getLogger("flusia.cli").warning(
+            "listening on all interfaces without --public-url or FLUSIA_PUBLIC_URL: OAuth metadata names %s", urls.listen)
     migrate(url)
     with connect(url) as conn:
         if identity.organization_count(conn) == 0:
@@ -171,14 +189,15 @@ def cmd_serve(args: argparse.Namespace, url: str) -> None:
                 f"    API token:  {demo.token}\n"
                 f"    login:      admin@example.com / {password}   (for OAuth clients such as Claude or Inspector)\n\n"
                 f"organization_id={demo.organization_id} user_id={demo.user_id}\n"
-                f"MCP endpoint: http://{args.host}:{args.port}/mcp  (Authorization: Bearer <token>, or OAuth)\n",
+                f"MCP endpoint: {urls.configured or urls.listen}/mcp  (Authorization: Bearer <token>, or OAuth)\n",
                 flush=True,
             )
     runtime = Runtime(url)
     app = create_app(runtime)
     try:
+        # proxy_headers off: X-Forwarded-* count only from FLUSIA_TRUSTED_PROXIES (interfaces/public_url.py)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, loop="uvloop",
-                    http="httptools")
+                    http="httptools", proxy_headers=False)
     finally:
         runtime.close()
 
@@ -190,6 +209,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="migrate, start the projector, serve HTTP (MCP at /mcp)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--public-url", metavar="URL",
+                   help="the URL clients reach this server at (sets FLUSIA_PUBLIC_URL; default: the listening address)")
     s.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=cmd_migrate)

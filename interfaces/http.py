@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from application.principal import Principal
 from interfaces.mcp_server import ToolFilter, build_server, current_filter, current_principal
 from interfaces.oauth import oauth_audience, oauth_routes
+from interfaces.public_url import PublicUrls, public_base_url  # noqa: F401 - public_base_url re-exported
 from interfaces.runtime import Runtime
 from interfaces.attachments import download_route
 
@@ -28,17 +30,6 @@ log = logging.getLogger("flusia.http")
 from interfaces.health import health_routes
 VERSION = "1.0.0"
 MAX_BODY = 4 * 1024 * 1024
-
-
-def public_base_url(scope: Scope) -> str:
-    """The URL clients reach us at: FLUSIA_PUBLIC_URL, else what the request itself says."""
-    configured = os.environ.get("FLUSIA_PUBLIC_URL")
-    if configured:
-        return configured.rstrip("/")
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-    host = headers.get("host") or "{}:{}".format(*(scope.get("server") or ("127.0.0.1", 8000)))
-    scheme = headers.get("x-forwarded-proto") or scope.get("scheme", "http")
-    return f"{scheme}://{host}"
 
 
 CORS_HEADERS = {
@@ -119,14 +110,57 @@ class BearerAuth:
         return await anyio.to_thread.run_sync(self._resolve, token.strip(), limiter=self.runtime.service.limiter)
 
 
+class GetStreams:
+    """`GET /mcp` opens an SSE stream for server-initiated messages. Stateless, the server never has any to send on
+    it, so an idle stream (nothing but keep-alive comments) is closed after FLUSIA_MCP_STREAM_IDLE_SECONDS
+    (default 60), and a token may hold at most FLUSIA_MCP_STREAMS_PER_TOKEN (default 4) at once (429 beyond)."""
+
+    def __init__(self) -> None:
+        self.idle = max(1.0, float(os.environ.get("FLUSIA_MCP_STREAM_IDLE_SECONDS") or 60))
+        self.per_token = max(1, int(os.environ.get("FLUSIA_MCP_STREAMS_PER_TOKEN") or 4))
+        self.open: dict[str, int] = {}
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, app: Any) -> None:
+        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
+        key = hashlib.sha256(headers.get("authorization", b"")).hexdigest()
+        if self.open.get(key, 0) >= self.per_token:
+            await send_json(send, 429, {"error": "too_many_streams", "error_description":
+                                        f"at most {self.per_token} GET streams may be open per token"},
+                            {"Retry-After": str(int(self.idle))})
+            return
+        self.open[key] = self.open.get(key, 0) + 1
+        started = ended = False
+        try:
+            with anyio.CancelScope(deadline=anyio.current_time() + self.idle) as idle:
+                async def tracked(message: Any) -> None:
+                    nonlocal started, ended
+                    if message["type"] == "http.response.start":
+                        started = True
+                    elif message["type"] == "http.response.body":
+                        ended = ended or not message.get("more_body", False)
+                        if message.get("body", b"")[:1] not in (b"", b":"):  # an event, not a keep-alive comment
+                            idle.deadline = anyio.current_time() + self.idle
+                    await send(message)
+
+                await app(scope, receive, tracked)
+            if idle.cancelled_caught and started and not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.open[key] -= 1
+            if not self.open[key]:
+                del self.open[key]
+
+
 def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     server = build_server(runtime.registry, runtime.service, VERSION)
     sessions = StreamableHTTPSessionManager(server, stateless=True, json_response=True, max_request_body_size=MAX_BODY)
     auth = BearerAuth(runtime)
+    urls = PublicUrls.from_env()  # FLUSIA_PUBLIC_URL, trusted proxies, the listen address: never the Host header
+    get_streams = GetStreams()
 
     @asgi("/mcp", is_mount=True, copy_scope=True)
     async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        base = public_base_url(scope)
+        base = urls.base(scope)
         if scope["method"] == "OPTIONS":
             await send_json(send, 204, None, {"Allow": "GET, POST, DELETE, OPTIONS", **CORS_PREFLIGHT})
             return
@@ -142,10 +176,13 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             return
         current_principal.set(principal)
         current_filter.set(_tool_filter(scope))
+        if scope["method"] == "GET":
+            await get_streams.serve(scope, receive, send, sessions.handle_request)
+            return
         await sessions.handle_request(scope, receive, send)
 
     def resource_metadata(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        base = public_base_url(request.scope)
+        base = urls.base(request.scope)
         return {
             "resource": f"{base}/mcp",
             "authorization_servers": [base],
@@ -177,7 +214,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             runtime.projector.stop()
 
     app = Litestar(
-        [mcp_endpoint, protected_resource, protected_resource_mcp, *health_routes, *oauth_routes(runtime, auth),
+        [mcp_endpoint, protected_resource, protected_resource_mcp, *health_routes, *oauth_routes(runtime, auth, urls),
          download_route],
         lifespan=[lifespan],
         debug=False,

@@ -84,3 +84,10 @@ def error_page(message: str) -> str:
 <h1>This authorization request cannot continue</h1>
 <p class="error" role="alert">{escape(message)}</p>
 <p class="muted">Return to the application and try connecting again.</p>""")
+
+
+def denied_page(client_name: str) -> str:
+    return _page("Access denied", f"""
+<h1>Access not granted</h1>
+<p><strong>{escape(client_name)}</strong> was not given access to your CRM.</p>
+<p class="muted">You can close this window.</p>""")

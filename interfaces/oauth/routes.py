@@ -6,6 +6,7 @@ import base64
 import hmac
 import json
 import logging
+import secrets
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from litestar.response import Response
 from application import oauth
 from interfaces.oauth import cimd, pages
 from interfaces.oauth.store import OAuthStore
+from interfaces.public_url import PublicUrls
 
 log = logging.getLogger("flusia.oauth")
 
@@ -31,18 +33,17 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 PAGE_HEADERS = {**NO_STORE, "X-Frame-Options": "DENY", "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https: http:; frame-ancestors 'none'",
                 "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 SUPPORTED_AUTH_METHODS = ("none", "client_secret_post", "client_secret_basic")
+LOGIN_FORM_SECRET = "oauth_login_form"
+NONCE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-class PageError(Exception):
-    """The request cannot be trusted to redirect (bad client or redirect URI): show an error page."""
+class AuthzError(Exception):
+    """A bad authorization request. Always answered with an error page, never a redirect: every client of this
+    server registered itself (RFC 7591) or names its own metadata document (CIMD), so no redirect URI has been
+    vetted, and redirecting on errors would make this server an open redirector (RFC 9700 §4.11.2)."""
 
-
-@dataclass
-class RedirectError(Exception):
-    error: str
-    description: str
-    redirect_uri: str
-    state: str | None
+    def __init__(self, message: str, error: str | None = None) -> None:
+        super().__init__(f"{error}: {message}" if error else message)
 
 
 @dataclass
@@ -56,24 +57,16 @@ class AuthzRequest:
     query: str
 
 
-def _public_base_url(scope: Any) -> str:
-    from interfaces.http import public_base_url
-
-    return public_base_url(scope)
-
-
-def _client_address(request: Request[Any, Any, Any]) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def _redirect_to(uri: str, params: dict[str, str | None]) -> Response[Any]:
     query = urlencode({k: v for k, v in params.items() if v is not None})
     sep = "&" if urlsplit(uri).query else "?"
     return Response(None, status_code=303, headers={**NO_STORE, "Location": f"{uri}{sep}{query}"})
 
 
-def _html(body: str, status: int = 200, cookies: list[Cookie] | None = None) -> Response[Any]:
-    return Response(body, status_code=status, media_type=MediaType.HTML, headers=PAGE_HEADERS, cookies=cookies or [])
+def _html(body: str, status: int = 200, cookies: list[Cookie] | None = None,
+          headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(body, status_code=status, media_type=MediaType.HTML, headers={**PAGE_HEADERS, **(headers or {})},
+                    cookies=cookies or [])
 
 
 def _json_error(error: str, description: str, status: int = 400, headers: dict[str, str] | None = None) -> Response[Any]:
@@ -81,11 +74,15 @@ def _json_error(error: str, description: str, status: int = 400, headers: dict[s
                     headers={**NO_STORE, **(headers or {})})
 
 
-def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
+def oauth_routes(runtime: Any, auth: Any, urls: PublicUrls | None = None) -> list[Any]:
     """The route handlers; also registers the access-token verifier with BearerAuth."""
     settings = oauth.Settings.from_env()
+    urls = urls or PublicUrls.from_env()
     store = OAuthStore(runtime.pool, settings)
     limiter = runtime.service.limiter
+    # argon2 is slow and memory-hard on purpose: a burst of logins must not take the threads tool calls run on
+    hash_limiter = anyio.CapacityLimiter(settings.password_hash_threads)
+    form_key: list[bytes] = []
 
     def verify(token: str) -> Any:
         return store.principal_for_access_token(token, oauth_audience.get())
@@ -95,8 +92,20 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
     async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=limiter)
 
+    def in_connection(fn: Any, *args: Any) -> Any:
+        with runtime.pool.connection() as conn:
+            return fn(conn, *args)
+
+    async def login_form_key() -> bytes:
+        if not form_key:
+            form_key.append(await db(in_connection, oauth.server_secret, LOGIN_FORM_SECRET))
+        return form_key[0]
+
     def cookie_name(base: str) -> str:
         return "__Host-flusia_oauth" if base.startswith("https://") else "flusia_oauth"
+
+    def login_cookie_name(base: str) -> str:
+        return "__Host-flusia_login" if base.startswith("https://") else "flusia_login"
 
     def session_cookie(base: str, sid: str) -> Cookie:
         return Cookie(key=cookie_name(base), value=sid, path="/", httponly=True, samesite="lax",
@@ -105,7 +114,7 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
     # --- clients -------------------------------------------------------------------------------------
 
     def load_client(client_id: str) -> dict[str, Any] | None:
-        if not client_id or len(client_id) > 2000:
+        if not client_id or len(client_id) > 2000 or not oauth.storable(client_id):
             return None
         row = store.client(client_id)
         if row is not None or not oauth.is_metadata_document_client_id(client_id):
@@ -147,39 +156,31 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
         client_id = params.get("client_id", "")
         client = load_client(client_id) if client_id else None
         if client is None:
-            raise PageError("The application is unknown, or its registration has expired.")
+            raise AuthzError("The application is unknown, or its registration has expired.")
         redirect_uri = params.get("redirect_uri", "")
         if not redirect_uri or redirect_uri not in client["redirect_uris"]:
-            raise PageError("The redirect URI does not match any registered for this application.")
-        state = params.get("state")
-
-        def fail(error: str, description: str) -> RedirectError:
-            return RedirectError(error, description, redirect_uri, state)
-
+            raise AuthzError("The redirect URI does not match any registered for this application.")
         if len({k for k, _ in pairs}) != len(pairs):
-            raise fail("invalid_request", "request parameters must not repeat")
+            raise AuthzError("request parameters must not repeat", "invalid_request")
         if params.get("response_type") != "code":
-            raise fail("unsupported_response_type", "only response_type=code is supported")
+            raise AuthzError("only response_type=code is supported", "unsupported_response_type")
         method = params.get("code_challenge_method")
         if not params.get("code_challenge"):
-            raise fail("invalid_request", "PKCE is required: code_challenge with code_challenge_method=S256")
+            raise AuthzError("PKCE is required: code_challenge with code_challenge_method=S256", "invalid_request")
         if method != "S256":
-            raise fail("invalid_request", "only code_challenge_method=S256 is supported (plain is refused)")
+            raise AuthzError("only code_challenge_method=S256 is supported (plain is refused)", "invalid_request")
         if not oauth.valid_challenge(params["code_challenge"]):
-            raise fail("invalid_request", "code_challenge must be a base64url SHA-256 (43 characters)")
+            raise AuthzError("code_challenge must be a base64url SHA-256 (43 characters)", "invalid_request")
         resource = params.get("resource")
         if not resource:
-            raise fail("invalid_request", f"the resource parameter is required and must be {base}/mcp")
+            raise AuthzError(f"the resource parameter is required and must be {base}/mcp", "invalid_request")
         if resource.rstrip("/") != f"{base}/mcp":
-            raise fail("invalid_target", f"this server only issues tokens for {base}/mcp")
+            raise AuthzError(f"this server only issues tokens for {base}/mcp", "invalid_target")
         requested = params.get("scope", "").split()
         if any(s != oauth.SCOPE for s in requested):
-            raise fail("invalid_scope", f"the only scope is {oauth.SCOPE}")
-        return AuthzRequest(client, redirect_uri, state, params["code_challenge"], f"{base}/mcp", oauth.SCOPE, query)
-
-    def error_redirect(e: RedirectError, base: str) -> Response[Any]:
-        return _redirect_to(e.redirect_uri, {"error": e.error, "error_description": e.description,
-                                            "state": e.state, "iss": base})
+            raise AuthzError(f"the only scope is {oauth.SCOPE}", "invalid_scope")
+        return AuthzRequest(client, redirect_uri, params.get("state"), params["code_challenge"], f"{base}/mcp",
+                            oauth.SCOPE, query)
 
     def client_name(client: dict[str, Any]) -> str:
         return client.get("client_name") or oauth.redirect_host(client["redirect_uris"][0])
@@ -188,99 +189,119 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
         sid = request.cookies.get(cookie_name(base))
         return sid, (await db(store.session, sid) if sid else None)
 
-    async def consent_or_login(authz: AuthzRequest, session: dict[str, Any], cookies: list[Cookie],
-                               error: str | None = None, email: str = "", status: int = 200) -> Response[Any]:
-        identities = await db(store.active_identities, session["identities"])
-        name = client_name(authz.client)
-        if not identities:
-            return _html(pages.login_page(csrf=session["csrf_token"], request_query=authz.query, client_name=name,
-                                          email=email, error=error), status, cookies)
+    async def login_form(request: Request[Any, Any, Any], base: str, authz: AuthzRequest, *, error: str | None = None,
+                         email: str = "", status: int = 200, headers: dict[str, str] | None = None) -> Response[Any]:
+        """The login page. Its CSRF token is stateless (an HMAC over the browser's nonce cookie and the time),
+        so showing it stores nothing: a session row exists only after a successful login."""
+        nonce = request.cookies.get(login_cookie_name(base)) or ""
+        if len(nonce) != 43 or not set(nonce) <= NONCE_CHARS:
+            nonce = secrets.token_urlsafe(32)
+        cookie = Cookie(key=login_cookie_name(base), value=nonce, path="/", httponly=True, samesite="lax",
+                        secure=base.startswith("https://"), max_age=settings.login_form_ttl)
+        token = oauth.login_form_token(await login_form_key(), nonce, time.time())
+        return _html(pages.login_page(csrf=token, request_query=authz.query, client_name=client_name(authz.client),
+                                      email=email, error=error), status, [cookie], headers)
+
+    async def consent_or_login(request: Request[Any, Any, Any], base: str, authz: AuthzRequest,
+                               session: dict[str, Any] | None) -> Response[Any]:
+        identities = await db(store.active_identities, session["identities"]) if session else []
+        if not identities or session is None:
+            return await login_form(request, base, authz)
         return _html(pages.consent_page(
-            csrf=session["csrf_token"], request_query=authz.query, client_name=name, client_id=authz.client["client_id"],
-            redirect_host=oauth.redirect_host(authz.redirect_uri), identities=identities, scope=authz.scope,
-        ), status, cookies)
+            csrf=session["csrf_token"], request_query=authz.query, client_name=client_name(authz.client),
+            client_id=authz.client["client_id"], redirect_host=oauth.redirect_host(authz.redirect_uri),
+            identities=identities, scope=authz.scope,
+        ))
 
     CSRF_REFUSED = "invalid_request: the form's CSRF token is missing or invalid. Reload the page and try again."
 
-    async def checked_form(request: Request[Any, Any, Any], base: str) -> tuple[dict[str, str], dict[str, Any] | None, str | None]:
-        form = dict((await request.form()).items())
-        sid, session = await current_session(request, base)
-        token = form.get("csrf_token") or ""
-        if session is None or not token or not hmac.compare_digest(token.encode(), session["csrf_token"].encode()):
-            return form, None, sid
-        return form, session, sid
-
     async def authz_or_error(query: str, base: str) -> AuthzRequest | Response[Any]:
-        """The validated authorization request, or the answer to a bad one: an error page while the client or
-        its redirect URI is in doubt (never an open redirect), an error redirect once both are known good."""
+        """The validated authorization request, or an error page for a bad one (never a redirect: see AuthzError)."""
         try:
             return await db(parse_request, query, base)
-        except PageError as e:
+        except AuthzError as e:
             return _html(pages.error_page(str(e)), 400)
-        except RedirectError as e:
-            return error_redirect(e, base)
+
+    async def form_of(request: Request[Any, Any, Any]) -> dict[str, str]:
+        return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
 
     @get("/authorize")
     async def authorize(request: Request[Any, Any, Any]) -> Response[Any]:
-        base = _public_base_url(request.scope)
+        base = urls.base(request.scope)
         authz = await authz_or_error(request.scope.get("query_string", b"").decode("latin-1"), base)
         if isinstance(authz, Response):
             return authz
-        sid, session = await current_session(request, base)
-        cookies: list[Cookie] = []
-        if session is None:
-            sid, session = await db(store.new_session)
-            cookies.append(session_cookie(base, sid))
-        return await consent_or_login(authz, session, cookies)
+        _, session = await current_session(request, base)
+        return await consent_or_login(request, base, authz, session)
 
     @post("/authorize/login")
     async def login(request: Request[Any, Any, Any]) -> Response[Any]:
-        base = _public_base_url(request.scope)
-        form, session, sid = await checked_form(request, base)
-        if session is None:
+        base = urls.base(request.scope)
+        form = await form_of(request)
+        if not oauth.login_form_token_valid(await login_form_key(), request.cookies.get(login_cookie_name(base)),
+                                            form.get("csrf_token"), time.time(), settings.login_form_ttl):
             return _html(pages.error_page(CSRF_REFUSED), 403)
         authz = await authz_or_error(form.get("request", ""), base)
         if isinstance(authz, Response):
             return authz
         email = (form.get("email") or "").strip().lower()[:320]
         password = form.get("password") or ""
-        ip_bucket, email_bucket = f"login-ip:{_client_address(request)}", f"login-email:{email}"
-        window, limit = settings.login_window, settings.login_limit
-        if (await db(store.count, ip_bucket, window)) >= limit * 3 or (await db(store.count, email_bucket, window)) >= limit:
-            return await consent_or_login(authz, session, [], "Too many sign-in attempts. Wait a few minutes and try again.",
-                                          email, 429)
-        matched = await db(_authenticate, email, password) if email and password else []
+
+        # Throttle before the password is checked. Every attempt first counts as a failure of its client address
+        # and of its account (atomically, one upsert each: parallel attempts are counted one after the other),
+        # and waits as long as the failures before it require; a correct password takes its failure back.
+        # Only an address over its cap is refused: failures never lock an account.
+        buckets = [oauth.address_bucket(urls.client_address(request.scope))]
+        address_failures = await db(store.login_attempt, buckets[0])
+        if address_failures >= settings.login_address_limit:
+            return await login_form(request, base, authz, email=email, status=429,
+                                    error="Too many sign-in attempts from your network. Try again later.",
+                                    headers={"Retry-After": str(settings.login_window)})
+        delay = oauth.login_delay(address_failures, settings.login_address_free_attempts, settings.login_delay,
+                                  settings.login_max_delay)
+        if email:
+            buckets.append(oauth.account_bucket(email))
+            account_failures = await db(store.login_attempt, buckets[1])
+            delay = max(delay, oauth.login_delay(account_failures, settings.login_free_attempts, settings.login_delay,
+                                                 settings.login_max_delay))
+        if delay > 0:
+            await anyio.sleep(delay)
+        matched: list[dict[str, Any]] = []
+        if email and password and oauth.storable(email):
+            candidates = await db(in_connection, oauth.login_candidates, email)
+            matched = await anyio.to_thread.run_sync(oauth.matching_candidates, candidates, password,
+                                                     limiter=hash_limiter)
         if not matched:
-            await db(store.record, ip_bucket)
-            await db(store.record, email_bucket)
-            return await consent_or_login(authz, session, [], "Incorrect e-mail or password.", email, 401)
-        # a fresh session id on login (no fixation); the old one is dropped
+            return await login_form(request, base, authz, error="Incorrect e-mail or password.", email=email,
+                                    status=401)
+        await db(store.login_succeeded, buckets)
+        # the session starts here, with a fresh id (no fixation); an earlier one is dropped
+        sid, _ = await current_session(request, base)
         if sid:
             await db(store.drop_session, sid)
         new_sid, _ = await db(store.new_session, [{"organization_id": m["organization_id"], "user_id": m["user_id"]}
-                                                   for m in matched])
+                                                  for m in matched])
         return Response(None, status_code=303, headers={**NO_STORE, "Location": f"/authorize?{authz.query}"},
                         cookies=[session_cookie(base, new_sid)])
 
-    def _authenticate(email: str, password: str) -> list[dict[str, Any]]:
-        with runtime.pool.connection() as conn:
-            return oauth.authenticate(conn, email, password)
-
     @post("/authorize/consent")
     async def consent(request: Request[Any, Any, Any]) -> Response[Any]:
-        base = _public_base_url(request.scope)
-        form, session, _ = await checked_form(request, base)
-        if session is None:
+        base = urls.base(request.scope)
+        form = await form_of(request)
+        _, session = await current_session(request, base)
+        token = form.get("csrf_token") or ""
+        if session is None or not token or not hmac.compare_digest(token.encode(), session["csrf_token"].encode()):
             return _html(pages.error_page(CSRF_REFUSED), 403)
         authz = await authz_or_error(form.get("request", ""), base)
         if isinstance(authz, Response):
             return authz
         identities = await db(store.active_identities, session["identities"])
         if not identities:
-            return await consent_or_login(authz, session, [])
+            return await login_form(request, base, authz)
         decision = form.get("decision")
         if decision == "deny":
-            return error_redirect(RedirectError("access_denied", "the user denied access", authz.redirect_uri, authz.state), base)
+            # not redirected either: a self-registered client's redirect URI is not vetted (RFC 9700 §4.11.2)
+            return _html(pages.denied_page(client_name(authz.client)))
         if decision != "approve":
             return _html(pages.error_page("invalid_request: choose Allow or Deny."), 400)
         chosen = form.get("user") or (str(identities[0]["user_id"]) if len(identities) == 1 else "")
@@ -296,8 +317,8 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
 
     @post("/token")
     async def token(request: Request[Any, Any, Any]) -> Response[Any]:
-        base = _public_base_url(request.scope)
-        form = dict((await request.form()).items())
+        base = urls.base(request.scope)
+        form = await form_of(request)
         client, problem = await db(authenticate_client, request, form)
         if client is None:
             return _json_error("invalid_client", problem, 401, {"WWW-Authenticate": 'Basic realm="flusia"'})
@@ -347,7 +368,7 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
 
     @post("/revoke")
     async def revoke(request: Request[Any, Any, Any]) -> Response[Any]:
-        form = dict((await request.form()).items())
+        form = await form_of(request)
         client_id: str | None = None
         if form.get("client_id") or request.headers.get("authorization"):
             client, problem = await db(authenticate_client, request, form)
@@ -364,7 +385,7 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
 
     @post("/register")
     async def register(request: Request[Any, Any, Any]) -> Response[Any]:
-        address = _client_address(request)
+        address = urls.client_address(request.scope)
         if not await db(store.hit, f"register:{address}", settings.register_limit, settings.register_window):
             return _json_error("too_many_requests", "too many registrations from this address; try again later", 429,
                                {"Retry-After": str(settings.register_window)})
@@ -377,6 +398,8 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
             return _json_error("invalid_client_metadata", "the body must be a JSON object")
         if not isinstance(meta, dict):
             return _json_error("invalid_client_metadata", "the body must be a JSON object")
+        if not oauth.storable(meta):
+            return _json_error("invalid_client_metadata", "text must not contain NUL characters or unpaired surrogates")
         uris = meta.get("redirect_uris")
         if not isinstance(uris, list) or not uris or len(uris) > 20:
             return _json_error("invalid_redirect_uri", "redirect_uris must list 1 to 20 URIs")
@@ -413,7 +436,7 @@ def oauth_routes(runtime: Any, auth: Any) -> list[Any]:
 
     @get("/.well-known/oauth-authorization-server")
     async def authorization_server_metadata(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        base = _public_base_url(request.scope)
+        base = urls.base(request.scope)
         return {
             "issuer": base,
             "authorization_endpoint": f"{base}/authorize",

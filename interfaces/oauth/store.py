@@ -5,6 +5,7 @@ Secrets (client secrets, session ids, codes, tokens) are kept only as SHA-256 di
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -22,9 +23,14 @@ class OAuthStore:
     # --- rate limits ---------------------------------------------------------------------------------
 
     def hit(self, bucket: str, limit: int, window: int, *, record: bool = True) -> bool:
-        """True when `bucket` is still under `limit` events in the last `window` seconds (records one)."""
-        with self.pool.connection() as conn:
-            conn.execute("DELETE FROM oauth_rate_events WHERE at < now() - make_interval(secs => %s)", (max(window, 86400),))
+        """True when `bucket` is still under `limit` events in the last `window` seconds (records one).
+
+        Check and record run under a transaction-level advisory lock on the bucket, so parallel requests are
+        counted one after the other (none sees a count that another is about to raise)."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("oauth_rate:" + bucket,))
+            conn.execute("DELETE FROM oauth_rate_events WHERE bucket = %s AND at < now() - make_interval(secs => %s)",
+                         (bucket, max(window, 86400)))
             n = conn.execute(
                 "SELECT count(*) AS n FROM oauth_rate_events WHERE bucket = %s AND at > now() - make_interval(secs => %s)",
                 (bucket, window),
@@ -35,16 +41,43 @@ class OAuthStore:
                 conn.execute("INSERT INTO oauth_rate_events (bucket) VALUES (%s)", (bucket,))
             return True
 
-    def record(self, bucket: str) -> None:
-        with self.pool.connection() as conn:
-            conn.execute("INSERT INTO oauth_rate_events (bucket) VALUES (%s)", (bucket,))
+    # --- login throttling ----------------------------------------------------------------------------
 
-    def count(self, bucket: str, window: int) -> int:
+    def login_attempt(self, bucket: str) -> int:
+        """Count one login attempt as a failure of `bucket` and return how many failures it had before.
+
+        One statement: the upsert locks the bucket's row, so N parallel attempts get N different answers.
+        A bucket's failures are forgotten once `login_window` seconds pass without one. A successful
+        attempt takes its failure back (`login_succeeded`)."""
+        self._purge_throttle()
         with self.pool.connection() as conn:
-            return conn.execute(
-                "SELECT count(*) AS n FROM oauth_rate_events WHERE bucket = %s AND at > now() - make_interval(secs => %s)",
-                (bucket, window),
-            ).fetchone()["n"]
+            row = conn.execute(
+                "INSERT INTO oauth_login_throttle AS t (bucket, failures, last_failure_at) VALUES (%(b)s, 1, now())"
+                " ON CONFLICT (bucket) DO UPDATE SET"
+                "  failures = CASE WHEN t.last_failure_at < now() - make_interval(secs => %(w)s) THEN 1"
+                "                  ELSE t.failures + 1 END,"
+                "  last_failure_at = now()"
+                " RETURNING failures",
+                {"b": bucket, "w": self.settings.login_window},
+            ).fetchone()
+        return row["failures"] - 1
+
+    def login_succeeded(self, buckets: list[str]) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE oauth_login_throttle SET failures = greatest(failures - 1, 0) WHERE bucket = ANY(%s)",
+                         (buckets,))
+
+    _purged_at = 0.0
+
+    def _purge_throttle(self) -> None:
+        """Forget buckets whose window has passed (at most once a minute per process)."""
+        now = time.monotonic()
+        if now - self._purged_at < 60:
+            return
+        self._purged_at = now
+        with self.pool.connection() as conn:
+            conn.execute("DELETE FROM oauth_login_throttle WHERE last_failure_at < now() - make_interval(secs => %s)",
+                         (self.settings.login_window,))
 
     # --- clients -------------------------------------------------------------------------------------
 
@@ -98,14 +131,15 @@ class OAuthStore:
 
     # --- login sessions ------------------------------------------------------------------------------
 
-    def new_session(self, identities: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+    def new_session(self, identities: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+        """A signed-in browser's session: created only by a successful login (the login form needs none)."""
         sid = oauth.new_secret("")
         with self.pool.connection() as conn:
             conn.execute("DELETE FROM oauth_sessions WHERE expires_at < now()")
             row = conn.execute(
                 "INSERT INTO oauth_sessions (id_hash, csrf_token, identities, expires_at)"
                 " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) RETURNING *",
-                (oauth.digest(sid), oauth.new_secret(""), Jsonb(identities or []), self.settings.session_ttl),
+                (oauth.digest(sid), oauth.new_secret(""), Jsonb(identities), self.settings.session_ttl),
             ).fetchone()
         return sid, row
 
