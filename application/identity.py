@@ -116,3 +116,43 @@ def ensure_user(conn: Any, org_id: UUID, user_id: UUID, *, field: str) -> None:
 
 def organization_count(conn: Any) -> int:
     return conn.execute("SELECT count(*) AS n FROM organizations").fetchone()["n"]
+
+
+def list_tokens(conn: Any, org_id: UUID) -> list[dict[str, Any]]:
+    """The organization's API tokens for operators: who owns each, what it grants, whether it is revoked.
+    Never the secret nor its hash. `grants` None: the token carries its user's role grants."""
+    return conn.execute(
+        "SELECT t.id, t.name, json_build_object('id', u.id, 'name', u.name, 'email', u.email) AS user,"
+        " t.grants, t.created_at, t.revoked_at, t.last_used_at AS last_used"
+        " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.organization_id = %s ORDER BY t.created_at, t.id",
+        (org_id,),
+    ).fetchall()
+
+
+def revoke_token(conn: Any, org_id: UUID, token_id: UUID) -> dict[str, Any]:
+    """Revoke one API token at once (the next request with it is refused); revoking it again changes nothing."""
+    row = conn.execute(
+        "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE organization_id = %s AND id = %s"
+        " RETURNING id, revoked_at", (org_id, token_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound("token", token_id, field="token_id")
+    return row
+
+
+def deactivate_user(conn: Any, org_id: UUID, user_id: UUID) -> dict[str, Any]:
+    """Mark the user inactive and revoke, in one transaction, every credential acting for them: API tokens and
+    OAuth access and refresh tokens. Returns how many of each were still live."""
+    with conn.transaction():
+        user = conn.execute("UPDATE users SET status = 'inactive' WHERE organization_id = %s AND id = %s RETURNING id",
+                            (org_id, user_id)).fetchone()
+        if user is None:
+            raise NotFound("user", user_id, field="user")
+        revoked = {
+            table: conn.execute(
+                f"UPDATE {table} SET revoked_at = now()"  # noqa: S608 - table names are constants
+                " WHERE organization_id = %s AND user_id = %s AND revoked_at IS NULL", (org_id, user_id),
+            ).rowcount
+            for table in ("api_tokens", "oauth_access_tokens", "oauth_refresh_tokens")
+        }
+    return {"user_id": user_id, "status": "inactive", "revoked": revoked}

@@ -78,6 +78,21 @@ def cmd_token_create(args: argparse.Namespace, url: str) -> None:
     emit({"token": token, "token_id": token_id})
 
 
+def cmd_token_list(args: argparse.Namespace, url: str) -> None:
+    with connect(url) as conn:
+        emit({"tokens": identity.list_tokens(conn, args.org)})
+
+
+def cmd_token_revoke(args: argparse.Namespace, url: str) -> None:
+    with connect(url) as conn:
+        emit({"revoked": identity.revoke_token(conn, args.org, args.token_id)})
+
+
+def cmd_user_deactivate(args: argparse.Namespace, url: str) -> None:
+    with connect(url) as conn:
+        emit(identity.deactivate_user(conn, args.org, args.user))
+
+
 def cmd_projections_status(args: argparse.Namespace, url: str) -> None:
     from interfaces.health import consumer_report
 
@@ -234,6 +249,10 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--org", required=True, type=UUID)
     up.add_argument("--user", required=True, type=UUID)
     up.set_defaults(func=cmd_user_set_password)
+    ud = user.add_parser("deactivate", help="mark a user inactive and revoke all their API and OAuth tokens at once")
+    ud.add_argument("--org", required=True, type=UUID)
+    ud.add_argument("--user", required=True, type=UUID)
+    ud.set_defaults(func=cmd_user_deactivate)
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     tc = token.add_parser("create", help="create a static API token (printed once)")
@@ -243,6 +262,13 @@ def parser() -> argparse.ArgumentParser:
                     help="e.g. clients:rw (flags from rwd); repeatable; default: the user's role grants")
     tc.add_argument("--name")
     tc.set_defaults(func=cmd_token_create)
+    tl = token.add_parser("list", help="the organization's API tokens (never their secrets)")
+    tl.add_argument("--org", required=True, type=UUID)
+    tl.set_defaults(func=cmd_token_list)
+    tr = token.add_parser("revoke", help="revoke an API token; requests with it are refused at once")
+    tr.add_argument("--org", required=True, type=UUID)
+    tr.add_argument("--token-id", required=True, type=UUID)
+    tr.set_defaults(func=cmd_token_revoke)
 
     proj = sub.add_parser("projections", help="read models").add_subparsers(dest="projections_command", required=True)
     proj.add_parser("status", help="positions, lag and parked events per consumer").set_defaults(
