@@ -19,10 +19,12 @@ from uuid import UUID
 
 import anyio
 import msgspec
+import psycopg
 from anyio import CapacityLimiter
 from eventsourcing.persistence import IntegrityError
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from application.logsafe import describe
 from application.errors import (InvalidArguments, PermissionDenied, ReadModelDegraded, StoredButNotReadable, ToolError,
                                 UnknownTool)
 from application.principal import Principal
@@ -101,6 +103,20 @@ class UnitOfWork:
                 self.pending.append(agg)
 
 
+class _Running:
+    """The connection a read is using, so that another thread can cancel its query."""
+
+    conn: Any = None
+
+    def cancel(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            try:
+                conn.cancel_safe(timeout=2.0)
+            except Exception as e:  # the query may have just finished; nothing to stop
+                log.info("cancelling a query failed error=%s", type(e).__name__)
+
+
 @dataclass
 class Committed:
     """What a command did: the handler's result, the projection positions to wait for, and what was stored."""
@@ -140,6 +156,8 @@ class Service:
         positions: Any | None = None,
         *,
         threads: int = 16,
+        org_concurrency: int | None = None,
+        statement_timeout_ms: int = 0,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -151,25 +169,46 @@ class Service:
             for topic in p.topics():
                 self._topic_projections.setdefault(topic, []).append(p.name)
         self.limiter = CapacityLimiter(threads)
+        self.org_concurrency = org_concurrency or max(2, threads // 2)
+        self._org_limiters: dict[UUID, CapacityLimiter] = {}
+        self.statement_timeout_ms = statement_timeout_ms
         # Without the async position feed (CLI, in-process tests), a writer brings projections up to date itself.
         self.sync_settle: Any | None = None
 
     # -- entry point -------------------------------------------------------------------------------------
     async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
-        """Run one tool for a principal; returns the JSON-able result or raises ToolError. Logs one line."""
+        """Run one tool for a principal; returns the JSON-able result or raises ToolError. Logs one line.
+
+        An organization runs at most `org_concurrency` calls at once: one tenant's burst queues behind itself
+        while the others keep the remaining threads and connections."""
         started = time.perf_counter()
         status = "ok"
         try:
-            return await self._call(principal, name, arguments)
+            limiter, ticket = self._org_limiter(principal.organization_id), object()
+            await limiter.acquire_on_behalf_of(ticket)  # a ticket per call: a call may run tools itself
+            try:
+                return await self._call(principal, name, arguments)
+            finally:
+                limiter.release_on_behalf_of(ticket)
         except ToolError as e:
             status = e.code
             raise
         except DomainError as e:
             status = e.code
             raise ToolError(e.message, field=e.field, code=e.code) from None
-        except Exception:
+        except psycopg.errors.QueryCanceled:
+            status = "timeout"
+            raise ToolError(
+                f"the database work took longer than {self.statement_timeout_ms / 1000:g} s and was stopped; nothing "
+                "was changed. Narrow the request (fewer or more specific words, a filter, a smaller limit).",
+                code="timeout") from None
+        except PoolTimeout:
+            status = "busy"
+            raise ToolError("the server is too busy to take this call now; nothing was changed. Try again shortly.",
+                            code="busy") from None
+        except Exception as e:
             status = "internal_error"
-            log.exception("tool failed org=%s tool=%s", principal.organization_id, name)
+            log.error("tool failed org=%s tool=%s error=%s", principal.organization_id, name, describe(e))
             raise ToolError("internal error; nothing was changed unless the result said so", code="internal_error") from None
         finally:
             log.info(
@@ -191,22 +230,44 @@ class Service:
             raise _format_validation(e) from None
         check_storable(params)
         if op.kind == "query":
-            out = await self._thread(self.run_query, op, params, principal)
+            out = await self._cancellable(self.run_query, op, params, principal)
         else:
             out = await self.run_command_async(op, params, principal)
         return msgspec.to_builtins(out)
 
+    def _org_limiter(self, org_id: UUID) -> CapacityLimiter:
+        limiter = self._org_limiters.get(org_id)
+        if limiter is None:
+            limiter = self._org_limiters[org_id] = CapacityLimiter(self.org_concurrency)
+        return limiter
+
     async def _thread(self, fn: Any, *args: Any) -> Any:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
+    async def _cancellable(self, fn: Any, *args: Any) -> Any:
+        """Run a read in a worker thread; if the caller goes away (the client disconnected), cancel its query in
+        the database at once instead of letting it run on, holding a thread and a connection."""
+        running = _Running()
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, running, limiter=self.limiter, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            running.cancel()
+            raise
+
     # -- queries -----------------------------------------------------------------------------------------
     @contextmanager
-    def query_context(self, principal: Principal) -> Iterator[QueryContext]:
+    def query_context(self, principal: Principal, running: _Running | None = None) -> Iterator[QueryContext]:
         with self.pool.connection() as conn:
-            yield QueryContext(principal, conn)
+            if running is not None:
+                running.conn = conn
+            try:
+                yield QueryContext(principal, conn)
+            finally:
+                if running is not None:
+                    running.conn = None
 
-    def run_query(self, op: Operation, params: Any, principal: Principal) -> Any:
-        with self.query_context(principal) as ctx:
+    def run_query(self, op: Operation, params: Any, principal: Principal, running: _Running | None = None) -> Any:
+        with self.query_context(principal, running) as ctx:
             parked = self.parked_for(principal.organization_id, ctx.conn)
             affected = {n: nid for n, nid in parked.items()
                         if self._projection_resources.get(n, set()) & {op.resource, *getattr(op, "reads", ())}}

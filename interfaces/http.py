@@ -25,9 +25,9 @@ from interfaces.oauth import oauth_audience, oauth_routes
 from interfaces.public_url import PublicUrls, public_base_url  # noqa: F401 - public_base_url re-exported
 from interfaces.runtime import Runtime
 from interfaces.attachments import download_route
+from interfaces.health import health_routes
 
 log = logging.getLogger("flusia.http")
-from interfaces.health import health_routes
 VERSION = "1.0.0"
 MAX_BODY = 4 * 1024 * 1024
 
