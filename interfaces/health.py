@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 import anyio
-from litestar import get
+from litestar import Request, get
 from litestar.response import Response
 
 log = logging.getLogger("flusia.http")
@@ -50,7 +50,7 @@ def healthz() -> dict[str, str]:
 
 
 @get("/readyz")
-async def readyz(request: Any) -> Response[dict[str, Any]]:
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     runtime = request.app.state.runtime
 
     def check() -> dict[str, Any]:

@@ -151,6 +151,35 @@ class GetStreams:
                 del self.open[key]
 
 
+async def cancelled_on_disconnect(app: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run `app`, cancelling it when the client goes away: a tool call's database work is then cancelled too
+    (Service._cancellable) instead of running on for a caller that will never read the answer."""
+    body_read = anyio.Event()
+    responded = False
+
+    async def tracked_receive() -> Any:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_read.set()
+        return message
+
+    async def tracked_send(message: Any) -> None:
+        nonlocal responded
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            responded = True
+        await send(message)
+
+    async with anyio.create_task_group() as tg:
+        async def watch() -> None:
+            await body_read.wait()
+            if (await receive())["type"] == "http.disconnect" and not responded:
+                tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        await app(scope, tracked_receive, tracked_send)
+        tg.cancel_scope.cancel()
+
+
 def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     server = build_server(runtime.registry, runtime.service, VERSION)
     sessions = StreamableHTTPSessionManager(server, stateless=True, json_response=True, max_request_body_size=MAX_BODY)
@@ -179,7 +208,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
         if scope["method"] == "GET":
             await get_streams.serve(scope, receive, send, sessions.handle_request)
             return
-        await sessions.handle_request(scope, receive, send)
+        await cancelled_on_disconnect(sessions.handle_request, scope, receive, send)
 
     def resource_metadata(request: Request[Any, Any, Any]) -> dict[str, Any]:
         base = urls.base(request.scope)
