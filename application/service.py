@@ -30,7 +30,7 @@ from application.errors import (InvalidArguments, PermissionDenied, ReadModelDeg
 from application.principal import Principal
 from application.registry import Operation, Registry
 from application.store import EventStore, SideWrite
-from application.values import check_storable
+from application.values import check_storable, check_text
 from domain.base import TenantAggregate
 from domain.errors import DomainError, NotFound
 
@@ -224,6 +224,7 @@ class Service:
         missing = op.missing(principal.grants)
         if missing:
             raise PermissionDenied(op.refusal(missing))
+        check_text(arguments)
         try:
             params = msgspec.convert(arguments or {}, op.input)
         except msgspec.ValidationError as e:

@@ -48,6 +48,21 @@ def _refuse(path: str, problem: str) -> None:
     raise InvalidArguments(f"Invalid {where}: {problem}", field=path or None)
 
 
+def check_text(value: Any, path: str = "") -> None:
+    """Before decoding: every string of the raw arguments (keys too) must be storable text. msgspec would
+    otherwise fail on an unpaired surrogate while encoding it, outside its own validation."""
+    if isinstance(value, str):
+        if (problem := values.text_problem(value)) is not None:
+            _refuse(path, problem)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, path)
+            check_text(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_text(item, f"{path}[{i}]")
+
+
 def check_storable(value: Any, path: str = "", decimal_bounds: tuple[Decimal, Decimal] = DEFAULT_RANGE) -> None:
     """Raise InvalidArguments for the first value (depth first) the database could not store."""
     if value is None or value is UNSET or isinstance(value, bool):

@@ -25,7 +25,7 @@ def _variants(prop: dict[str, Any]) -> list[dict[str, Any]]:
     return prop.get("anyOf", [prop])
 
 
-def _filler(variants: list[dict[str, Any]]) -> Any:
+def filler(variants: list[dict[str, Any]]) -> Any:
     """A valid-looking value for an argument nothing more specific is known about."""
     if any("enum" in v for v in variants):
         return next(v["enum"][0] for v in variants if "enum" in v)
@@ -58,7 +58,7 @@ def sample_args(op: Any, ids: dict[str, Any], samples: dict[str, Any] | None = N
             args[field] = known
         elif field in required:
             sample = _lookup(op, field, samples)
-            args[field] = _filler(_variants(prop)) if sample is _MISSING else sample
+            args[field] = filler(_variants(prop)) if sample is _MISSING else sample
     return args
 
 

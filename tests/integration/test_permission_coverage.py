@@ -33,6 +33,7 @@ from application.registry import Operation
 from projections.catalog import all_projections
 from tests.inprocess import call
 from tests.tool_args import SAMPLES, sample_args
+from tests.world import seed
 
 
 NEVER = {"permission_denied", "internal_error"}  # a tool the token may call may refuse the arguments, nothing else
@@ -52,61 +53,6 @@ MIXED_PROJECTIONS = {"notes", "timeline"}  # views over several resources, chang
 
 def markers(text: str) -> set[str]:
     return set(MARKER.findall(text.lower()))
-
-
-# -- the world ------------------------------------------------------------------------------------------------
-def seed(runtime: Any, admin: Any) -> dict[str, Any]:
-    """One entity of every kind, linked to each other as users link them, markers in their texts."""
-    def do(tool: str, **args: Any) -> dict[str, Any]:
-        return call(runtime, admin, tool, args)
-
-    pipeline = do("crm_pipelines_create", name="MARK-pipelines-pipe", stages=[
-        {"name": "MARK-pipelines-stage-a", "probability": 20}, {"name": "MARK-pipelines-stage-b", "probability": 60}])
-    stage_a, stage_b = (s["id"] for s in pipeline["stages"])
-    category = do("crm_services_create_category", name="MARK-services-category")
-    service = do("crm_services_create", name="Consulenza", unit_price="100", description="MARK-services-description",
-                 category_id=category["id"])
-    client = do("crm_clients_create_lead", business_name="MARK-clients-lead", contact_name="MARK-clients-person",
-                vat_number="IT12345678901", source="MARK-clients-source", email="mark-clients@example.com")
-    duplicate = do("crm_clients_create_lead", business_name="MARK-clients-duplicate", vat_number="IT12345678901")
-    contact = do("crm_clients_add_contact", client_id=client["id"], name="MARK-clients-contact")["contacts"][0]
-    client_note = do("crm_clients_add_note", client_id=client["id"], body="MARK-clients-note")
-    recording = do("crm_clients_add_recording", client_id=client["id"], media_url="https://example.com/a.mp3",
-                   duration_seconds=60, transcript="MARK-clients-transcript")
-    deal = do("crm_deals_create", title="MARK-deals-open", client_id=client["id"], pipeline_id=pipeline["id"],
-              description="MARK-deals-description")
-    line = do("crm_deals_add_service", deal_id=deal["id"], service_id=service["id"])["services"][0]
-    do("crm_deals_add_contact", deal_id=deal["id"], contact_id=contact["id"], role="MARK-deals-role")
-    do("crm_deals_set_commission", deal_id=deal["id"], user_id=str(admin.user_id), percent="10")
-    deal_note = do("crm_deals_add_note", deal_id=deal["id"], body="MARK-deals-note")
-    do("crm_deals_move_stage", deal_id=deal["id"], stage_id=stage_b)
-    lost = do("crm_deals_create", title="MARK-deals-lost", client_id=client["id"], pipeline_id=pipeline["id"])
-    do("crm_deals_set_status", deal_id=lost["id"], status="rejected", reason="MARK-deals-reason")
-    do("crm_deals_create", title="MARK-deals-default", client_id=client["id"])  # records the default pipeline
-    project = do("crm_projects_create", name="MARK-projects-name", description="MARK-projects-description",
-                 client_id=client["id"], deal_id=deal["id"])
-    do("crm_projects_update_brief", project_id=project["id"], goals=["MARK-projects-goal"])
-    do("crm_projects_add_activity", project_id=project["id"], kind="worklog", text="MARK-projects-worklog", minutes=30)
-    task = do("crm_tasks_create", title="MARK-tasks-title", description="MARK-tasks-description", client_id=client["id"],
-              deal_id=deal["id"], project_id=project["id"], checklist=["MARK-tasks-item"], tags=["mark-tasks-tag"])
-    attachment = do("crm_tasks_add_attachment", task_id=task["id"], name="MARK-tasks-file.pdf",
-                    mime_type="application/pdf", url="https://example.com/f.pdf")
-    activity = do("crm_activities_log_call", client_id=client["id"], deal_id=deal["id"],
-                  subject="MARK-activities-subject", body="MARK-activities-body", outcome="MARK-activities-outcome")
-    wiki_category = do("crm_wiki_create_category", name="MARK-wiki-category")
-    page = do("crm_wiki_create_page", title="MARK-wiki-page", body="MARK-wiki-body", category_id=wiki_category["id"])
-    user = str(admin.user_id)
-    return {
-        "client_id": client["id"], "survivor_id": client["id"], "duplicate_ids": [duplicate["id"]],
-        "contact_id": contact["id"], "clients.note_id": client_note["id"], "recording_id": recording["id"],
-        "deal_id": deal["id"], "deals.note_id": deal_note["id"], "line_id": line["id"], "deals.percent": "10",
-        "pipeline_id": pipeline["id"], "stage_id": stage_a, "stage_ids": [stage_b, stage_a],
-        "service_id": service["id"], "services.category_id": category["id"], "task_id": task["id"],
-        "item_id": task["checklist"][0]["id"], "attachment_id": attachment["id"], "tasks.url": "https://example.com/g.pdf",
-        "activity_id": activity["id"], "project_id": project["id"], "page_id": page["id"],
-        "wiki.category_id": wiki_category["id"], "user_id": user, "assigned_to": user, "assignee_id": user,
-        "owner_id": user, "crm_activities_timeline.deal_id": None,  # a client's whole timeline: its notes too
-    }
 
 
 # -- what a call changed ---------------------------------------------------------------------------------------
