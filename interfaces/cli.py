@@ -212,7 +212,7 @@ def cmd_serve(args: argparse.Namespace, url: str) -> None:
     try:
         # proxy_headers off: X-Forwarded-* count only from FLUSIA_TRUSTED_PROXIES (interfaces/public_url.py)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, loop="uvloop",
-                    http="httptools", proxy_headers=False)
+                    http="httptools", proxy_headers=False, log_config=None)  # our handler: see interfaces/logs.py
     finally:
         runtime.close()
 
@@ -286,9 +286,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("mcp", "httpx", "httpx2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from interfaces.logs import configure
+
+    configure()
     args = parser().parse_args(argv)
     url = resolve_database_url()
     try:
