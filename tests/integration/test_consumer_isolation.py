@@ -133,3 +133,52 @@ def test_an_unstorable_event_appended_behind_the_tools_back_is_parked(iso_runtim
     with pytest.raises(ToolError) as e:
         call(rt, a, "crm_clients_search", {"q": "nul"})
     assert e.value.code == "read_model_degraded"
+
+
+def test_a_stored_write_whose_result_cannot_be_read_back_says_it_was_stored(runtime, make_org, database_url, monkeypatch):
+    """Seen: a write committed its events, then failed while presenting its result, and answered
+    internal_error 'nothing was changed'. Whatever fails after the commit, the answer says it WAS stored."""
+    import dataclasses
+
+    org = make_org()
+    principal = org.principal(database_url)
+    op = runtime.registry.get("crm_clients_create_lead")
+
+    def broken_present(ctx, client_id):
+        raise RuntimeError("reading back failed")
+
+    monkeypatch.setitem(runtime.registry._ops, op.name, dataclasses.replace(op, present=broken_present))
+    with pytest.raises(ToolError) as e:
+        call(runtime, principal, op.name, {"business_name": "Stored anyway"})
+    err = e.value.as_dict()
+    assert err["code"] == "read_model_behind" and err["stored"] is True and "WAS stored" in err["message"]
+    assert "nothing was changed" not in err["message"]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM clients WHERE id = %s", (err["result"],)).fetchone()[0] == 1
+
+
+def test_a_timestamp_before_year_1900_is_refused_and_the_timeline_keeps_working(runtime, make_org, database_url):
+    """Seen: `0001-01-01T00:00:00+14:00` was stored as a BC date, answered internal_error, and the organization's
+    activity list, timeline and recordings failed from then on."""
+    org = make_org()
+    principal = org.principal(database_url)
+    lead = call(runtime, principal, "crm_clients_create_lead", {"business_name": "Timely"})
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute("SELECT count(*) FROM stored_events").fetchone()[0]
+    for tool, args, field in (
+        ("crm_activities_log_call", {"client_id": lead["id"], "subject": "x", "occurred_at": "0001-01-01T00:00:00+14:00"},
+         "occurred_at"),
+        ("crm_clients_add_recording", {"client_id": lead["id"], "media_url": "https://e.it/a.mp3", "duration_seconds": 1,
+                                       "recorded_at": "9999-12-31T23:59:59-14:00"}, "recorded_at"),
+    ):
+        with pytest.raises(ToolError) as e:
+            call(runtime, principal, tool, args)
+        assert e.value.code == "invalid_arguments" and e.value.field == field
+        assert "1900-01-01" in e.value.message and "2200-12-31" in e.value.message
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM stored_events").fetchone()[0] == before
+    call(runtime, principal, "crm_activities_log_call", {"client_id": lead["id"], "subject": "ok",
+                                                         "occurred_at": "1900-01-02T12:00:00+14:00"})
+    assert len(call(runtime, principal, "crm_activities_list", {"client_id": lead["id"]})["items"]) == 1
+    assert call(runtime, principal, "crm_activities_timeline", {"client_id": lead["id"]})["items"]
+    assert call(runtime, principal, "crm_clients_list_recordings", {"client_id": lead["id"]})["items"] == []
