@@ -18,6 +18,7 @@ from application.shapes import Command, ListQuery, Page, Query, Removed
 from application.tasks import TaskFilters, TaskOut, _task_page
 from domain.clients import Client
 from domain.errors import NotFound
+from domain.values import MAX_MINOR_UNITS
 from domain.projects import Project
 from projections import projects as projects_q
 
@@ -26,7 +27,7 @@ Name = Annotated[str, Meta(min_length=1, max_length=200, description="Project na
 Status = Literal["planned", "active", "on_hold", "completed", "cancelled"]
 Role = Annotated[Literal["manager", "member", "viewer"], Meta(description="manager, member or viewer.")]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. 'EUR'.")]
-Budget = Annotated[int, Meta(ge=0, description="Budget in cents, e.g. 150000 for 1,500.00.")]
+Budget = Annotated[int, Meta(ge=0, le=MAX_MINOR_UNITS, description="Budget in cents, e.g. 150000 for 1,500.00.")]
 BriefText = Annotated[str, Meta(max_length=20000, description="Markdown text.")]
 BriefList = Annotated[list[Annotated[str, Meta(min_length=1, max_length=1000)]], Meta(max_length=100)]
 
