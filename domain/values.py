@@ -24,8 +24,8 @@ MAX_DECIMAL = Decimal(10**12)
 """Largest quantity, percentage or other plain decimal a tool accepts (each field may narrow it)."""
 MAX_DECIMAL_PLACES = 6
 MAX_FLOAT = 1e15
-MAX_TEXT = 1_000_000
-"""Characters in any text without a narrower limit of its own."""
+MAX_TEXT = 4 * 1024 * 1024
+"""Characters in any text without a narrower limit of its own (a request body is at most 4 MiB anyway)."""
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 

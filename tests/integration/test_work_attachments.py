@@ -67,3 +67,34 @@ def test_inline_limit_is_in_the_schema_and_enforced(runtime, make_org, database_
     schema = op.input_schema()["properties"]["content_base64"]
     assert schema["anyOf"][0]["maxLength"] == blobs.MAX_INLINE_BASE64
     assert str(blobs.MAX_INLINE_BYTES) in schema["anyOf"][0]["description"]
+
+
+def test_content_is_kept_exactly_as_long_as_an_attachment_references_it(runtime, make_org, database_url):
+    """Seen: a refused add kept 5 MB with no event; removing an attachment or deleting its task kept its bytes."""
+    from application.errors import ToolError
+
+    org = make_org("Bytes")
+    p = org.principal(database_url)
+
+    def stored_bytes() -> int:
+        with psycopg.connect(database_url) as conn:
+            return conn.execute("SELECT coalesce(sum(length(content)), 0) FROM attachment_blobs WHERE organization_id = %s",
+                                (org.organization_id,)).fetchone()[0]
+
+    task = call(runtime, p, "crm_tasks_create", {"title": "Bytes"})
+    big = base64.b64encode(b"%PDF-1.4\n" + b"x" * 1_000_000).decode()
+    with pytest.raises(ToolError):  # refused after the content was decoded: wrong MIME type for PDF bytes
+        call(runtime, p, "crm_tasks_add_attachment", {"task_id": task["id"], "name": "a.png", "mime_type": "image/png",
+                                                     "content_base64": big})
+    assert stored_bytes() == 0
+    args = {"task_id": task["id"], "name": "a.pdf", "mime_type": "application/pdf", "content_base64": big}
+    first = call(runtime, p, "crm_tasks_add_attachment", args)
+    second = call(runtime, p, "crm_tasks_add_attachment", {**args, "name": "copy.pdf"})  # same content: kept once
+    other = call(runtime, p, "crm_tasks_create", {"title": "Other"})
+    third = call(runtime, p, "crm_tasks_add_attachment", {**args, "task_id": other["id"]})
+    assert stored_bytes() == 1_000_009
+    call(runtime, p, "crm_tasks_remove_attachment", {"task_id": task["id"], "attachment_id": first["id"]})
+    call(runtime, p, "crm_tasks_delete", {"task_id": task["id"]})  # still referenced by the other task
+    assert stored_bytes() == 1_000_009 and second["id"] and third["id"]
+    call(runtime, p, "crm_tasks_remove_attachment", {"task_id": other["id"], "attachment_id": third["id"]})
+    assert stored_bytes() == 0
