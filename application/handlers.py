@@ -13,7 +13,7 @@ from uuid import UUID
 from msgspec import Struct
 
 from application.registry import registry
-from application.service import UnitOfWork
+from application.runner import UnitOfWork
 from domain.base import TenantAggregate
 
 

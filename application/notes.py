@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from application.registry import registry
-from application.service import QueryContext, UnitOfWork
+from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, NoteBody, Page, Removed
 from domain.base import TenantAggregate
 from domain.notes import Note

@@ -15,7 +15,7 @@ models, e.g. a merge re-pointing deals). What is not counted as another resource
   member sees; `users:read` guards listing and searching users, their roles and permissions;
 - a deal's service lines: copies made when the line was added (name, code, price), so the deal's own data;
 - recording the organization's default pipeline on its first use by a deal: it already exists, with the same
-  ids, for every reader (see application.pipelines), so nothing about pipelines changes.
+  ids, for every reader (see application.toolsets.pipelines), so nothing about pipelines changes.
 Where leaving something out is the better product, a tool does so and says so in its result instead of
 requiring the permission (`crm_activities_timeline` and its `omitted`).
 """

@@ -15,7 +15,7 @@ from msgspec import Meta, Struct
 
 from application.handlers import entity_command
 from application.identity import ensure_user
-from application.service import UnitOfWork
+from application.runner import UnitOfWork
 from application.shapes import Command, Tag
 from domain.base import TenantAggregate
 

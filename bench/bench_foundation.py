@@ -10,7 +10,7 @@ Prints, in one run, against a fresh database on the local PostgreSQL:
 2. p50/p95 of `crm_clients_search` over N clients (default 100,000), seeded through events (Client
    aggregates saved with the event store, then projected by the projector), with a mix of queries.
    Target: search p50 < 20 ms.
-3. Events appended per second through our command path (Service.run_command in-process: validation,
+3. Events appended per second through our command path (ToolRunner.run_command in-process: validation,
    domain, save with the cause row), sequentially, next to raw psycopg single-row inserts of a
    similar-size bytea row, one transaction each. Target: ours >= 0.5x raw.
 
@@ -506,7 +506,7 @@ def append_rates(url: str, token: str) -> dict[str, Any]:
                 return c.execute("SELECT coalesce(max(notification_id), 0) AS h FROM stored_events").fetchone()["h"]
 
         for args in args_list[:50]:  # warm-up
-            rt.service.run_command(op, msgspec.convert(args, op.input), principal)
+            rt.runner.run_command(op, msgspec.convert(args, op.input), principal)
         with rt.pool.connection() as c:
             size = int(c.execute(
                 "SELECT avg(octet_length(state))::int AS s FROM stored_events WHERE originator_id IN"
@@ -529,7 +529,7 @@ def append_rates(url: str, token: str) -> dict[str, Any]:
                 h0 = head()
                 t = time.perf_counter()
                 for args in args_list[50 + r * chunk: 50 + (r + 1) * chunk]:
-                    rt.service.run_command(op, msgspec.convert(args, op.input), principal)
+                    rt.runner.run_command(op, msgspec.convert(args, op.input), principal)
                 ours_s += time.perf_counter() - t
                 events += head() - h0
                 t = time.perf_counter()

@@ -133,7 +133,7 @@ def main() -> None:
             out = []
             for i in range(N + 20):
                 t = time.perf_counter()
-                await rt.service.call(principal, tool, args)
+                await rt.runner.call(principal, tool, args)
                 if i >= 20:
                     out.append((time.perf_counter() - t) * 1000)
             return out
@@ -143,7 +143,7 @@ def main() -> None:
         base_tool = asyncio.run(tool_timer("crm_pipelines_list", {}))
         revenue = asyncio.run(tool_timer("crm_stats_revenue", revenue_args))
         board = asyncio.run(tool_timer("crm_pipelines_board", board_args))
-        sample = asyncio.run(rt.service.call(principal, "crm_stats_revenue", revenue_args))
+        sample = asyncio.run(rt.runner.call(principal, "crm_stats_revenue", revenue_args))
 
         print()
         print(f"Sales bench: {N_DEALS:,} deals, PostgreSQL at {ADMIN.rsplit('@', 1)[-1]}, Service in-process")

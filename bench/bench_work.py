@@ -4,7 +4,7 @@
 Seeds, through events (aggregates saved with the event store in batches of 1,000, then projected by the
 projector), 100,000 tasks (50 assignees, due dates spread over a year, about half done) and 10,000 wiki
 pages (markdown bodies of ~120 words from a Zipf-distributed vocabulary) in a fresh database, then measures
-in-process through the Service (validation, permission check, query, msgspec output, thread hop):
+in-process through the ToolRunner (validation, permission check, query, msgspec output, thread hop):
 
 - `crm_tasks_list` with due='overdue' for one assignee (the organization's timezone decides "today");
 - `crm_wiki_search` with one- and two-word queries (ranked, with ts_headline snippets);
@@ -118,7 +118,7 @@ def seed(url: str, org_id: uuid.UUID, users: list[uuid.UUID]) -> tuple[list[str]
 
 async def measure(rt: Any, principal: Any, users: list[uuid.UUID], vocab: list[str]) -> dict[str, Any]:
     rng = random.Random(7)
-    service = rt.service
+    service = rt.runner
 
     async def timed(fn: Any, n: int) -> list[float]:
         for _ in range(20):  # warm-up

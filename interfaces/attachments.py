@@ -43,7 +43,7 @@ async def download_route(request: Request[Any, Any, Any], attachment_id: UUID) -
     runtime = request.app.state.runtime
     status, body, headers = await anyio.to_thread.run_sync(
         _fetch, runtime, attachment_id, request.query_params.get("expires"), request.query_params.get("sig"),
-        limiter=runtime.service.limiter,
+        limiter=runtime.runner.limiter,
     )
     if status != 200:
         return Response(body, status_code=status)

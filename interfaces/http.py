@@ -107,7 +107,7 @@ class BearerAuth:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        return await anyio.to_thread.run_sync(self._resolve, token.strip(), limiter=self.runtime.service.limiter)
+        return await anyio.to_thread.run_sync(self._resolve, token.strip(), limiter=self.runtime.runner.limiter)
 
 
 class GetStreams:
@@ -181,7 +181,7 @@ async def cancelled_on_disconnect(app: Any, scope: Scope, receive: Receive, send
 
 
 def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
-    server = build_server(runtime.registry, runtime.service, VERSION)
+    server = build_server(runtime.registry, runtime.runner, VERSION)
     sessions = StreamableHTTPSessionManager(server, stateless=True, json_response=True, max_request_body_size=MAX_BODY)
     auth = BearerAuth(runtime)
     urls = PublicUrls.from_env()  # FLUSIA_PUBLIC_URL, trusted proxies, the listen address: never the Host header

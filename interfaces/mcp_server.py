@@ -22,7 +22,7 @@ from mcp_types import INVALID_PARAMS
 from application.errors import PermissionDenied, ToolError
 from application.principal import Principal
 from application.registry import Operation, Registry
-from application.service import Service
+from application.runner import ToolRunner
 
 TOOLS_PAGE_SIZE = 50
 SERVER_INSTRUCTIONS = (
@@ -77,7 +77,7 @@ def render(result: dict[str, Any]) -> str:
     return json.dumps(result, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def build_server(registry: Registry, service: Service, version: str) -> Server:
+def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server:
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         principal = current_principal.get()
         tool_filter = current_filter.get()
@@ -97,7 +97,7 @@ def build_server(registry: Registry, service: Service, version: str) -> Server:
                     f"{op.name} is outside this connection's tool selection (toolsets/readonly in the /mcp URL)",
                     code="tool_not_enabled",
                 )
-            result = await service.call(principal, params.name, params.arguments)
+            result = await runner.call(principal, params.name, params.arguments)
         except ToolError as e:
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=render({"error": e.as_dict()}))], isError=True

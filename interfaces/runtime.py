@@ -11,12 +11,12 @@ import os
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from application.catalog import registry
-from application.service import Service
+from application.inventory import registry
+from application.runner import ToolRunner
 from application.store import EventStore
-from projections.catalog import all_projections
+from projections.inventory import all_projections
 from projections.positions import ProjectionPositions
-from projections.runner import Projector
+from projections.projector import Projector
 
 
 def _int_env(name: str, default: int) -> int:
@@ -40,7 +40,7 @@ class Runtime:
         self.projector = Projector(self.store, self.projector_pool, self.projections)
         self.positions = ProjectionPositions(database_url)
         self.registry = registry
-        self.service = Service(registry, self.store, self.pool, self.projections, self.positions,
+        self.runner = ToolRunner(registry, self.store, self.pool, self.projections, self.positions,
                                org_concurrency=_int_env("FLUSIA_ORG_CONCURRENCY", 0) or None,
                                statement_timeout_ms=timeout_ms)
 

@@ -15,7 +15,7 @@ from uuid import UUID
 
 import psycopg
 
-from projections.runner import CHANNEL
+from projections.projector import CHANNEL
 
 log = logging.getLogger("flusia.consistency")
 WaitResult = Literal["ok", "degraded", "timeout"]

@@ -77,8 +77,8 @@ def runtime(database_url: str):
 
     rt = Runtime(database_url)
     rt.projector.start(database_url)
-    rt.service.positions = None  # in-process tests settle projections synchronously instead of the async feed
-    rt.service.sync_settle = lambda targets: settle(rt)
+    rt.runner.positions = None  # in-process tests settle projections synchronously instead of the async feed
+    rt.runner.sync_settle = lambda targets: settle(rt)
     yield rt
     rt.close()
 
@@ -189,8 +189,8 @@ def iso_runtime(fresh_database_url):
     from interfaces.runtime import Runtime
 
     rt = Runtime(fresh_database_url, pool_size=6)
-    rt.service.positions = None
-    rt.service.sync_settle = lambda targets: settle(rt)
+    rt.runner.positions = None
+    rt.runner.sync_settle = lambda targets: settle(rt)
     yield rt
     rt.close()
 

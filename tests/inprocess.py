@@ -13,7 +13,7 @@ from application.errors import ToolError
 
 def call(rt: Any, principal: Any, name: str, args: dict[str, Any] | None = None) -> Any:
     """The tool's JSON result; raises ToolError exactly as the MCP layer would see it."""
-    return anyio.run(rt.service.call, principal, name, args or {})
+    return anyio.run(rt.runner.call, principal, name, args or {})
 
 
 class Caller:

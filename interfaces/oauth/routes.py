@@ -79,7 +79,7 @@ def oauth_routes(runtime: Any, auth: Any, urls: PublicUrls | None = None) -> lis
     settings = oauth.Settings.from_env()
     urls = urls or PublicUrls.from_env()
     store = OAuthStore(runtime.pool, settings)
-    limiter = runtime.service.limiter
+    limiter = runtime.runner.limiter
     # argon2 is slow and memory-hard on purpose: a burst of logins must not take the threads tool calls run on
     hash_limiter = anyio.CapacityLimiter(settings.password_hash_threads)
     form_key: list[bytes] = []

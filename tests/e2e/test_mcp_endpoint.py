@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from application import identity
-from application.catalog import registry
+from application.inventory import registry
 from application.permissions import RESOURCES
 from tests.mcp_helpers import all_tools, call, call_error, mcp_client
 from tests.tool_args import sample_args

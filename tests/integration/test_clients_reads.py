@@ -15,7 +15,7 @@ def org_call(runtime, make_org):
     principal = org.principal(runtime.database_url)
 
     def call(tool: str, args: dict | None = None) -> dict:
-        return asyncio.run(runtime.service.call(principal, tool, args or {}))
+        return asyncio.run(runtime.runner.call(principal, tool, args or {}))
 
     call.org = org
     return call

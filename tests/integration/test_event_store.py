@@ -21,7 +21,7 @@ from tests.conftest import settle
 
 ROOT = Path(__file__).resolve().parents[2]
 def read_tables() -> list[str]:
-    from projections.catalog import all_projections
+    from projections.inventory import all_projections
 
     return [t for p in all_projections() for t in p.tables]
 
@@ -46,16 +46,16 @@ def scripted_history(rt, principal: Principal, leads: int = 30) -> None:
     """A varied history: creates, updates, tags, contacts, notes, tasks, a merge and a delete."""
     ids = []
     for i in range(leads):
-        lead = run(rt.service, principal, "crm_clients_create_lead",
+        lead = run(rt.runner, principal, "crm_clients_create_lead",
                    {"business_name": f"Azienda {i}", "vat_number": f"IT{i:011d}", "email": f"info{i}@azienda.it"})
         ids.append(lead["id"])
-        run(rt.service, principal, "crm_clients_add_tag", {"client_id": lead["id"], "tag": f"t{i % 3}"})
-        run(rt.service, principal, "crm_clients_add_contact", {"client_id": lead["id"], "name": f"Persona {i}"})
-        run(rt.service, principal, "crm_clients_add_note", {"client_id": lead["id"], "body": f"nota {i}"})
-        run(rt.service, principal, "crm_tasks_create", {"title": f"Chiama {i}", "client_id": lead["id"]})
-    run(rt.service, principal, "crm_clients_update_status", {"client_id": ids[0], "status": "qualified"})
-    run(rt.service, principal, "crm_clients_merge", {"survivor_id": ids[1], "duplicate_ids": [ids[2], ids[3]]})
-    run(rt.service, principal, "crm_clients_delete", {"client_id": ids[4]})
+        run(rt.runner, principal, "crm_clients_add_tag", {"client_id": lead["id"], "tag": f"t{i % 3}"})
+        run(rt.runner, principal, "crm_clients_add_contact", {"client_id": lead["id"], "name": f"Persona {i}"})
+        run(rt.runner, principal, "crm_clients_add_note", {"client_id": lead["id"], "body": f"nota {i}"})
+        run(rt.runner, principal, "crm_tasks_create", {"title": f"Chiama {i}", "client_id": lead["id"]})
+    run(rt.runner, principal, "crm_clients_update_status", {"client_id": ids[0], "status": "qualified"})
+    run(rt.runner, principal, "crm_clients_merge", {"survivor_id": ids[1], "duplicate_ids": [ids[2], ids[3]]})
+    run(rt.runner, principal, "crm_clients_delete", {"client_id": ids[4]})
 
 
 def test_rebuild_gives_the_same_tables_as_incremental_projection(iso_runtime, fresh_database_url):
@@ -98,12 +98,12 @@ def test_projector_killed_mid_catch_up_loses_nothing_and_applies_nothing_twice(i
 def test_concurrent_writers_to_one_aggregate_are_retried_not_lost(runtime, make_org):
     org = make_org()
     principal = org.principal(runtime.database_url)
-    client = run(runtime.service, principal, "crm_clients_create_lead", {"business_name": "Concorrenza"})
+    client = run(runtime.runner, principal, "crm_clients_create_lead", {"business_name": "Concorrenza"})
     errors: list[BaseException] = []
 
     def tag(i: int) -> None:
         try:
-            run(runtime.service, principal, "crm_clients_add_tag", {"client_id": client["id"], "tag": f"tag{i}"})
+            run(runtime.runner, principal, "crm_clients_add_tag", {"client_id": client["id"], "tag": f"tag{i}"})
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
@@ -121,25 +121,25 @@ def test_idempotency_key_returns_the_first_result_and_appends_nothing(runtime, m
     org = make_org()
     principal = org.principal(runtime.database_url)
     args = {"business_name": "Una Volta Sola", "idempotency_key": "create-once-1"}
-    first = run(runtime.service, principal, "crm_clients_create_lead", args)
+    first = run(runtime.runner, principal, "crm_clients_create_lead", args)
     head = db.execute("SELECT max(notification_id) AS n FROM stored_events").fetchone()["n"]
-    again = run(runtime.service, principal, "crm_clients_create_lead", args)
+    again = run(runtime.runner, principal, "crm_clients_create_lead", args)
     assert again["id"] == first["id"]
     assert db.execute("SELECT max(notification_id) AS n FROM stored_events").fetchone()["n"] == head
     from application.errors import InvalidArguments
 
     with pytest.raises(InvalidArguments) as err:
-        run(runtime.service, principal, "crm_clients_create_lead", {**args, "business_name": "Altro"})
+        run(runtime.runner, principal, "crm_clients_create_lead", {**args, "business_name": "Altro"})
     assert err.value.field == "idempotency_key"
     # the same key in another organization is another key
     other = make_org().principal(runtime.database_url)
-    assert run(runtime.service, other, "crm_clients_create_lead", args)["id"] != first["id"]
+    assert run(runtime.runner, other, "crm_clients_create_lead", args)["id"] != first["id"]
 
 
 def test_every_event_records_its_cause(runtime, make_org, db):
     org = make_org()
     principal = org.principal(runtime.database_url)
-    lead = run(runtime.service, principal, "crm_clients_create_lead", {"business_name": "Causa", "tags": ["a", "b"]})
+    lead = run(runtime.runner, principal, "crm_clients_create_lead", {"business_name": "Causa", "tags": ["a", "b"]})
     rows = db.execute(
         "SELECT e.topic, c.organization_id, c.user_id, c.token_id, c.tool FROM stored_events e"
         " JOIN event_causes c ON e.notification_id BETWEEN c.first_notification_id AND c.last_notification_id"
@@ -157,10 +157,10 @@ def test_a_failing_command_writes_nothing(runtime, make_org, db):
     from application.errors import ToolError
 
     with pytest.raises(ToolError):  # the second duplicate does not exist: the whole merge is refused
-        lead = run(runtime.service, principal, "crm_clients_create_lead", {"business_name": "Resta"})
+        lead = run(runtime.runner, principal, "crm_clients_create_lead", {"business_name": "Resta"})
         head = db.execute("SELECT max(notification_id) AS n FROM stored_events").fetchone()["n"]
-        other = run(runtime.service, principal, "crm_clients_create_lead", {"business_name": "Va"})
+        other = run(runtime.runner, principal, "crm_clients_create_lead", {"business_name": "Va"})
         head = db.execute("SELECT max(notification_id) AS n FROM stored_events").fetchone()["n"]
-        run(runtime.service, principal, "crm_clients_merge",
+        run(runtime.runner, principal, "crm_clients_merge",
             {"survivor_id": lead["id"], "duplicate_ids": [other["id"], "00000000-0000-0000-0000-000000000000"]})
     assert db.execute("SELECT max(notification_id) AS n FROM stored_events").fetchone()["n"] == head

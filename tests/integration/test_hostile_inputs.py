@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
 from application import identity
-from application.catalog import registry
+from application.inventory import registry
 from application.errors import ToolError
 from tests.conftest import settle
 from tests.tool_args import SAMPLES, filler
@@ -137,8 +137,8 @@ def hostile_world(admin_url):
     url = create_database(admin_url, name)
     migrate(url)
     rt = Runtime(url, pool_size=6)
-    rt.service.positions = None
-    rt.service.sync_settle = lambda targets: settle(rt)
+    rt.runner.positions = None
+    rt.runner.sync_settle = lambda targets: settle(rt)
     captured = Captured()
     root = logging.getLogger()
     level = root.level
@@ -165,7 +165,7 @@ def test_hostile_arguments_never_cause_an_internal_error(hostile_world, op, data
     args = data.draw(arguments(op.input_schema(), op, hostile_world["ids"]), label="arguments")
     CALLS["total"] += 1
     try:
-        anyio.run(hostile_world["rt"].service.call, hostile_world["principal"], op.name, args)
+        anyio.run(hostile_world["rt"].runner.call, hostile_world["principal"], op.name, args)
         CALLS["succeeded"] += 1
     except ToolError as e:
         CALLS["refused"] += 1

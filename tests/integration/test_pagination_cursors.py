@@ -14,7 +14,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from application import identity
-from application.catalog import registry
+from application.inventory import registry
 from application.errors import ToolError
 from tests.inprocess import call
 from tests.tool_args import sample_args

@@ -27,10 +27,10 @@ from eventsourcing.persistence import StoredEvent
 from psycopg.rows import dict_row
 
 from application import identity
-from application.catalog import registry
+from application.inventory import registry
 from application.errors import ToolError
 from application.registry import Operation
-from projections.catalog import all_projections
+from projections.inventory import all_projections
 from tests.inprocess import call
 from tests.tool_args import SAMPLES, sample_args
 from tests.world import seed

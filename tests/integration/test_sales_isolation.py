@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from application.catalog import registry
+from application.inventory import registry
 from application.errors import ToolError
 from application.permissions import RESOURCES
 from tests.inprocess import Caller
@@ -89,13 +89,13 @@ def test_another_organizations_ids_are_not_found_and_never_leak(world, op):
 @pytest.mark.parametrize("op", [o for o in SALES_TOOLS if o.kind != "query"], ids=lambda op: op.name)
 def test_a_read_only_token_cannot_write(world, op):
     with pytest.raises(ToolError) as e:
-        asyncio.run(world["runtime"].service.call(world["pv"], op.name, args_for(op, world["ids"])))
+        asyncio.run(world["runtime"].runner.call(world["pv"], op.name, args_for(op, world["ids"])))
     assert e.value.code == "permission_denied" and op.permission in e.value.message
 
 
 @pytest.mark.parametrize("op", [o for o in SALES_TOOLS if o.kind == "query"], ids=lambda op: op.name)
 def test_a_read_only_token_can_read(world, op):
     try:
-        asyncio.run(world["runtime"].service.call(world["pv"], op.name, args_for(op, world["ids"])))
+        asyncio.run(world["runtime"].runner.call(world["pv"], op.name, args_for(op, world["ids"])))
     except ToolError as e:
         assert e.code != "permission_denied", e.message

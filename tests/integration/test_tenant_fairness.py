@@ -62,29 +62,29 @@ def sleeping_backends(url: str) -> int:
 
 def test_a_statement_over_the_timeout_is_stopped_with_a_clear_error(runtime, slow_tool, database_url, monkeypatch):
     principal, _ = principal_of(database_url, "Slow")
-    monkeypatch.setattr(runtime.service, "statement_timeout_ms", 300)
+    monkeypatch.setattr(runtime.runner, "statement_timeout_ms", 300)
     with runtime.pool.connection() as conn:  # the tool pool's own setting is what stops it
         assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "5s"
     with pytest.raises(ToolError) as e:
-        anyio.run(runtime.service.call, principal, slow_tool, {"seconds": 6})
+        anyio.run(runtime.runner.call, principal, slow_tool, {"seconds": 6})
     assert e.value.code == "timeout" and "nothing was changed" in e.value.message
 
 
 def test_one_organizations_burst_queues_behind_itself(runtime, slow_tool, database_url, monkeypatch):
-    monkeypatch.setattr(runtime.service, "org_concurrency", 2)
-    monkeypatch.setattr(runtime.service, "_org_limiters", {})
+    monkeypatch.setattr(runtime.runner, "org_concurrency", 2)
+    monkeypatch.setattr(runtime.runner, "_org_limiters", {})
     a, _ = principal_of(database_url, "Burst")
     b, _ = principal_of(database_url, "Calm")
     finished: list[str] = []
 
     async def scenario() -> None:
         async def a_call(i: int) -> None:
-            await runtime.service.call(a, slow_tool, {"seconds": 0.4})
+            await runtime.runner.call(a, slow_tool, {"seconds": 0.4})
             finished.append(f"a{i}")
 
         async def b_call() -> None:
             await anyio.sleep(0.1)  # A's burst is already queued
-            await runtime.service.call(b, "crm_clients_list", {})
+            await runtime.runner.call(b, "crm_clients_list", {})
             finished.append("b")
 
         async with anyio.create_task_group() as tg:
@@ -114,7 +114,8 @@ def test_a_read_whose_client_disconnected_is_cancelled_in_the_database(runtime, 
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
                    "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"http://127.0.0.1:{port}/mcp", content=body, headers=headers, timeout=1.0)
+            answer = httpx.post(f"http://127.0.0.1:{port}/mcp", content=body, headers=headers, timeout=1.0)
+            pytest.fail(f"answered before the client gave up: {answer.text[:300]}")
         deadline = time.monotonic() + 2.5
         while sleeping_backends(database_url) and time.monotonic() < deadline:
             time.sleep(0.05)

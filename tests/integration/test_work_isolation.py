@@ -91,11 +91,11 @@ def test_permissions_are_checked_for_every_work_tool(runtime, database_url, db, 
         args = _args(op, ids)
         if op.kind != "query":
             with pytest.raises(PermissionDenied) as e:
-                asyncio.run(runtime.service.call(reader, op.name, args))
+                asyncio.run(runtime.runner.call(reader, op.name, args))
             assert op.permission in e.value.message
         if op.resource == "wiki":
             with pytest.raises(PermissionDenied):
-                asyncio.run(runtime.service.call(no_wiki, op.name, args))
+                asyncio.run(runtime.runner.call(no_wiki, op.name, args))
     # reads are allowed to the viewer
-    got = msgspec.to_builtins(asyncio.run(runtime.service.call(reader, "crm_tasks_get", {"task_id": ids["task_id"]})))
+    got = msgspec.to_builtins(asyncio.run(runtime.runner.call(reader, "crm_tasks_get", {"task_id": ids["task_id"]})))
     assert got["id"] == ids["task_id"]

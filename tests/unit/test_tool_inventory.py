@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from application.catalog import registry
+from application.inventory import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT.parent / "shared" / "spec" / "tools.tsv"

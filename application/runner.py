@@ -146,7 +146,7 @@ def _format_validation(e: msgspec.ValidationError) -> InvalidArguments:
     return InvalidArguments(f"Invalid {where}: {text}", field=path)
 
 
-class Service:
+class ToolRunner:
     def __init__(
         self,
         registry: Registry,

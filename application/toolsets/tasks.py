@@ -17,7 +17,7 @@ from application.identity import ensure_user
 from application.organization import org_today
 from application.registry import registry
 from application.shared_tools import assignment_tools, tag_tools
-from application.service import QueryContext, UnitOfWork
+from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, Limit, ListQuery, Page, Query, Removed, SearchText, Tag
 from domain.clients import Client
 from domain.errors import DomainError, NotFound

@@ -11,7 +11,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.handlers import entity_command
 from application.registry import registry
-from application.service import QueryContext, UnitOfWork
+from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
 from domain.errors import Conflict, DomainError
 from domain.wiki import RevisionNotFound, WikiCategory, WikiPage, text_search_language

@@ -12,7 +12,7 @@ from msgspec import Meta, Struct
 from application.registry import registry
 from application.sales_common import Money, money, percentage
 from application.organization import org_settings, org_today
-from application.service import QueryContext
+from application.runner import QueryContext
 from application.shapes import Query
 from domain.errors import DomainError
 from domain.pipelines import default_pipeline_id

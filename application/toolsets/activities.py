@@ -12,7 +12,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from application.identity import ensure_user
 from application.registry import registry
 from application.handlers import entity_command
-from application.service import QueryContext, UnitOfWork
+from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed
 from domain.activities import Activity
 from domain.clients import Client

@@ -13,9 +13,9 @@ from application.handlers import entity_command
 from application.identity import ensure_user
 from application.organization import org_today
 from application.registry import registry
-from application.service import QueryContext, UnitOfWork
+from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed
-from application.tasks import TaskFilters, TaskOut, _task_page
+from application.toolsets.tasks import TaskFilters, TaskOut, _task_page
 from domain.clients import Client
 from domain.errors import NotFound
 from domain.values import MAX_MINOR_UNITS

@@ -15,7 +15,7 @@ from application.identity import ensure_user
 from application.notes import note_tools
 from application.shared_tools import assignment_tools, tag_tools
 from application.registry import registry
-from application.service import QueryContext, UnitOfWork
+from application.runner import QueryContext, UnitOfWork
 from application.shapes import (
     Command, Email, Limit, ListQuery, Page, Phone, Query, Removed, SearchText, Tag,
 )

@@ -14,13 +14,13 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from application.identity import ensure_user
 from application.notes import note_tools
 from application.shared_tools import assignment_tools
-from application.pipelines import load_pipeline
+from application.toolsets.pipelines import load_pipeline
 from application.registry import registry
 from application.sales_common import AmountArg, Money, money
 from application.values import decimal_range
 from application.organization import org_settings, org_today
 from application.handlers import entity_command
-from application.service import QueryContext, UnitOfWork
+from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
 from domain.clients import Client
 from domain.deals import Deal

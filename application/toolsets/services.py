@@ -15,7 +15,7 @@ from application.sales_common import AmountArg, Money, money
 from application.values import decimal_range
 from application.organization import org_settings
 from application.handlers import entity_command
-from application.service import QueryContext, UnitOfWork
+from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
 from domain.errors import NotFound
 from domain.money import decimal_in, to_cents

@@ -11,7 +11,7 @@ from msgspec import Meta, Struct
 
 from application import permissions
 from application.registry import registry
-from application.service import QueryContext
+from application.runner import QueryContext
 from application.shapes import ListQuery, Page, Query
 from domain.errors import NotFound
 from projections.pagination import Sort, paginate

@@ -19,7 +19,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from application.registry import registry
 from application.sales_common import Money, money
 from application.organization import org_settings
-from application.service import QueryContext, UnitOfWork
+from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, Query, Removed
 from domain.pipelines import Pipeline, default_pipeline_id
 from projections import deals as deals_q
