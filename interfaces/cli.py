@@ -13,7 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from application import identity, permissions
-from application.migrate import migrate
+from application.migrate import MigrationError, migrate
 from interfaces.database import resolve_database_url
 
 
@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args, url)
     except identity.DomainError as e:  # type: ignore[attr-defined]
         fail(e.message)
+    except MigrationError as e:  # refused before anything is applied (changed file, no files, reused number)
+        fail(f"migrate: {e}")
     except psycopg.Error as e:
         fail(f"database error: {e.__class__.__name__}: {e}")
 
