@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 
 def org_settings(conn: Any, org_id: UUID) -> dict[str, Any]:
-    row = conn.execute("SELECT currency, timezone FROM organizations WHERE id = %s", (org_id,)).fetchone()
-    return row or {"currency": "EUR", "timezone": "UTC"}
+    row = conn.execute("SELECT currency, timezone, locale FROM organizations WHERE id = %s", (org_id,)).fetchone()
+    return row or {"currency": "EUR", "timezone": "UTC", "locale": None}
 
 
 def org_today(conn: Any, org_id: UUID) -> date:

@@ -156,13 +156,23 @@ class Operation:
 class Registry:
     def __init__(self) -> None:
         self._ops: dict[str, Operation] = {}
+        self.toolsets: dict[str, Any] = {}
+        """name -> application.toolset.Toolset: title, description, listed by default or not."""
+
+    def add_toolset(self, toolset: Any) -> None:
+        if toolset.name in self.toolsets:
+            raise ValueError(f"toolset {toolset.name} declared twice")
+        if toolset.name not in RESOURCES:
+            raise ValueError(f"toolset {toolset.name} is not a permission resource ({', '.join(RESOURCES)})")
+        self.toolsets[toolset.name] = toolset
 
     def add(self, op: Operation) -> Operation:
         if op.name in self._ops:
             raise ValueError(f"operation {op.name} declared twice")
         if not op.description:
             raise ValueError(f"{op.name}: the input Struct's docstring is the tool description and must be set")
-        resource_of(op.name)
+        if op.toolset not in self.toolsets:
+            raise ValueError(f"{op.name}: toolset {op.toolset} is not declared (application.toolset.Toolset)")
         self._ops[op.name] = op
         return op
 

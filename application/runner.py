@@ -11,7 +11,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +155,7 @@ class ToolRunner:
         projections: list[Any],
         positions: Any | None = None,
         *,
+        settle: Callable[[dict[str, int]], None] | None = None,
         threads: int = 16,
         org_concurrency: int | None = None,
         statement_timeout_ms: int = 0,
@@ -173,7 +174,7 @@ class ToolRunner:
         self._org_limiters: dict[UUID, CapacityLimiter] = {}
         self.statement_timeout_ms = statement_timeout_ms
         # Without the async position feed (CLI, in-process tests), a writer brings projections up to date itself.
-        self.sync_settle: Any | None = None
+        self.sync_settle = settle
 
     # -- entry point -------------------------------------------------------------------------------------
     async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:

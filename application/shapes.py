@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Generic, TypeVar
+from collections.abc import Iterable
+from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID
 
-from msgspec import Meta, Struct
+import msgspec
+from msgspec import UNSET, Meta, Struct
 
 
 class Query(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -32,6 +34,18 @@ NoteBody = Annotated[str, Meta(min_length=1, max_length=20000, description="The 
 SearchText = Annotated[str, Meta(min_length=1, max_length=200, description="What to look for.")]
 
 T = TypeVar("T")
+
+
+def sent(struct: Struct, names: Iterable[str]) -> dict[str, Any]:
+    """The fields among `names` that the caller sent (UNSET means 'leave as is'): what a partial update changes.
+    Nested Structs (an address) become plain dicts, as events store them; other values stay as typed (dates,
+    ids), as the aggregates compare them."""
+    out = {}
+    for name in names:
+        value = getattr(struct, name, UNSET)
+        if value is not UNSET:
+            out[name] = msgspec.to_builtins(value) if isinstance(value, Struct) else value
+    return out
 
 
 class Page(Struct, Generic[T]):

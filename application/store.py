@@ -135,8 +135,10 @@ class FlusiaRecorder(PostgresApplicationRecorder):
                 self._append_conn = None
 
 
-def postgres_env(database_url: str, *, create_table: bool = False, pool_size: int = 10) -> dict[str, str]:
-    """eventsourcing is configured by environment keys, not a URL: translate once."""
+def postgres_env(database_url: str, *, create_table: bool = False, pool_size: int = 2, max_overflow: int = 18
+                 ) -> dict[str, str]:
+    """eventsourcing is configured by environment keys, not a URL: translate once. Its pool keeps `pool_size`
+    connections open and opens up to `max_overflow` more under load (closed again when idle)."""
     info = conninfo_to_dict(database_url)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -146,7 +148,7 @@ def postgres_env(database_url: str, *, create_table: bool = False, pool_size: in
         "POSTGRES_USER": info.get("user", "postgres"),
         "POSTGRES_PASSWORD": info.get("password", ""),
         "POSTGRES_POOL_SIZE": str(pool_size),
-        "POSTGRES_MAX_OVERFLOW": "10",
+        "POSTGRES_MAX_OVERFLOW": str(max_overflow),
         "POSTGRES_LOCK_TIMEOUT": "10",
         "CREATE_TABLE": "y" if create_table else "n",
     }

@@ -18,10 +18,11 @@ from domain.errors import Conflict, DomainError, NotFound
 
 LEAD_STATUSES = ("new", "contacted", "qualified", "unqualified", "lost")
 KINDS = ("lead", "client")
-EDITABLE_FIELDS = frozenset(
-    {"business_name", "contact_name", "vat_number", "tax_code", "email", "phone", "website", "address", "source"}
-)
-CONTACT_FIELDS = frozenset({"name", "role", "email", "phone"})
+CLIENT_FIELDS = ("business_name", "contact_name", "vat_number", "tax_code", "email", "phone", "website", "address",
+                 "source")
+"""What a lead/client records about itself, in the order tools and read models show it."""
+EDITABLE_FIELDS = frozenset(CLIENT_FIELDS)
+CONTACT_FIELDS = ("name", "role", "email", "phone")
 
 
 class NotALead(DomainError):
@@ -111,7 +112,7 @@ class Client(Editable, Taggable, Assignable):
 
     @event("ContactAdded")
     def _contact_added(self, contact_id: UUID, fields: dict[str, Any]) -> None:
-        unknown = set(fields) - CONTACT_FIELDS
+        unknown = set(fields).difference(CONTACT_FIELDS)
         if unknown:
             raise DomainError(f"unknown contact field {sorted(unknown)[0]}", field=sorted(unknown)[0])
         self.contacts = {**self.contacts, str(contact_id): {"id": str(contact_id), **fields}}

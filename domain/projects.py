@@ -18,11 +18,12 @@ from domain.errors import Conflict, DomainError, NotFound
 
 STATUSES = ("planned", "active", "on_hold", "completed", "cancelled")
 MEMBER_ROLES = ("manager", "member", "viewer")
-ACTIVITY_KINDS = ("worklog", "milestone", "comment")
+LOG_KINDS = ("worklog", "milestone", "comment")
+"""What people log on a project's activity log; the projection adds 'system' entries for changes that matter."""
 BRIEF_SECTIONS = ("goals", "scope", "deliverables", "constraints")
-EDITABLE_FIELDS = frozenset(
-    {"name", "description", "client_id", "deal_id", "status", "start_date", "end_date", "budget_cents", "currency"}
-)
+PROJECT_FIELDS = ("name", "description", "client_id", "deal_id", "status", "start_date", "end_date", "budget_cents",
+                  "currency")
+EDITABLE_FIELDS = frozenset(PROJECT_FIELDS)
 
 
 class ProjectArchived(Conflict):
@@ -143,8 +144,8 @@ class Project(Editable):
     def log_activity(self, kind: str, text: str, *, minutes: int | None = None, occurred_on: date | None = None,
                      author_id: UUID | None = None) -> UUID:
         self._ensure_active()
-        if kind not in ACTIVITY_KINDS:
-            raise DomainError(f"kind must be one of {', '.join(ACTIVITY_KINDS)}", field="kind")
+        if kind not in LOG_KINDS:
+            raise DomainError(f"kind must be one of {', '.join(LOG_KINDS)}", field="kind")
         if not text.strip():
             raise DomainError("an activity needs some text", field="text")
         if minutes is not None and kind != "worklog":

@@ -19,7 +19,9 @@ from domain.shared import Assignable, Editable, Taggable, TagNotFound  # noqa: F
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 STATUSES = ("open", "done")
-EDITABLE_FIELDS = frozenset({"title", "description", "due_date", "priority", "client_id", "deal_id", "project_id"})
+TASK_FIELDS = ("title", "description", "due_date", "priority", "client_id", "deal_id", "project_id")
+"""What a task records about itself (besides assignee, tags, checklist and attachments), in display order."""
+EDITABLE_FIELDS = frozenset(TASK_FIELDS)
 MAX_CHECKLIST_ITEMS = 200
 MAX_ATTACHMENTS = 50
 

@@ -115,7 +115,7 @@ def cmd_projections_failures(args: argparse.Namespace, url: str) -> None:
     """Parked events: which consumer, organization and event, the error class, attempts and when."""
     from interfaces.runtime import Runtime
 
-    runtime = Runtime(url, pool_size=2)
+    runtime = Runtime(url, pool_size=2, consistency="settle")
     try:
         with runtime.pool.connection() as conn:
             emit({"parked": runtime.projector.parked(conn, args.name)})
@@ -127,7 +127,7 @@ def cmd_projections_retry(args: argparse.Namespace, url: str) -> None:
     """Retry parked events now (after a fix), in order, exactly once; what still fails stays parked."""
     from interfaces.runtime import Runtime
 
-    runtime = Runtime(url, pool_size=2)
+    runtime = Runtime(url, pool_size=2, consistency="settle")
     try:
         out = {p.name: runtime.projector.retry_parked(p, due_only=False) for p in _projections(runtime, args.name)}
         emit({"retried": {name: results for name, results in out.items() if results}})
@@ -138,7 +138,7 @@ def cmd_projections_retry(args: argparse.Namespace, url: str) -> None:
 def cmd_projections_rebuild(args: argparse.Namespace, url: str) -> None:
     from interfaces.runtime import Runtime
 
-    runtime = Runtime(url, pool_size=4)
+    runtime = Runtime(url, pool_size=4, consistency="settle")
     try:
         out = {}
         for projection in _projections(runtime, args.name):
@@ -154,7 +154,7 @@ def cmd_project(args: argparse.Namespace, url: str) -> None:
     from interfaces.runtime import Runtime
 
     migrate(url)
-    runtime = Runtime(url, pool_size=4)
+    runtime = Runtime(url, pool_size=4, consistency="settle")
     emit({"projector": "running", "projections": [p.name for p in runtime.projections]})
     sys.stdout.flush()
     try:

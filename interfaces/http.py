@@ -231,16 +231,12 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await runtime.positions.start()
-        runtime.projector.listener = runtime.positions
-        if run_projector:
-            runtime.projector.start(runtime.database_url)
+        await runtime.start(run_projector=run_projector)
         try:
             async with sessions.run():
                 yield
         finally:
-            await runtime.positions.stop()
-            runtime.projector.stop()
+            await runtime.stop()
 
     app = Litestar(
         [mcp_endpoint, protected_resource, protected_resource_mcp, *health_routes, *oauth_routes(runtime, auth, urls),

@@ -1,4 +1,12 @@
-"""Wires the parts together for one process: event store, pools, projector, position feed, service.
+"""The one bootstrap: every process (`flusia serve`, `flusia project`, the other CLI commands, the tests and the
+benchmarks) builds its parts here: event store, pools, projections and their projector, the registry with
+every toolset, and the tool runner.
+
+`consistency` says how a write waits for the read models (read-your-writes):
+- "follow" (the server): the projector runs in a thread of this process and the tool runner waits on the
+  position feed (LISTEN/NOTIFY), started with `start()` on the event loop;
+- "settle" (in-process callers without an event loop of their own: tests, benchmarks, the CLI): the writer
+  brings the projections up to date itself before reading.
 
 Tool calls and the projector use separate pools: every tool's database work runs under a statement timeout
 (FLUSIA_STATEMENT_TIMEOUT_MS, default 5000), which must never stop a projection batch or a rebuild.
@@ -7,6 +15,7 @@ Tool calls and the projector use separate pools: every tool's database work runs
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
@@ -18,13 +27,15 @@ from projections.inventory import all_projections
 from projections.positions import ProjectionPositions
 from projections.projector import Projector
 
+Consistency = Literal["follow", "settle"]
+
 
 def _int_env(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
 class Runtime:
-    def __init__(self, database_url: str, *, pool_size: int = 20) -> None:
+    def __init__(self, database_url: str, *, pool_size: int = 20, consistency: Consistency = "follow") -> None:
         self.database_url = database_url
         self.store = EventStore(database_url)
         timeout_ms = _int_env("FLUSIA_STATEMENT_TIMEOUT_MS", 5000)
@@ -37,18 +48,38 @@ class Runtime:
             kwargs={"row_factory": dict_row, "autocommit": True},
         )
         self.projections = all_projections()
-        self.projector = Projector(self.store, self.projector_pool, self.projections)
-        self.positions = ProjectionPositions(database_url)
+        self.projector = Projector(self.store.mapper.to_domain_event, self.projector_pool, self.projections,
+                                   channel=self.store.recorder.channel_name)
         self.registry = registry
+        self.positions = ProjectionPositions(database_url) if consistency == "follow" else None
         self.runner = ToolRunner(registry, self.store, self.pool, self.projections, self.positions,
-                               org_concurrency=_int_env("FLUSIA_ORG_CONCURRENCY", 0) or None,
-                               statement_timeout_ms=timeout_ms)
+                                 settle=(lambda targets: self.settle()) if consistency == "settle" else None,
+                                 org_concurrency=_int_env("FLUSIA_ORG_CONCURRENCY", 0) or None,
+                                 statement_timeout_ms=timeout_ms)
 
     def projection(self, name: str):
         for p in self.projections:
             if p.name == name:
                 return p
         raise KeyError(name)
+
+    def settle(self) -> None:
+        """Bring every projection up to date now, in this thread."""
+        for p in self.projections:
+            self.projector.catch_up(p)
+
+    async def start(self, *, run_projector: bool = True) -> None:
+        """On the server's event loop: follow positions and parked events, and run the projector thread."""
+        if self.positions is not None:
+            await self.positions.start()
+            self.projector.listener = self.positions
+        if run_projector:
+            self.projector.start(self.database_url)
+
+    async def stop(self) -> None:
+        if self.positions is not None:
+            await self.positions.stop()
+        self.projector.stop()
 
     def close(self) -> None:
         self.projector.stop()

@@ -10,7 +10,7 @@ from psycopg.types.json import Jsonb
 from domain.activities import Activity
 from domain.clients import Client
 from domain.errors import NotFound
-from projections.base import Projection, handles
+from projections.base import Projection, handles, set_columns
 from projections.pagination import Sort, paginate
 
 ACTIVITY_COLUMNS = ("id, type, client_id, deal_id, user_id, occurred_at, subject, body, details, created_by,"
@@ -33,10 +33,7 @@ class ActivitiesProjection(Projection):
 
     @handles(Activity.Updated)
     def updated(self, cur: Any, e: Any) -> None:
-        values = {k: (Jsonb(v) if k == "details" else v) for k, v in e.changes.items()}
-        sets = "".join(f"{k} = %({k})s, " for k in values)
-        cur.execute(f"UPDATE activities SET {sets}updated_at = %(_ts)s WHERE id = %(_id)s",  # noqa: S608
-                    {**values, "_ts": e.timestamp, "_id": e.originator_id})
+        set_columns(cur, "activities", e, {k: (Jsonb(v) if k == "details" else v) for k, v in e.changes.items()})
 
     @handles(Activity.Deleted)
     def deleted(self, cur: Any, e: Any) -> None:

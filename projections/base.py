@@ -6,8 +6,9 @@ Row contents come from events only (timestamps included), so a rebuild gives ide
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
+from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
@@ -48,3 +49,24 @@ class Projection:
         """Empty the read tables before a rebuild (children first)."""
         for table in reversed(self.tables):
             cur.execute(f"DELETE FROM {table}")  # noqa: S608 - table names are class constants
+
+
+# -- the read side's shared statements ----------------------------------------------------------------------
+def touch(cur: Any, table: str, event: Any, sets: str = "", params: tuple[Any, ...] = ()) -> None:
+    """The event's row changed at the event's time; `sets` (SQL with positional parameters `params`) says what
+    else changed. Row times come from events, so a rebuild writes the same rows."""
+    cur.execute(f"UPDATE {table} SET {sets + ', ' if sets else ''}updated_at = %s WHERE id = %s",  # noqa: S608
+                (*params, event.timestamp, event.originator_id))
+
+
+def set_columns(cur: Any, table: str, event: Any, values: Mapping[str, Any], sets: str = "",
+                params: tuple[Any, ...] = ()) -> None:
+    """`touch` with columns given as a mapping (keys are column names the projection chose, never input)."""
+    assignments = ", ".join([*(f"{column} = %s" for column in values), *([sets] if sets else [])])
+    touch(cur, table, event, assignments, (*values.values(), *params))
+
+
+def exists(conn: Any, table: str, org_id: UUID | None, row_id: UUID) -> bool:
+    """Whether the organization's read model has the row (tables are class constants, never input)."""
+    return conn.execute(f"SELECT 1 FROM {table} WHERE organization_id = %s AND id = %s",  # noqa: S608
+                        (org_id, row_id)).fetchone() is not None

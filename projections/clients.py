@@ -8,9 +8,9 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from domain.clients import Client, email_key, phone_key, vat_key
+from domain.clients import CLIENT_FIELDS, CONTACT_FIELDS, Client, email_key, phone_key, vat_key
 from domain.errors import NotFound
-from projections.base import Projection, handles
+from projections.base import Projection, exists, handles, set_columns, touch
 from projections.pagination import Sort, paginate
 
 SEARCH_REFRESH = """
@@ -26,7 +26,6 @@ INSERT INTO client_search_words (organization_id, word)
 SELECT organization_id, unnest(tsvector_to_array(search_tsv)) FROM updated
 ON CONFLICT DO NOTHING
 """
-FIELD_COLUMNS = ("business_name", "contact_name", "vat_number", "tax_code", "email", "phone", "website", "address", "source")
 
 
 def _db_value(key: str, value: Any) -> Any:
@@ -43,18 +42,14 @@ class ClientsProjection(Projection):
         for field, keyfn in (("vat_number", vat_key), ("email", email_key), ("phone", phone_key)):
             if field in values:
                 values[field.split("_")[0] + "_key"] = keyfn(values[field])
-        assignments = "".join(f"{k} = %({k})s, " for k in values)
-        cur.execute(
-            f"UPDATE clients SET {assignments}updated_at = %(_ts)s WHERE id = %(_id)s",  # noqa: S608 - keys are ours
-            {**values, "_ts": event.timestamp, "_id": event.originator_id},
-        )
+        set_columns(cur, "clients", event, values)
 
     def _refresh_search(self, cur: Any, client_id: UUID) -> None:
         cur.execute(SEARCH_REFRESH, {"id": client_id})
 
     @handles(Client.Created)
     def created(self, cur: Any, e: Any) -> None:
-        f = {c: e.fields.get(c) for c in FIELD_COLUMNS}
+        f = {c: e.fields.get(c) for c in CLIENT_FIELDS}
         cur.execute(
             """
             WITH inserted AS (
@@ -101,13 +96,11 @@ class ClientsProjection(Projection):
 
     @handles(Client.Tagged)
     def tagged(self, cur: Any, e: Any) -> None:
-        cur.execute("UPDATE clients SET tags = array_append(tags, %s), updated_at = %s WHERE id = %s",
-                    (e.tag, e.timestamp, e.originator_id))
+        touch(cur, "clients", e, "tags = array_append(tags, %s)", (e.tag,))
 
     @handles(Client.Untagged)
     def untagged(self, cur: Any, e: Any) -> None:
-        cur.execute("UPDATE clients SET tags = array_remove(tags, %s), updated_at = %s WHERE id = %s",
-                    (e.tag, e.timestamp, e.originator_id))
+        touch(cur, "clients", e, "tags = array_remove(tags, %s)", (e.tag,))
 
     def _insert_contact(self, cur: Any, e: Any, contact: dict[str, Any]) -> None:
         cur.execute(
@@ -125,7 +118,7 @@ class ClientsProjection(Projection):
 
     @handles(Client.ContactUpdated)
     def contact_updated(self, cur: Any, e: Any) -> None:
-        changes = {k: v for k, v in e.changes.items() if k in ("name", "role", "email", "phone")}
+        changes = {k: v for k, v in e.changes.items() if k in CONTACT_FIELDS}
         if changes:
             sets = ", ".join(f"{k} = %({k})s" for k in changes)
             cur.execute(f"UPDATE client_contacts SET {sets} WHERE id = %(_id)s", {**changes, "_id": e.contact_id})  # noqa: S608
@@ -222,7 +215,7 @@ def list_contacts(conn: Any, org_id: UUID, client_id: UUID) -> list[dict[str, An
 
 
 def client_exists(conn: Any, org_id: UUID, client_id: UUID) -> bool:
-    return conn.execute("SELECT 1 FROM clients WHERE organization_id = %s AND id = %s", (org_id, client_id)).fetchone() is not None
+    return exists(conn, "clients", org_id, client_id)
 
 
 SIMILAR_WORDS_PER_TERM = 6

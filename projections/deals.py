@@ -8,7 +8,7 @@ from uuid import UUID
 from domain.clients import Client
 from domain.deals import Deal
 from domain.errors import NotFound
-from projections.base import Projection, handles
+from projections.base import Projection, exists, handles
 from projections.pagination import Sort, paginate
 
 DEAL_COLUMNS = (
@@ -215,7 +215,7 @@ def get_deal(conn: Any, org_id: UUID, deal_id: UUID) -> dict[str, Any]:
 
 
 def deal_exists(conn: Any, org_id: UUID, deal_id: UUID) -> bool:
-    return conn.execute("SELECT 1 FROM deals WHERE organization_id = %s AND id = %s", (org_id, deal_id)).fetchone() is not None
+    return exists(conn, "deals", org_id, deal_id)
 
 
 def list_deals(conn: Any, org_id: UUID, *, filters: dict[str, Any], sort: str, limit: int, cursor: str | None):

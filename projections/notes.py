@@ -8,7 +8,7 @@ from uuid import UUID
 from domain.clients import Client
 from domain.errors import NotFound
 from domain.notes import Note
-from projections.base import Projection, handles
+from projections.base import Projection, handles, touch
 from projections.pagination import Sort, paginate
 
 NOTE_COLUMNS = "id, subject_type, subject_id, body, author_id, created_at, updated_at"
@@ -29,7 +29,7 @@ class NotesProjection(Projection):
 
     @handles(Note.Edited)
     def edited(self, cur: Any, e: Any) -> None:
-        cur.execute("UPDATE notes SET body = %s, updated_at = %s WHERE id = %s", (e.body, e.timestamp, e.originator_id))
+        touch(cur, "notes", e, "body = %s", (e.body,))
 
     @handles(Note.Deleted)
     def deleted(self, cur: Any, e: Any) -> None:

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from domain.errors import NotFound
 from domain.pipelines import DEFAULT_PIPELINE_NAME, Pipeline, default_pipeline_id, default_stages
-from projections.base import Projection, handles
+from projections.base import Projection, handles, touch
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -25,9 +25,6 @@ class PipelinesProjection(Projection):
     def _write_positions(self, cur: Any, pipeline_id: UUID, stage_ids: list[str]) -> None:
         for pos, sid in enumerate(stage_ids):
             cur.execute("UPDATE pipeline_stages SET position = %s WHERE id = %s", (pos, sid))
-
-    def _touch(self, cur: Any, e: Any) -> None:
-        cur.execute("UPDATE pipelines SET updated_at = %s WHERE id = %s", (e.timestamp, e.originator_id))
 
     def _live_stage_ids(self, cur: Any, pipeline_id: UUID) -> list[str]:
         cur.execute("SELECT id FROM pipeline_stages WHERE pipeline_id = %s AND NOT deleted ORDER BY position, id",
@@ -50,7 +47,7 @@ class PipelinesProjection(Projection):
 
     @handles(Pipeline.Renamed)
     def renamed(self, cur: Any, e: Any) -> None:
-        cur.execute("UPDATE pipelines SET name = %s, updated_at = %s WHERE id = %s", (e.name, e.timestamp, e.originator_id))
+        touch(cur, "pipelines", e, "name = %s", (e.name,))
 
     @handles(Pipeline.StageAdded)
     def stage_added(self, cur: Any, e: Any) -> None:
@@ -62,29 +59,29 @@ class PipelinesProjection(Projection):
         )
         ids.insert(e.position, str(e.stage_id))
         self._write_positions(cur, e.originator_id, ids)
-        self._touch(cur, e)
+        touch(cur, "pipelines", e)
 
     @handles(Pipeline.StageUpdated)
     def stage_updated(self, cur: Any, e: Any) -> None:
         for key in ("name", "probability"):
             if key in e.changes:
                 cur.execute(f"UPDATE pipeline_stages SET {key} = %s WHERE id = %s", (e.changes[key], e.stage_id))  # noqa: S608
-        self._touch(cur, e)
+        touch(cur, "pipelines", e)
 
     @handles(Pipeline.StagesReordered)
     def reordered(self, cur: Any, e: Any) -> None:
         self._write_positions(cur, e.originator_id, list(e.stage_ids))
-        self._touch(cur, e)
+        touch(cur, "pipelines", e)
 
     @handles(Pipeline.StageRemoved)
     def stage_removed(self, cur: Any, e: Any) -> None:
         cur.execute("UPDATE pipeline_stages SET deleted = true, position = -1 WHERE id = %s", (e.stage_id,))
         self._write_positions(cur, e.originator_id, self._live_stage_ids(cur, e.originator_id))
-        self._touch(cur, e)
+        touch(cur, "pipelines", e)
 
     @handles(Pipeline.Deleted)
     def deleted(self, cur: Any, e: Any) -> None:
-        cur.execute("UPDATE pipelines SET deleted = true, updated_at = %s WHERE id = %s", (e.timestamp, e.originator_id))
+        touch(cur, "pipelines", e, "deleted = true")
 
 
 # -- queries ---------------------------------------------------------------------------------------------

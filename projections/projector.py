@@ -33,11 +33,12 @@ from eventsourcing.persistence import Notification
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
-from application.store import EventStore
 from projections.base import Projection
 
 log = logging.getLogger("flusia.projector")
 CHANNEL = "flusia_projections"
+EVENTS_CHANNEL = "stored_events"
+"""Where every append announces itself (the event store's recorder channel)."""
 NO_ORGANIZATION = UUID(int=0)
 """Parking key for an event without an organization (appended outside the tool path)."""
 # Commit order equals notification order (appends lock the table), so every event up to the head read here is
@@ -111,9 +112,13 @@ def _error_class(error: BaseException) -> tuple[str, str | None]:
 
 class Projector:
     def __init__(
-        self, store: EventStore, pool: ConnectionPool, projections: Sequence[Projection], *, batch_size: int = 1000
+        self, decode: Callable[[Notification], Any], pool: ConnectionPool, projections: Sequence[Projection], *,
+        batch_size: int = 1000, channel: str = EVENTS_CHANNEL,
     ) -> None:
-        self.store = store
+        """`decode` turns a stored event into its domain event (the event store's mapper); `channel` is where the
+        event store announces appends."""
+        self.decode = decode
+        self.channel = channel
         self.pool = pool
         self.projections = list(projections)
         self.batch_size = batch_size
@@ -179,7 +184,7 @@ class Projector:
             else:
                 with conn.pipeline():  # the batch's statements go out without waiting for each answer
                     for n, _ in events:
-                        projection.apply(cur, self.store.mapper.to_domain_event(n))
+                        projection.apply(cur, self.decode(n))
             cur.execute("UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
                         (last, projection.name))
             for p in parked:
@@ -204,7 +209,7 @@ class Projector:
         """Apply one event inside a savepoint; the exception if it failed (the connection being lost is re-raised)."""
         try:
             with conn.transaction():
-                projection.apply(cur, self.store.mapper.to_domain_event(n))
+                projection.apply(cur, self.decode(n))
         except Exception as e:
             if conn.broken:
                 raise
@@ -291,7 +296,8 @@ class Projector:
 
     def rebuild_report(self, projection: Projection, progress: Callable[[int, int], None] | None = None
                        ) -> dict[str, Any]:
-        total_events = self.store.recorder.max_notification_id() or 0
+        with self.pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            total_events = cur.execute("SELECT coalesce(max(notification_id), 0) FROM stored_events").fetchone()[0]
         applied = 0
         parked: list[Parked] = []
         with self.pool.connection() as conn, conn.transaction():
@@ -339,7 +345,7 @@ class Projector:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(conninfo, autocommit=True) as listen:
-                    listen.execute(f'LISTEN "{self.store.recorder.channel_name}"')
+                    listen.execute(f'LISTEN "{self.channel}"')
                     seen = 0  # every owned projection has applied all it handles up to here
                     next_lock_attempt = next_retry_check = 0.0
                     while not self._stop.is_set():

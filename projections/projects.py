@@ -9,7 +9,7 @@ from psycopg.types.json import Jsonb
 
 from domain.errors import NotFound
 from domain.projects import Project
-from projections.base import Projection, handles
+from projections.base import Projection, exists, handles, set_columns, touch
 from projections.pagination import Sort, paginate
 
 PROJECT_COLUMNS = (
@@ -29,9 +29,6 @@ class ProjectsProjection(Projection):
     tables = ("projects", "project_members", "project_activities")
     resources = ("projects",)
 
-    def _touch(self, cur: Any, e: Any, sets: str = "", params: tuple = ()) -> None:
-        cur.execute(f"UPDATE projects SET {sets + ', ' if sets else ''}updated_at = %s WHERE id = %s",  # noqa: S608
-                    (*params, e.timestamp, e.originator_id))
 
     def _system(self, cur: Any, e: Any, text: str) -> None:
         """Changes that matter to the team show up in the project's activity log too."""
@@ -57,18 +54,18 @@ class ProjectsProjection(Projection):
     @handles(Project.Updated)
     def updated(self, cur: Any, e: Any) -> None:
         changes = dict(e.changes)
-        self._touch(cur, e, ", ".join(f"{k} = %s" for k in changes), tuple(changes.values()))
+        set_columns(cur, "projects", e, changes)
         if "status" in changes:
             self._system(cur, e, f"status changed to {changes['status']}")
 
     @handles(Project.Archived)
     def archived(self, cur: Any, e: Any) -> None:
-        self._touch(cur, e, "archived = true, archived_at = %s", (e.timestamp,))
+        touch(cur, "projects", e, "archived = true, archived_at = %s", (e.timestamp,))
         self._system(cur, e, "project archived")
 
     @handles(Project.Unarchived)
     def unarchived(self, cur: Any, e: Any) -> None:
-        self._touch(cur, e, "archived = false, archived_at = NULL")
+        touch(cur, "projects", e, "archived = false, archived_at = NULL")
         self._system(cur, e, "project unarchived")
 
     @handles(Project.MemberAssigned)
@@ -79,18 +76,18 @@ class ProjectsProjection(Projection):
             " ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
             (e.user_id, e.role, e.timestamp, e.originator_id),
         )
-        self._touch(cur, e)
+        touch(cur, "projects", e)
         self._system(cur, e, f"member {e.user_id} added as {e.role}")
 
     @handles(Project.MemberUnassigned)
     def member_unassigned(self, cur: Any, e: Any) -> None:
         cur.execute("DELETE FROM project_members WHERE project_id = %s AND user_id = %s", (e.originator_id, e.user_id))
-        self._touch(cur, e)
+        touch(cur, "projects", e)
         self._system(cur, e, f"member {e.user_id} removed")
 
     @handles(Project.BriefUpdated)
     def brief_updated(self, cur: Any, e: Any) -> None:
-        self._touch(cur, e, "brief = brief || %s, brief_updated_at = %s", (Jsonb(dict(e.changes)), e.timestamp))
+        touch(cur, "projects", e, "brief = brief || %s, brief_updated_at = %s", (Jsonb(dict(e.changes)), e.timestamp))
         self._system(cur, e, "brief updated: " + ", ".join(sorted(e.changes)))
 
     @handles(Project.ActivityLogged)
@@ -100,7 +97,7 @@ class ProjectsProjection(Projection):
             " author_id, created_at) SELECT %s, organization_id, id, %s, %s, %s, %s, %s, %s FROM projects WHERE id = %s",
             (e.activity_id, e.kind, e.text, e.minutes, e.occurred_on, e.author_id, e.timestamp, e.originator_id),
         )
-        self._touch(cur, e)
+        touch(cur, "projects", e)
 
     @handles(Project.Deleted)
     def deleted(self, cur: Any, e: Any) -> None:
@@ -143,8 +140,7 @@ def get_project(conn: Any, org_id: UUID, project_id: UUID, *, today: Any) -> dic
 
 
 def project_exists(conn: Any, org_id: UUID, project_id: UUID) -> bool:
-    return conn.execute("SELECT 1 FROM projects WHERE organization_id = %s AND id = %s",
-                        (org_id, project_id)).fetchone() is not None
+    return exists(conn, "projects", org_id, project_id)
 
 
 def get_brief(conn: Any, org_id: UUID, project_id: UUID) -> dict[str, Any]:
@@ -162,11 +158,23 @@ def list_members(conn: Any, org_id: UUID, project_id: UUID) -> list[dict[str, An
         " ORDER BY m.added_at, m.user_id", (org_id, project_id)).fetchall()
 
 
-def list_activities(conn: Any, org_id: UUID, project_id: UUID, *, kind: str | None, limit: int, cursor: str | None):
+LOG_ENTRY_COLUMNS = "id, project_id, kind, text, minutes, occurred_on, author_id, created_at"
+
+
+def list_log_entries(conn: Any, org_id: UUID, project_id: UUID, *, kind: str | None, limit: int, cursor: str | None):
+    """The project's activity log (table project_activities): worklogs, milestones, comments, system entries."""
     where = "FROM project_activities WHERE organization_id = %s AND project_id = %s"
     params: list[Any] = [org_id, project_id]
     if kind is not None:
         where += " AND kind = %s"
         params.append(kind)
-    return paginate(conn, "id, project_id, kind, text, minutes, occurred_on, author_id, created_at", where, params,
-                    Sort("created_at", "timestamptz", descending=True), limit, cursor)
+    return paginate(conn, LOG_ENTRY_COLUMNS, where, params, Sort("created_at", "timestamptz", descending=True), limit,
+                    cursor)
+
+
+def get_log_entry(conn: Any, org_id: UUID, entry_id: UUID) -> dict[str, Any]:
+    row = conn.execute(f"SELECT {LOG_ENTRY_COLUMNS} FROM project_activities WHERE organization_id = %s AND id = %s",
+                       (org_id, entry_id)).fetchone()
+    if row is None:
+        raise NotFound("activity", entry_id, field="activity_id")
+    return row

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from domain.errors import NotFound
 from domain.services import CatalogService, ServiceCategory
-from projections.base import Projection, handles
+from projections.base import Projection, exists, handles, set_columns, touch
 from projections.pagination import Sort, paginate
 
 SERVICE_COLUMNS = (
@@ -34,14 +34,11 @@ class ServicesProjection(Projection):
 
     @handles(CatalogService.Updated)
     def updated(self, cur: Any, e: Any) -> None:
-        values = dict(e.changes)
-        sets = "".join(f"{k} = %({k})s, " for k in values)
-        cur.execute(f"UPDATE services SET {sets}updated_at = %(_ts)s WHERE id = %(_id)s",  # noqa: S608
-                    {**values, "_ts": e.timestamp, "_id": e.originator_id})
+        set_columns(cur, "services", e, dict(e.changes))
 
     @handles(CatalogService.Archived)
     def archived(self, cur: Any, e: Any) -> None:
-        cur.execute("UPDATE services SET active = false, updated_at = %s WHERE id = %s", (e.timestamp, e.originator_id))
+        touch(cur, "services", e, "active = false")
 
     @handles(CatalogService.Deleted)
     def deleted(self, cur: Any, e: Any) -> None:
@@ -108,8 +105,7 @@ def list_categories(conn: Any, org_id: UUID) -> list[dict[str, Any]]:
 
 
 def category_exists(conn: Any, org_id: UUID, category_id: UUID) -> bool:
-    return conn.execute("SELECT 1 FROM service_categories WHERE organization_id = %s AND id = %s",
-                        (org_id, category_id)).fetchone() is not None
+    return exists(conn, "service_categories", org_id, category_id)
 
 
 def count_in_category(conn: Any, org_id: UUID, category_id: UUID) -> int:

@@ -9,7 +9,7 @@ from uuid import UUID
 from domain.clients import Client
 from domain.errors import NotFound
 from domain.tasks import Task
-from projections.base import Projection, handles
+from projections.base import Projection, exists, handles, set_columns, touch
 from projections.pagination import Sort, paginate
 
 TASK_COLUMNS = (
@@ -36,9 +36,6 @@ class TasksProjection(Projection):
     tables = ("tasks", "task_checklist_items", "task_attachments")
     resources = ("tasks",)
 
-    def _touch(self, cur: Any, e: Any, sets: str = "", params: tuple = ()) -> None:
-        cur.execute(f"UPDATE tasks SET {sets + ', ' if sets else ''}updated_at = %s WHERE id = %s",  # noqa: S608
-                    (*params, e.timestamp, e.originator_id))
 
     @handles(Task.Created)
     def created(self, cur: Any, e: Any) -> None:
@@ -55,38 +52,36 @@ class TasksProjection(Projection):
 
     @handles(Task.Updated)
     def updated(self, cur: Any, e: Any) -> None:
-        changes = dict(e.changes)
-        sets = ", ".join(f"{k} = %s" for k in changes)
-        self._touch(cur, e, sets, tuple(changes.values()))
+        set_columns(cur, "tasks", e, dict(e.changes))
         cur.execute(SEARCH_REFRESH, (e.originator_id,))
 
     @handles(Task.Completed)
     def completed(self, cur: Any, e: Any) -> None:
-        self._touch(cur, e, "status = 'done', completed_at = %s", (e.timestamp,))
+        touch(cur, "tasks", e, "status = 'done', completed_at = %s", (e.timestamp,))
 
     @handles(Task.Reopened)
     def reopened(self, cur: Any, e: Any) -> None:
-        self._touch(cur, e, "status = 'open', completed_at = NULL")
+        touch(cur, "tasks", e, "status = 'open', completed_at = NULL")
 
     @handles(Task.Assigned)
     def assigned(self, cur: Any, e: Any) -> None:
-        self._touch(cur, e, "assignee_id = %s", (e.user_id,))
+        touch(cur, "tasks", e, "assignee_id = %s", (e.user_id,))
 
     @handles(Task.Unassigned)
     def unassigned(self, cur: Any, e: Any) -> None:
-        self._touch(cur, e, "assignee_id = NULL")
+        touch(cur, "tasks", e, "assignee_id = NULL")
 
     @handles(Task.Tagged)
     def tagged(self, cur: Any, e: Any) -> None:
-        self._touch(cur, e, "tags = array_append(tags, %s)", (e.tag,))
+        touch(cur, "tasks", e, "tags = array_append(tags, %s)", (e.tag,))
 
     @handles(Task.Untagged)
     def untagged(self, cur: Any, e: Any) -> None:
-        self._touch(cur, e, "tags = array_remove(tags, %s)", (e.tag,))
+        touch(cur, "tasks", e, "tags = array_remove(tags, %s)", (e.tag,))
 
     def _recount_checklist(self, cur: Any, e: Any) -> None:
-        self._touch(
-            cur, e,
+        touch(
+            cur, "tasks", e,
             "checklist_total = (SELECT count(*) FROM task_checklist_items WHERE task_id = %s),"
             " checklist_done = (SELECT count(*) FROM task_checklist_items WHERE task_id = %s AND done)",
             (e.originator_id, e.originator_id),
@@ -106,7 +101,7 @@ class TasksProjection(Projection):
     def item_renamed(self, cur: Any, e: Any) -> None:
         cur.execute("UPDATE task_checklist_items SET text = %s, updated_at = %s WHERE id = %s",
                     (e.text, e.timestamp, e.item_id))
-        self._touch(cur, e)
+        touch(cur, "tasks", e)
 
     @handles(Task.ChecklistItemTicked)
     def item_ticked(self, cur: Any, e: Any) -> None:
@@ -127,12 +122,12 @@ class TasksProjection(Projection):
             (e.attachment_id, e.name, e.url, e.sha256, e.size_bytes, e.mime_type, e.added_by, e.timestamp,
              e.originator_id),
         )
-        self._touch(cur, e, "attachments_count = attachments_count + 1")
+        touch(cur, "tasks", e, "attachments_count = attachments_count + 1")
 
     @handles(Task.AttachmentRemoved)
     def detached(self, cur: Any, e: Any) -> None:
         cur.execute("DELETE FROM task_attachments WHERE id = %s", (e.attachment_id,))
-        self._touch(cur, e, "attachments_count = greatest(attachments_count - 1, 0)")
+        touch(cur, "tasks", e, "attachments_count = greatest(attachments_count - 1, 0)")
 
     @handles(Task.Deleted)
     def deleted(self, cur: Any, e: Any) -> None:
@@ -242,3 +237,7 @@ def tag_counts(conn: Any, org_id: UUID, *, status: str | None = None, limit: int
         "SELECT tag, count(*)::int AS count FROM tasks, unnest(tags) AS tag"
         " WHERE organization_id = %s AND (%s::text IS NULL OR status = %s)"
         " GROUP BY tag ORDER BY count(*) DESC, tag LIMIT %s", (org_id, status, status, limit)).fetchall()
+
+
+def task_exists(conn: Any, org_id: UUID, task_id: UUID) -> bool:
+    return exists(conn, "tasks", org_id, task_id)

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from domain.errors import NotFound
 from domain.wiki import WikiCategory, WikiPage
-from projections.base import Projection, handles
+from projections.base import Projection, exists, handles, touch
 from projections.pagination import Sort, paginate
 
 PAGE_COLUMNS = ("id, title, category_id, parent_id, revision, created_by, updated_by, created_at, updated_at,"
@@ -34,8 +34,7 @@ class WikiProjection(Projection):
         )
 
     def _set(self, cur: Any, e: Any, sets: str, params: tuple, author_id: Any) -> None:
-        cur.execute(f"UPDATE wiki_pages SET {sets}, revision = %s, updated_by = %s, updated_at = %s WHERE id = %s",  # noqa: S608
-                    (*params, e.originator_version, author_id, e.timestamp, e.originator_id))
+        touch(cur, "wiki_pages", e, f"{sets}, revision = %s, updated_by = %s", (*params, e.originator_version, author_id))
 
     @handles(WikiCategory.Created)
     def category_created(self, cur: Any, e: Any) -> None:
@@ -123,8 +122,7 @@ def get_page(conn: Any, org_id: UUID, page_id: UUID) -> dict[str, Any]:
 
 
 def page_exists(conn: Any, org_id: UUID, page_id: UUID) -> bool:
-    return conn.execute("SELECT 1 FROM wiki_pages WHERE organization_id = %s AND id = %s",
-                        (org_id, page_id)).fetchone() is not None
+    return exists(conn, "wiki_pages", org_id, page_id)
 
 
 SNIPPET_WINDOW = 4000

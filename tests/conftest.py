@@ -75,10 +75,8 @@ def runtime(database_url: str):
 
     from interfaces.runtime import Runtime
 
-    rt = Runtime(database_url)
+    rt = Runtime(database_url, consistency="settle")
     rt.projector.start(database_url)
-    rt.runner.positions = None  # in-process tests settle projections synchronously instead of the async feed
-    rt.runner.sync_settle = lambda targets: settle(rt)
     yield rt
     rt.close()
 
@@ -188,14 +186,11 @@ def iso_runtime(fresh_database_url):
     """A runtime on a database of its own, settling projections synchronously after each write."""
     from interfaces.runtime import Runtime
 
-    rt = Runtime(fresh_database_url, pool_size=6)
-    rt.runner.positions = None
-    rt.runner.sync_settle = lambda targets: settle(rt)
+    rt = Runtime(fresh_database_url, pool_size=6, consistency="settle")
     yield rt
     rt.close()
 
 
 def settle(rt) -> None:
-    """Bring every projection up to date now (tests that call the service in-process, without the async feed)."""
-    for p in rt.projections:
-        rt.projector.catch_up(p)
+    """Bring every projection up to date now (tests that call the runner in-process)."""
+    rt.settle()

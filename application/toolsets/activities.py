@@ -10,8 +10,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.identity import ensure_user
-from application.registry import registry
-from application.handlers import entity_command
+from application.toolset import Toolset
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed
 from domain.activities import Activity
@@ -78,6 +77,13 @@ def present_activity(ctx: QueryContext, activity_id: UUID) -> ActivityOut:
     return msgspec.convert(activities_q.get_activity(ctx.conn, ctx.org_id, activity_id), ActivityOut)
 
 
+activities = Toolset(
+    "activities", title="Activities", description="Calls, meetings, e-mails, notes; merged timeline of a client or deal",
+    aggregate=Activity, id_field="activity_id", id_type=ActivityId, output=ActivityOut, present=present_activity,
+    subject="an activity",
+)
+
+
 # -- queries ---------------------------------------------------------------------------------------------
 class ListActivities(ListQuery, kw_only=True):
     """Logged activities, newest first. Filter by type (call, meeting, email, note), client, deal, user and date
@@ -91,7 +97,7 @@ class ListActivities(ListQuery, kw_only=True):
     occurred_to: Annotated[datetime | None, Meta(description="Before (ISO 8601).")] = None
 
 
-@registry.query("crm_activities_list", output=Page[ActivityOut])
+@activities.query("list", output=Page[ActivityOut])
 def list_activities(q: ListActivities, ctx: QueryContext) -> Page[ActivityOut]:
     filters = {k: getattr(q, k) for k in ("type", "client_id", "deal_id", "user_id", "occurred_from", "occurred_to")}
     rows, cursor = activities_q.list_activities(ctx.conn, ctx.org_id, filters=filters, limit=q.limit, cursor=q.cursor)
@@ -104,7 +110,7 @@ class GetActivity(Query, kw_only=True):
     activity_id: ActivityId
 
 
-@registry.query("crm_activities_get", output=ActivityOut)
+@activities.query("get", output=ActivityOut)
 def get_activity(q: GetActivity, ctx: QueryContext) -> ActivityOut:
     return present_activity(ctx, q.activity_id)
 
@@ -121,7 +127,7 @@ class Timeline(ListQuery, kw_only=True):
                      Meta(description="Only these kinds of entries.")] = None
 
 
-@registry.query("crm_activities_timeline", output=TimelinePage)
+@activities.query("timeline", output=TimelinePage)
 def timeline(q: Timeline, ctx: QueryContext) -> TimelinePage:
     if q.client_id is None and q.deal_id is None:
         raise DomainError("give client_id or deal_id", field="client_id")
@@ -197,16 +203,16 @@ class LogNote(LogBase, kw_only=True):
 
 
 LOG_READS = ("clients", "deals")  # the client and deal it concerns are checked, and a deal gives its client
-registry.command("crm_activities_log_call", input=LogCall, output=ActivityOut, returns=UUID, present=present_activity,
+activities.command("log_call", input=LogCall, output=ActivityOut, returns=UUID, present=present_activity,
                  reads=LOG_READS)(
     _log("call", lambda c: {"direction": c.direction, "duration_minutes": c.duration_minutes, "outcome": c.outcome}))
-registry.command("crm_activities_log_meeting", input=LogMeeting, output=ActivityOut, returns=UUID, present=present_activity,
+activities.command("log_meeting", input=LogMeeting, output=ActivityOut, returns=UUID, present=present_activity,
                  reads=LOG_READS)(
     _log("meeting", lambda c: {"end": c.end, "attendees": c.attendees or None, "location": c.location}))
-registry.command("crm_activities_log_email", input=LogEmail, output=ActivityOut, returns=UUID, present=present_activity,
+activities.command("log_email", input=LogEmail, output=ActivityOut, returns=UUID, present=present_activity,
                  reads=LOG_READS)(
     _log("email", lambda c: {"direction": c.direction, "snippet": c.snippet}))
-registry.command("crm_activities_log_note", input=LogNote, output=ActivityOut, returns=UUID, present=present_activity,
+activities.command("log_note", input=LogNote, output=ActivityOut, returns=UUID, present=present_activity,
                  reads=LOG_READS)(
     _log("note", lambda c: {}))
 
@@ -233,8 +239,7 @@ def _update(a: Activity, cmd: UpdateActivity, uow: UnitOfWork) -> None:
     a.update(changes)
 
 
-entity_command("crm_activities_update", UpdateActivity, Activity, "activity_id", _update, output=ActivityOut,
-                  present=present_activity, presents_aggregate=True)
+activities.act("update", UpdateActivity, _update, presents_entity=True)
 
 
 class DeleteActivity(Command, kw_only=True):
@@ -243,7 +248,4 @@ class DeleteActivity(Command, kw_only=True):
     activity_id: ActivityId
 
 
-@registry.command("crm_activities_delete", output=Removed, destructive=True)
-def delete_activity(cmd: DeleteActivity, uow: UnitOfWork) -> Removed:
-    uow.get(Activity, cmd.activity_id, field="activity_id").delete()
-    return Removed(id=cmd.activity_id, entity="activity")
+activities.delete(DeleteActivity)

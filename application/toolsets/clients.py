@@ -10,16 +10,13 @@ from uuid import UUID
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from application.handlers import entity_command
 from application.identity import ensure_user
-from application.notes import note_tools
-from application.shared_tools import assignment_tools, tag_tools
-from application.registry import registry
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import (
-    Command, Email, Limit, ListQuery, Page, Phone, Query, Removed, SearchText, Tag,
+    Command, Email, Limit, ListQuery, Page, Phone, Query, Removed, SearchText, Tag, sent,
 )
-from domain.clients import LEAD_STATUSES, Client
+from application.toolset import Toolset
+from domain.clients import CLIENT_FIELDS, CONTACT_FIELDS, LEAD_STATUSES, Client
 from domain.recordings import Recording
 from projections import clients as clients_q
 from projections import recordings as recordings_q
@@ -32,8 +29,7 @@ VatNumber = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0
 TaxCode = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9]+$", description="Tax code (codice fiscale).")]
 Url = Annotated[str, Meta(max_length=2000, pattern=r"^https?://\S+$", description="An http(s) URL.")]
 Source = Annotated[str, Meta(min_length=1, max_length=60, description="Where the lead came from, e.g. 'website', 'referral', 'fair'.")]
-Status = Literal["new", "contacted", "qualified", "unqualified", "lost"]
-assert set(Status.__args__) == set(LEAD_STATUSES)  # type: ignore[attr-defined]
+Status = Literal[LEAD_STATUSES]  # type: ignore[valid-type]
 
 
 class Address(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -142,17 +138,13 @@ def present_recording(ctx: QueryContext, recording_id: UUID) -> RecordingDetail:
     return msgspec.convert(recordings_q.get_recording(ctx.conn, ctx.org_id, recording_id), RecordingDetail)
 
 
-def _fields(struct: Struct, names: tuple[str, ...]) -> dict[str, Any]:
-    """The given fields that were sent (UNSET means 'leave as is'), as plain JSON-able values."""
-    out = {}
-    for name in names:
-        value = getattr(struct, name)
-        if value is not UNSET:
-            out[name] = msgspec.to_builtins(value)
-    return out
-
-
-CLIENT_FIELDS = ("business_name", "contact_name", "vat_number", "tax_code", "email", "phone", "website", "address", "source")
+clients = Toolset(
+    "clients", title="Leads and clients",
+    description="Leads and clients: CRUD, funnel status, conversion, assignment, tags, fuzzy search, duplicates "
+                "and merge, contacts, notes, call recordings, related deals",
+    aggregate=Client, id_field="client_id", id_type=ClientId, output=ClientDetail, present=present_client,
+    exists=clients_q.client_exists, subject="a lead/client",
+)
 
 
 # -- queries ---------------------------------------------------------------------------------------------
@@ -171,7 +163,7 @@ class ListClients(ListQuery, kw_only=True):
     sort: Literal["created_desc", "created_asc", "updated_desc", "name_asc", "name_desc"] = "created_desc"
 
 
-@registry.query("crm_clients_list", output=Page[ClientSummary])
+@clients.query("list", output=Page[ClientSummary])
 def list_clients(q: ListClients, ctx: QueryContext) -> Page[ClientSummary]:
     rows, cursor = clients_q.list_clients(
         ctx.conn, ctx.org_id, kind=q.type, status=q.status, assigned_to=q.assigned_to, unassigned=q.unassigned,
@@ -187,7 +179,7 @@ class GetClient(Query, kw_only=True):
     client_id: ClientId
 
 
-@registry.query("crm_clients_get", output=ClientDetail)
+@clients.query("get", output=ClientDetail)
 def get_client(q: GetClient, ctx: QueryContext) -> ClientDetail:
     return present_client(ctx, q.client_id)
 
@@ -201,7 +193,7 @@ class SearchClients(Query, kw_only=True):
     limit: Limit = 25
 
 
-@registry.query("crm_clients_search", output=SearchResult)
+@clients.query("search", output=SearchResult)
 def search_clients(q: SearchClients, ctx: QueryContext) -> SearchResult:
     rows = clients_q.search_clients(ctx.conn, ctx.org_id, q.q, kind=q.type, limit=q.limit)
     return SearchResult(items=[msgspec.convert(r, SearchHit) for r in rows])
@@ -215,7 +207,7 @@ class FindDuplicates(Query, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=100, description="Maximum number of groups.")] = 50
 
 
-@registry.query("crm_clients_find_duplicates", output=DuplicateGroups)
+@clients.query("find_duplicates", output=DuplicateGroups)
 def find_duplicates(q: FindDuplicates, ctx: QueryContext) -> DuplicateGroups:
     groups = clients_q.find_duplicates(ctx.conn, ctx.org_id, by=q.by, limit=q.limit)
     return DuplicateGroups(groups=[msgspec.convert(g, DuplicateGroup) for g in groups])
@@ -229,9 +221,9 @@ class ListClientDeals(ClientPageQuery, kw_only=True):
     """Deals of a lead/client, newest first."""
 
 
-@registry.query("crm_clients_list_deals", output=Page[DealSummary], reads=("deals",))
+@clients.query("list_deals", output=Page[DealSummary], reads=("deals",))
 def list_client_deals(q: ListClientDeals, ctx: QueryContext) -> Page[DealSummary]:
-    _require_client(ctx, q.client_id)
+    clients.require(ctx, q.client_id)
     rows, cursor = clients_q.list_client_deals(ctx.conn, ctx.org_id, q.client_id, q.limit, q.cursor)
     return Page(items=[msgspec.convert(r, DealSummary) for r in rows], next_cursor=cursor)
 
@@ -242,9 +234,9 @@ class ListContacts(Query, kw_only=True):
     client_id: ClientId
 
 
-@registry.query("crm_clients_list_contacts", output=ContactList)
+@clients.query("list_contacts", output=ContactList)
 def list_contacts(q: ListContacts, ctx: QueryContext) -> ContactList:
-    _require_client(ctx, q.client_id)
+    clients.require(ctx, q.client_id)
     return ContactList(items=[msgspec.convert(r, ContactOut) for r in clients_q.list_contacts(ctx.conn, ctx.org_id, q.client_id)])
 
 
@@ -252,9 +244,9 @@ class ListRecordings(ClientPageQuery, kw_only=True):
     """Call recordings of a lead/client, newest first: title, duration, direction, media URL and a transcript excerpt."""
 
 
-@registry.query("crm_clients_list_recordings", output=Page[RecordingSummary])
+@clients.query("list_recordings", output=Page[RecordingSummary])
 def list_recordings(q: ListRecordings, ctx: QueryContext) -> Page[RecordingSummary]:
-    _require_client(ctx, q.client_id)
+    clients.require(ctx, q.client_id)
     rows, cursor = recordings_q.list_recordings(ctx.conn, ctx.org_id, q.client_id, q.limit, q.cursor)
     return Page(items=[msgspec.convert(r, RecordingSummary) for r in rows], next_cursor=cursor)
 
@@ -265,16 +257,9 @@ class GetRecording(Query, kw_only=True):
     recording_id: Annotated[UUID, Meta(description="From crm_clients_list_recordings.")]
 
 
-@registry.query("crm_clients_get_recording", output=RecordingDetail)
+@clients.query("get_recording", output=RecordingDetail)
 def get_recording(q: GetRecording, ctx: QueryContext) -> RecordingDetail:
     return present_recording(ctx, q.recording_id)
-
-
-def _require_client(ctx: QueryContext, client_id: UUID) -> None:
-    if not clients_q.client_exists(ctx.conn, ctx.org_id, client_id):
-        from domain.errors import NotFound
-
-        raise NotFound("client", client_id, field="client_id")
 
 
 # -- creating ----------------------------------------------------------------------------------------------
@@ -305,7 +290,7 @@ def _create(factory: Callable[..., Client]) -> Callable[[NewClientFields, UnitOf
     def handle(cmd: NewClientFields, uow: UnitOfWork) -> UUID:
         if cmd.assigned_to is not None:
             ensure_user(uow.conn, uow.org_id, cmd.assigned_to, field="assigned_to")
-        client = factory(uow.org_id, _fields(cmd, CLIENT_FIELDS), cmd.assigned_to, uow.principal.user_id)
+        client = factory(uow.org_id, sent(cmd, CLIENT_FIELDS), cmd.assigned_to, uow.principal.user_id)
         for tag in cmd.tags:
             client.add_tag(tag)
         uow.add(client)
@@ -314,20 +299,13 @@ def _create(factory: Callable[..., Client]) -> Callable[[NewClientFields, UnitOf
     return handle
 
 
-registry.command("crm_clients_create_lead", input=CreateLead, output=ClientDetail, returns=UUID,
-                 present=present_client)(_create(Client.create_lead))
-registry.command("crm_clients_create", input=CreateClient, output=ClientDetail, returns=UUID,
-                 present=present_client)(_create(Client.create_client))
+clients.command("create_lead", input=CreateLead, output=ClientDetail, returns=UUID,
+                present=present_client)(_create(Client.create_lead))
+clients.command("create", input=CreateClient, output=ClientDetail, returns=UUID,
+                present=present_client)(_create(Client.create_client))
 
 
 # -- changing one client: load, call the domain, save --------------------------------------------------------
-def client_command(name: str, input: type[Struct], act: Callable[[Client, Any, UnitOfWork], None], *,
-                   destructive: bool = False) -> None:
-    """A client tool that only loads the client, calls one domain method and saves."""
-    entity_command(name, input, Client, "client_id", act, output=ClientDetail, present=present_client,
-                   destructive=destructive, presents_aggregate=True)
-
-
 class UpdateClient(Command, kw_only=True):
     """Change a lead/client's fields. Only the fields you send change; send null to clear an optional field."""
 
@@ -343,7 +321,7 @@ class UpdateClient(Command, kw_only=True):
     source: Source | None | UnsetType = UNSET
 
 
-client_command("crm_clients_update", UpdateClient, lambda c, cmd, uow: c.update(_fields(cmd, CLIENT_FIELDS)))
+clients.update(UpdateClient, lambda c, cmd, uow: sent(cmd, CLIENT_FIELDS))
 
 
 class UpdateStatus(Command, kw_only=True):
@@ -353,7 +331,7 @@ class UpdateStatus(Command, kw_only=True):
     status: Status
 
 
-client_command("crm_clients_update_status", UpdateStatus, lambda c, cmd, uow: c.set_status(cmd.status))
+clients.act("update_status", UpdateStatus, lambda c, cmd, uow: c.set_status(cmd.status), presents_entity=True)
 
 
 class ConvertToClient(Command, kw_only=True):
@@ -362,15 +340,13 @@ class ConvertToClient(Command, kw_only=True):
     client_id: ClientId
 
 
-client_command("crm_clients_convert_to_client", ConvertToClient, lambda c, cmd, uow: c.convert_to_client())
+clients.act("convert_to_client", ConvertToClient, lambda c, cmd, uow: c.convert_to_client(), presents_entity=True)
 
 
-assignment_tools("clients", label="Client", aggregate=Client, id_field="client_id", id_type=ClientId,
-                 assign_doc="Assign a lead/client to a user of the organization (find the user_id with crm_users_list).",
-                 unassign_doc="Remove the assignment of a lead/client, leaving nobody responsible for it.",
-                 output=ClientDetail, present=present_client)
-tag_tools("clients", label="Client", aggregate=Client, id_field="client_id", id_type=ClientId, subject="a lead/client",
-          output=ClientDetail, present=present_client)
+clients.assignment(label="Client",
+                   assign_doc="Assign a lead/client to a user of the organization (find the user_id with crm_users_list).",
+                   unassign_doc="Remove the assignment of a lead/client, leaving nobody responsible for it.")
+clients.tags(label="Client")
 
 
 class AddContact(Command, kw_only=True):
@@ -383,8 +359,8 @@ class AddContact(Command, kw_only=True):
     phone: Phone | None = None
 
 
-client_command("crm_clients_add_contact", AddContact,
-               lambda c, cmd, uow: c.add_contact(_fields(cmd, ("name", "role", "email", "phone"))))
+clients.act("add_contact", AddContact, lambda c, cmd, uow: c.add_contact(sent(cmd, CONTACT_FIELDS)),
+            presents_entity=True)
 
 
 class UpdateContact(Command, kw_only=True):
@@ -398,8 +374,8 @@ class UpdateContact(Command, kw_only=True):
     phone: Phone | None | UnsetType = UNSET
 
 
-client_command("crm_clients_update_contact", UpdateContact,
-               lambda c, cmd, uow: c.update_contact(cmd.contact_id, _fields(cmd, ("name", "role", "email", "phone"))))
+clients.act("update_contact", UpdateContact,
+            lambda c, cmd, uow: c.update_contact(cmd.contact_id, sent(cmd, CONTACT_FIELDS)), presents_entity=True)
 
 
 class RemoveContact(Command, kw_only=True):
@@ -409,8 +385,8 @@ class RemoveContact(Command, kw_only=True):
     contact_id: Annotated[UUID, Meta(description="From crm_clients_list_contacts.")]
 
 
-client_command("crm_clients_remove_contact", RemoveContact, lambda c, cmd, uow: c.remove_contact(cmd.contact_id),
-               destructive=True)
+clients.act("remove_contact", RemoveContact, lambda c, cmd, uow: c.remove_contact(cmd.contact_id),
+            destructive=True, presents_entity=True)
 
 
 class MergeClients(Command, kw_only=True):
@@ -422,7 +398,7 @@ class MergeClients(Command, kw_only=True):
     duplicate_ids: Annotated[list[UUID], Meta(min_length=1, max_length=20, description="Leads/clients merged into the survivor.")]
 
 
-@registry.command("crm_clients_merge", output=ClientDetail, returns=UUID, present=present_client, destructive=True,
+@clients.command("merge", output=ClientDetail, returns=UUID, present=present_client, destructive=True,
                   writes=("deals", "tasks", "activities"))  # their read models follow the duplicates to the survivor
 def merge_clients(cmd: MergeClients, uow: UnitOfWork) -> UUID:
     survivor = uow.get(Client, cmd.survivor_id, field="survivor_id")
@@ -437,15 +413,11 @@ class DeleteClient(Command, kw_only=True):
     client_id: ClientId
 
 
-@registry.command("crm_clients_delete", output=Removed, destructive=True)
-def delete_client(cmd: DeleteClient, uow: UnitOfWork) -> Removed:
-    uow.get(Client, cmd.client_id, field="client_id").delete()
-    return Removed(id=cmd.client_id, entity="client")
+clients.delete(DeleteClient)
 
 
 # -- notes ---------------------------------------------------------------------------------------------------
-note_tools("clients", subject_type="client", subject="a lead/client", aggregate=Client, id_field="client_id",
-           id_type=ClientId, require=lambda ctx, client_id: _require_client(ctx, client_id))
+clients.notes(subject_type="client")
 
 
 # -- recordings --------------------------------------------------------------------------------------------
@@ -463,7 +435,7 @@ class AddRecording(Command, kw_only=True):
     recorded_at: Annotated[datetime | None, Meta(description="When the call took place (ISO 8601).")] = None
 
 
-@registry.command("crm_clients_add_recording", output=RecordingDetail, returns=UUID, present=present_recording)
+@clients.command("add_recording", output=RecordingDetail, returns=UUID, present=present_recording)
 def add_recording(cmd: AddRecording, uow: UnitOfWork) -> UUID:
     uow.get(Client, cmd.client_id, field="client_id")
     recording = Recording(
@@ -481,7 +453,7 @@ class DeleteRecording(Command, kw_only=True):
     recording_id: Annotated[UUID, Meta(description="From crm_clients_list_recordings.")]
 
 
-@registry.command("crm_clients_delete_recording", output=Removed, destructive=True)
+@clients.command("delete_recording", output=Removed, destructive=True)
 def delete_recording(cmd: DeleteRecording, uow: UnitOfWork) -> Removed:
     uow.get(Recording, cmd.recording_id, field="recording_id").delete()
     return Removed(id=cmd.recording_id, entity="recording")

@@ -12,16 +12,13 @@ from eventsourcing.application import AggregateNotFoundError
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.identity import ensure_user
-from application.notes import note_tools
-from application.shared_tools import assignment_tools
 from application.toolsets.pipelines import load_pipeline
-from application.registry import registry
 from application.sales_common import AmountArg, Money, money
 from application.values import decimal_range
 from application.organization import org_settings, org_today
-from application.handlers import entity_command
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
+from application.toolset import Toolset
 from domain.clients import Client
 from domain.deals import Deal
 from domain.errors import DomainError, NotFound
@@ -182,9 +179,12 @@ def present_deal(ctx: QueryContext, deal_id: UUID) -> DealDetail:
                       commissions=commissions, totals=totals)
 
 
-def _require_deal(ctx: QueryContext, deal_id: UUID) -> None:
-    if not deals_q.deal_exists(ctx.conn, ctx.org_id, deal_id):
-        raise NotFound("deal", deal_id, field="deal_id")
+deals = Toolset(
+    "deals", title="Deals", description="Deals, status (open/accepted/rejected), stages, services, contacts, "
+                                       "commissions, notes",
+    aggregate=Deal, id_field="deal_id", id_type=DealId, output=DealDetail, present=present_deal,
+    exists=deals_q.deal_exists, subject="a deal",
+)
 
 
 # -- queries ---------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ class ListDeals(ListQuery, kw_only=True):
                   "close_date_asc"] = "created_desc"
 
 
-@registry.query("crm_deals_list", output=Page[DealOut], reads=DEAL_READS)
+@deals.query("list", output=Page[DealOut], reads=DEAL_READS)
 def list_deals(q: ListDeals, ctx: QueryContext) -> Page[DealOut]:
     filters = {"status": q.status, "pipeline_id": q.pipeline_id, "stage_id": q.stage_id, "client_id": q.client_id,
                "owner_id": q.owner_id, "unassigned": q.unassigned, "closed_from": q.closed_from, "closed_to": q.closed_to,
@@ -228,7 +228,7 @@ class GetDeal(Query, kw_only=True):
     deal_id: DealId
 
 
-@registry.query("crm_deals_get", output=DealDetail, reads=DETAIL_READS)
+@deals.query("get", output=DealDetail, reads=DETAIL_READS)
 def get_deal(q: GetDeal, ctx: QueryContext) -> DealDetail:
     return present_deal(ctx, q.deal_id)
 
@@ -240,7 +240,7 @@ class SearchDeals(Query, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=100)] = 25
 
 
-@registry.query("crm_deals_search", output=DealSearchResult, reads=DEAL_READS)
+@deals.query("search", output=DealSearchResult, reads=DEAL_READS)
 def search_deals(q: SearchDeals, ctx: QueryContext) -> DealSearchResult:
     return DealSearchResult(items=[_deal_out(r, DealSearchHit) for r in deals_q.search_deals(ctx.conn, ctx.org_id, q.q, q.limit)])
 
@@ -253,7 +253,7 @@ class ListDealServices(DealQuery, kw_only=True):
     """The service lines of a deal: quantity, unit price, discount and line total."""
 
 
-@registry.query("crm_deals_list_services", output=LineList, reads=("services",))
+@deals.query("list_services", output=LineList, reads=("services",))
 def list_deal_services(q: ListDealServices, ctx: QueryContext) -> LineList:
     row = deals_q.get_deal(ctx.conn, ctx.org_id, q.deal_id)
     lines = _lines(ctx, q.deal_id, row["currency"])
@@ -264,9 +264,9 @@ class ListDealContacts(DealQuery, kw_only=True):
     """The client's contact persons involved in a deal."""
 
 
-@registry.query("crm_deals_list_contacts", output=DealContactList, reads=("clients",))
+@deals.query("list_contacts", output=DealContactList, reads=("clients",))
 def list_deal_contacts(q: ListDealContacts, ctx: QueryContext) -> DealContactList:
-    _require_deal(ctx, q.deal_id)
+    deals.require(ctx, q.deal_id)
     return DealContactList(items=[msgspec.convert(r, DealContactOut) for r in deals_q.list_contacts(ctx.conn, ctx.org_id, q.deal_id)])
 
 
@@ -274,7 +274,7 @@ class ListDealCommissions(DealQuery, kw_only=True):
     """Commissions on a deal per user (percent of value or fixed amount) with the resulting amounts."""
 
 
-@registry.query("crm_deals_list_commissions", output=CommissionList)
+@deals.query("list_commissions", output=CommissionList)
 def list_deal_commissions(q: ListDealCommissions, ctx: QueryContext) -> CommissionList:
     row = deals_q.get_deal(ctx.conn, ctx.org_id, q.deal_id)
     items = _commissions(ctx, q.deal_id, row["value_cents"], row["currency"])
@@ -299,7 +299,7 @@ class CreateDeal(Command, kw_only=True):
     description: Annotated[str, Meta(max_length=20000)] | None = None
 
 
-@registry.command("crm_deals_create", output=DealDetail, returns=UUID, present=present_deal, reads=DETAIL_READS)
+@deals.command("create", output=DealDetail, returns=UUID, present=present_deal, reads=DETAIL_READS)
 def create_deal(cmd: CreateDeal, uow: UnitOfWork) -> UUID:
     uow.get(Client, cmd.client_id, field="client_id")
     pipeline = load_pipeline(uow, cmd.pipeline_id or default_pipeline_id(uow.org_id))
@@ -318,9 +318,9 @@ def create_deal(cmd: CreateDeal, uow: UnitOfWork) -> UUID:
 
 
 # -- changing one deal -----------------------------------------------------------------------------------
-def deal_command(name: str, input: type[Struct], act, *, destructive: bool = False) -> None:
-    entity_command(name, input, Deal, "deal_id", act, output=DealDetail, present=present_deal, destructive=destructive,
-                   presents_aggregate=True, reads=DETAIL_READS)
+def deal_command(suffix: str, input: type[Struct], act, *, destructive: bool = False) -> None:
+    """A tool that changes one deal and answers with the deal as crm_deals_get shows it."""
+    deals.act(suffix, input, act, destructive=destructive, presents_entity=True, reads=DETAIL_READS)
 
 
 class UpdateDeal(Command, kw_only=True):
@@ -345,7 +345,7 @@ def _update(deal: Deal, cmd: UpdateDeal, uow: UnitOfWork) -> None:
         deal.set_value(None if cmd.value is None else to_cents(cmd.value, field="value"))
 
 
-deal_command("crm_deals_update", UpdateDeal, _update)
+deal_command("update", UpdateDeal, _update)
 
 
 class SetStatus(Command, kw_only=True):
@@ -359,7 +359,7 @@ class SetStatus(Command, kw_only=True):
     close_date: Annotated[date | None, Meta(description="YYYY-MM-DD, not in the future; default today.")] = None
 
 
-deal_command("crm_deals_set_status", SetStatus, lambda d, cmd, uow: d.set_status(
+deal_command("set_status", SetStatus, lambda d, cmd, uow: d.set_status(
     cmd.status, today=org_today(uow.conn, uow.org_id), reason=cmd.reason, close_date=cmd.close_date))
 
 
@@ -376,13 +376,11 @@ def _move(deal: Deal, cmd: MoveStage, uow: UnitOfWork) -> None:
     deal.move_to(load_pipeline(uow, cmd.pipeline_id or deal.pipeline_id), cmd.stage_id)
 
 
-deal_command("crm_deals_move_stage", MoveStage, _move)
+deal_command("move_stage", MoveStage, _move)
 
 
-assignment_tools("deals", label="Deal", aggregate=Deal, id_field="deal_id", id_type=DealId,
-                 assign_doc="Make a user the owner of the deal (find the user_id with crm_users_list).",
-                 unassign_doc="Remove the deal's owner, leaving nobody responsible for it.",
-                 output=DealDetail, present=present_deal, reads=DETAIL_READS)
+deals.assignment(label="Deal", assign_doc="Make a user the owner of the deal (find the user_id with crm_users_list).",
+                 unassign_doc="Remove the deal's owner, leaving nobody responsible for it.", reads=DETAIL_READS)
 
 
 class DeleteDeal(Command, kw_only=True):
@@ -391,10 +389,7 @@ class DeleteDeal(Command, kw_only=True):
     deal_id: DealId
 
 
-@registry.command("crm_deals_delete", output=Removed, destructive=True)
-def delete_deal(cmd: DeleteDeal, uow: UnitOfWork) -> Removed:
-    uow.get(Deal, cmd.deal_id, field="deal_id").delete()
-    return Removed(id=cmd.deal_id, entity="deal")
+deals.delete(DeleteDeal)
 
 
 # -- service lines ---------------------------------------------------------------------------------------
@@ -416,7 +411,7 @@ def _add_service(deal: Deal, cmd: AddService, uow: UnitOfWork) -> None:
     deal.add_service(service, cmd.quantity, price, cmd.discount_percent)
 
 
-deal_command("crm_deals_add_service", AddService, _add_service)
+deal_command("add_service", AddService, _add_service)
 
 
 class UpdateService(Command, kw_only=True):
@@ -437,7 +432,7 @@ def _update_service(deal: Deal, cmd: UpdateService, uow: UnitOfWork) -> None:
     )
 
 
-deal_command("crm_deals_update_service", UpdateService, _update_service)
+deal_command("update_service", UpdateService, _update_service)
 
 
 class RemoveService(Command, kw_only=True):
@@ -447,7 +442,7 @@ class RemoveService(Command, kw_only=True):
     line_id: LineId
 
 
-deal_command("crm_deals_remove_service", RemoveService, lambda d, cmd, uow: d.remove_service(cmd.line_id), destructive=True)
+deal_command("remove_service", RemoveService, lambda d, cmd, uow: d.remove_service(cmd.line_id), destructive=True)
 
 
 # -- contacts --------------------------------------------------------------------------------------------
@@ -484,7 +479,7 @@ def _add_contact(deal: Deal, cmd: AddDealContact, uow: UnitOfWork) -> None:
     deal.add_contact(deal.client_id, contact, cmd.role)
 
 
-deal_command("crm_deals_add_contact", AddDealContact, _add_contact)
+deal_command("add_contact", AddDealContact, _add_contact)
 
 
 class RemoveDealContact(Command, kw_only=True):
@@ -494,7 +489,7 @@ class RemoveDealContact(Command, kw_only=True):
     contact_id: UUID
 
 
-deal_command("crm_deals_remove_contact", RemoveDealContact, lambda d, cmd, uow: d.remove_contact(cmd.contact_id),
+deal_command("remove_contact", RemoveDealContact, lambda d, cmd, uow: d.remove_contact(cmd.contact_id),
              destructive=True)
 
 
@@ -516,7 +511,7 @@ def _set_commission(deal: Deal, cmd: SetCommission, uow: UnitOfWork) -> None:
                         amount_cents=None if cmd.amount is None else to_cents(cmd.amount, field="amount"))
 
 
-deal_command("crm_deals_set_commission", SetCommission, _set_commission)
+deal_command("set_commission", SetCommission, _set_commission)
 
 
 class RemoveCommission(Command, kw_only=True):
@@ -526,11 +521,9 @@ class RemoveCommission(Command, kw_only=True):
     user_id: UUID
 
 
-deal_command("crm_deals_remove_commission", RemoveCommission, lambda d, cmd, uow: d.remove_commission(cmd.user_id),
+deal_command("remove_commission", RemoveCommission, lambda d, cmd, uow: d.remove_commission(cmd.user_id),
              destructive=True)
 
 
 # -- notes -----------------------------------------------------------------------------------------------
-note_tools("deals", subject_type="deal", subject="a deal", aggregate=Deal, id_field="deal_id", id_type=DealId,
-           require=lambda ctx, deal_id: _require_deal(ctx, deal_id),
-           add_doc="Add a note to a deal; it also appears on the deal's and the client's timeline.")
+deals.notes(subject_type="deal", add_doc="Add a note to a deal; it also appears on the deal's and the client's timeline.")

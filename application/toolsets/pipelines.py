@@ -16,7 +16,7 @@ import msgspec
 from eventsourcing.application import AggregateNotFoundError
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from application.registry import registry
+from application.toolset import Toolset
 from application.sales_common import Money, money
 from application.organization import org_settings
 from application.runner import QueryContext, UnitOfWork
@@ -73,13 +73,20 @@ def present_pipeline(ctx: QueryContext, pipeline_id: UUID) -> PipelineOut:
     return msgspec.convert(pipelines_q.get_pipeline(ctx.conn, ctx.org_id, pipeline_id), PipelineOut)
 
 
+pipelines = Toolset(
+    "pipelines", title="Pipelines", description="Pipelines, stages with win probability, the kanban board",
+    aggregate=Pipeline, id_field="pipeline_id", id_type=PipelineId, output=PipelineOut, present=present_pipeline,
+    loader=load_pipeline, subject="a pipeline",
+)
+
+
 # -- queries ---------------------------------------------------------------------------------------------
 class ListPipelines(Query, kw_only=True):
     """The organization's sales pipelines with their stages in order (the default pipeline first). Use the ids
     with crm_deals_create, crm_pipelines_board and crm_stats_revenue."""
 
 
-@registry.query("crm_pipelines_list", output=PipelineList)
+@pipelines.query("list", output=PipelineList)
 def list_pipelines(q: ListPipelines, ctx: QueryContext) -> PipelineList:
     return PipelineList(items=[msgspec.convert(r, PipelineOut) for r in pipelines_q.list_pipelines(ctx.conn, ctx.org_id)])
 
@@ -90,7 +97,7 @@ class GetPipeline(Query, kw_only=True):
     pipeline_id: PipelineId
 
 
-@registry.query("crm_pipelines_get", output=PipelineOut)
+@pipelines.query("get", output=PipelineOut)
 def get_pipeline(q: GetPipeline, ctx: QueryContext) -> PipelineOut:
     return present_pipeline(ctx, q.pipeline_id)
 
@@ -101,7 +108,7 @@ class ListStages(Query, kw_only=True):
     pipeline_id: PipelineId
 
 
-@registry.query("crm_pipelines_list_stages", output=StageList)
+@pipelines.query("list_stages", output=StageList)
 def list_stages(q: ListStages, ctx: QueryContext) -> StageList:
     p = present_pipeline(ctx, q.pipeline_id)
     return StageList(pipeline_id=p.id, items=p.stages)
@@ -146,7 +153,7 @@ class GetBoard(Query, kw_only=True):
     deals_per_stage: Annotated[int, Meta(ge=0, le=100, description="How many deals to list per stage (largest first), 0-100.")] = 10
 
 
-@registry.query("crm_pipelines_board", output=Board, reads=("deals",))
+@pipelines.query("board", output=Board, reads=("deals",))
 def board(q: GetBoard, ctx: QueryContext) -> Board:
     pipeline = present_pipeline(ctx, q.pipeline_id or default_pipeline_id(ctx.org_id))
     currency = org_settings(ctx.conn, ctx.org_id)["currency"]
@@ -183,7 +190,7 @@ class CreatePipeline(Command, kw_only=True):
     stages: Annotated[list[NewStage], Meta(min_length=1, max_length=30, description="Stages in order.")]
 
 
-@registry.command("crm_pipelines_create", output=PipelineOut, returns=UUID, present=present_pipeline)
+@pipelines.command("create", output=PipelineOut, returns=UUID, present=present_pipeline)
 def create_pipeline(cmd: CreatePipeline, uow: UnitOfWork) -> UUID:
     pipeline = Pipeline.create(uow.org_id, cmd.name, [(s.name, s.probability) for s in cmd.stages])
     uow.add(pipeline)
@@ -197,18 +204,8 @@ class UpdatePipeline(Command, kw_only=True):
     name: PipelineName | UnsetType = UNSET
 
 
-def pipeline_command(name: str, input: type[Struct], act, *, destructive: bool = False) -> None:
-    def handle(cmd, uow: UnitOfWork) -> UUID:
-        pipeline = load_pipeline(uow, cmd.pipeline_id)
-        act(pipeline, cmd, uow)
-        return pipeline.id
-
-    registry.command(name, input=input, output=PipelineOut, returns=UUID, present=present_pipeline,
-                     destructive=destructive)(handle)
-
-
-pipeline_command("crm_pipelines_update", UpdatePipeline,
-                 lambda p, cmd, uow: p.rename(cmd.name) if cmd.name is not UNSET else None)
+pipelines.act("update", UpdatePipeline,
+              lambda p, cmd, uow: p.rename(cmd.name) if cmd.name is not UNSET else None, presents_entity=True)
 
 
 class DeletePipeline(Command, kw_only=True):
@@ -218,11 +215,8 @@ class DeletePipeline(Command, kw_only=True):
     pipeline_id: PipelineId
 
 
-@registry.command("crm_pipelines_delete", output=Removed, destructive=True)
-def delete_pipeline(cmd: DeletePipeline, uow: UnitOfWork) -> Removed:
-    pipeline = load_pipeline(uow, cmd.pipeline_id)
-    pipeline.delete_checked(deals_q.count_open_in_pipeline(uow.conn, uow.org_id, pipeline.id))
-    return Removed(id=cmd.pipeline_id, entity="pipeline")
+pipelines.delete(DeletePipeline, act=lambda pipeline, cmd, uow: pipeline.delete_checked(
+    deals_q.count_open_in_pipeline(uow.conn, uow.org_id, pipeline.id)))
 
 
 class AddStage(Command, kw_only=True):
@@ -234,8 +228,8 @@ class AddStage(Command, kw_only=True):
     position: Annotated[int, Meta(ge=0, le=100, description="0-based position; omit to append.")] | None = None
 
 
-pipeline_command("crm_pipelines_add_stage", AddStage,
-                 lambda p, cmd, uow: p.add_stage(cmd.name, cmd.probability, cmd.position))
+pipelines.act("add_stage", AddStage, lambda p, cmd, uow: p.add_stage(cmd.name, cmd.probability, cmd.position),
+              presents_entity=True)
 
 
 class UpdateStage(Command, kw_only=True):
@@ -247,8 +241,9 @@ class UpdateStage(Command, kw_only=True):
     probability: Probability | UnsetType = UNSET
 
 
-pipeline_command("crm_pipelines_update_stage", UpdateStage, lambda p, cmd, uow: p.update_stage(
-    cmd.stage_id, None if cmd.name is UNSET else cmd.name, None if cmd.probability is UNSET else cmd.probability))
+pipelines.act("update_stage", UpdateStage, lambda p, cmd, uow: p.update_stage(
+    cmd.stage_id, None if cmd.name is UNSET else cmd.name, None if cmd.probability is UNSET else cmd.probability),
+    presents_entity=True)
 
 
 class ReorderStages(Command, kw_only=True):
@@ -258,7 +253,8 @@ class ReorderStages(Command, kw_only=True):
     stage_ids: Annotated[list[UUID], Meta(min_length=1, max_length=30, description="All stage ids in the new order.")]
 
 
-pipeline_command("crm_pipelines_reorder_stages", ReorderStages, lambda p, cmd, uow: p.reorder_stages(cmd.stage_ids))
+pipelines.act("reorder_stages", ReorderStages, lambda p, cmd, uow: p.reorder_stages(cmd.stage_ids),
+              presents_entity=True)
 
 
 class RemoveStage(Command, kw_only=True):
@@ -269,5 +265,5 @@ class RemoveStage(Command, kw_only=True):
     stage_id: StageId
 
 
-pipeline_command("crm_pipelines_remove_stage", RemoveStage, lambda p, cmd, uow: p.remove_stage(
-    cmd.stage_id, deals_q.count_in_stage(uow.conn, uow.org_id, cmd.stage_id)), destructive=True)
+pipelines.act("remove_stage", RemoveStage, lambda p, cmd, uow: p.remove_stage(
+    cmd.stage_id, deals_q.count_in_stage(uow.conn, uow.org_id, cmd.stage_id)), destructive=True, presents_entity=True)

@@ -9,23 +9,25 @@ from uuid import UUID
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from application.handlers import entity_command
 from application.identity import ensure_user
 from application.organization import org_today
-from application.registry import registry
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, ListQuery, Page, Query, Removed
+from application.shapes import Command, ListQuery, Page, Query, Removed, sent
+from application.toolset import Toolset
 from application.toolsets.tasks import TaskFilters, TaskOut, _task_page
 from domain.clients import Client
 from domain.errors import NotFound
+from projections import deals as deals_q
 from domain.values import MAX_MINOR_UNITS
-from domain.projects import Project
+from domain.projects import BRIEF_SECTIONS, LOG_KINDS, MEMBER_ROLES, PROJECT_FIELDS, STATUSES, Project
 from projections import projects as projects_q
 
 ProjectId = Annotated[UUID, Meta(description="The project id (from crm_projects_list or crm_projects_create).")]
 Name = Annotated[str, Meta(min_length=1, max_length=200, description="Project name, e.g. 'Website Studio Bianchi'.")]
-Status = Literal["planned", "active", "on_hold", "completed", "cancelled"]
-Role = Annotated[Literal["manager", "member", "viewer"], Meta(description="manager, member or viewer.")]
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+Role = Annotated[Literal[MEMBER_ROLES], Meta(description="manager, member or viewer.")]  # type: ignore[valid-type]
+LogKind = Literal[LOG_KINDS]  # type: ignore[valid-type]
+ShownLogKind = Literal[(*LOG_KINDS, "system")]  # type: ignore[valid-type]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. 'EUR'.")]
 Budget = Annotated[int, Meta(ge=0, le=MAX_MINOR_UNITS, description="Budget in cents, e.g. 150000 for 1,500.00.")]
 BriefText = Annotated[str, Meta(max_length=20000, description="Markdown text.")]
@@ -81,10 +83,10 @@ class ProjectDetail(ProjectSummary, kw_only=True):
     brief_summary: Annotated[str | None, Meta(description="One line per brief section; the full text is in crm_projects_get_brief.")]
 
 
-class ActivityOut(Struct, kw_only=True):
+class LogEntryOut(Struct, kw_only=True):
     id: UUID
     project_id: UUID
-    kind: Literal["worklog", "milestone", "comment", "system"]
+    kind: ShownLogKind
     text: str
     minutes: int | None
     occurred_on: date | None
@@ -98,7 +100,7 @@ class MemberList(Struct):
 
 def _summary(brief: dict[str, Any]) -> str | None:
     parts = []
-    for section in ("goals", "scope", "deliverables", "constraints"):
+    for section in BRIEF_SECTIONS:
         value = brief.get(section)
         if value:
             text = "; ".join(value) if isinstance(value, list) else str(value)
@@ -116,9 +118,11 @@ def present_brief(ctx: QueryContext, project_id: UUID) -> BriefOut:
     return msgspec.convert(projects_q.get_brief(ctx.conn, ctx.org_id, project_id), BriefOut)
 
 
-def _require(ctx: QueryContext, project_id: UUID) -> None:
-    if not projects_q.project_exists(ctx.conn, ctx.org_id, project_id):
-        raise NotFound("project", project_id, field="project_id")
+projects = Toolset(
+    "projects", title="Projects", description="Projects, brief, members, activity log, archive",
+    aggregate=Project, id_field="project_id", id_type=ProjectId, output=ProjectDetail, present=present_project,
+    exists=projects_q.project_exists, subject="a project",
+)
 
 
 # -- queries ---------------------------------------------------------------------------------------------
@@ -133,7 +137,7 @@ class ListProjects(ListQuery, kw_only=True):
     sort: Literal["created_desc", "name_asc", "end_asc"] = "created_desc"
 
 
-@registry.query("crm_projects_list", output=Page[ProjectSummary])
+@projects.query("list", output=Page[ProjectSummary])
 def list_projects(q: ListProjects, ctx: QueryContext) -> Page[ProjectSummary]:
     rows, cursor = projects_q.list_projects(ctx.conn, ctx.org_id, status=q.status, client_id=q.client_id,
                                             member_id=q.member_id, archived=q.archived, sort=q.sort, limit=q.limit,
@@ -147,7 +151,7 @@ class GetProject(Query, kw_only=True):
     project_id: ProjectId
 
 
-@registry.query("crm_projects_get", output=ProjectDetail)
+@projects.query("get", output=ProjectDetail)
 def get_project(q: GetProject, ctx: QueryContext) -> ProjectDetail:
     return present_project(ctx, q.project_id)
 
@@ -158,25 +162,25 @@ class GetBrief(Query, kw_only=True):
     project_id: ProjectId
 
 
-@registry.query("crm_projects_get_brief", output=BriefOut)
+@projects.query("get_brief", output=BriefOut)
 def get_brief(q: GetBrief, ctx: QueryContext) -> BriefOut:
     return present_brief(ctx, q.project_id)
 
 
-class ListActivities(ListQuery, kw_only=True):
+class ListLogEntries(ListQuery, kw_only=True):
     """The project's activity log, newest first: worklogs, milestones, comments, and system entries (created,
     archived, members, brief changes)."""
 
     project_id: ProjectId
-    kind: Literal["worklog", "milestone", "comment", "system"] | None = None
+    kind: ShownLogKind | None = None
 
 
-@registry.query("crm_projects_list_activities", output=Page[ActivityOut])
-def list_activities(q: ListActivities, ctx: QueryContext) -> Page[ActivityOut]:
-    _require(ctx, q.project_id)
-    rows, cursor = projects_q.list_activities(ctx.conn, ctx.org_id, q.project_id, kind=q.kind, limit=q.limit,
+@projects.query("list_activities", output=Page[LogEntryOut])
+def list_log_entries(q: ListLogEntries, ctx: QueryContext) -> Page[LogEntryOut]:
+    projects.require(ctx, q.project_id)
+    rows, cursor = projects_q.list_log_entries(ctx.conn, ctx.org_id, q.project_id, kind=q.kind, limit=q.limit,
                                               cursor=q.cursor)
-    return Page(items=[msgspec.convert(r, ActivityOut) for r in rows], next_cursor=cursor)
+    return Page(items=[msgspec.convert(r, LogEntryOut) for r in rows], next_cursor=cursor)
 
 
 class ListProjectTasks(TaskFilters, kw_only=True):
@@ -185,9 +189,9 @@ class ListProjectTasks(TaskFilters, kw_only=True):
     project_id: ProjectId
 
 
-@registry.query("crm_projects_list_tasks", output=Page[TaskOut], reads=("tasks",))
+@projects.query("list_tasks", output=Page[TaskOut], reads=("tasks",))
 def list_project_tasks(q: ListProjectTasks, ctx: QueryContext) -> Page[TaskOut]:
-    _require(ctx, q.project_id)
+    projects.require(ctx, q.project_id)
     return _task_page(ctx, q, q.project_id)
 
 
@@ -197,30 +201,21 @@ class ListAssignments(Query, kw_only=True):
     project_id: ProjectId
 
 
-@registry.query("crm_projects_list_assignments", output=MemberList)
+@projects.query("list_assignments", output=MemberList)
 def list_assignments(q: ListAssignments, ctx: QueryContext) -> MemberList:
-    _require(ctx, q.project_id)
+    projects.require(ctx, q.project_id)
     return MemberList(items=[msgspec.convert(r, Member) for r in projects_q.list_members(ctx.conn, ctx.org_id, q.project_id)])
 
 
 # -- commands --------------------------------------------------------------------------------------------
-FIELDS = ("name", "description", "client_id", "deal_id", "status", "start_date", "end_date", "budget_cents", "currency")
-
-
-def _changes(cmd: Any) -> dict[str, Any]:
-    return {k: getattr(cmd, k) for k in FIELDS if getattr(cmd, k, UNSET) is not UNSET}
-
-
 LINK_READS = ("clients", "deals")  # what _check_links reads
 
 
 def _check_links(uow: UnitOfWork, client_id: UUID | None, deal_id: UUID | None) -> None:
     if client_id is not None:
         uow.get(Client, client_id, field="client_id")
-    if deal_id is not None:
-        row = uow.conn.execute("SELECT 1 FROM deals WHERE organization_id = %s AND id = %s", (uow.org_id, deal_id)).fetchone()
-        if row is None:
-            raise NotFound("deal", deal_id, field="deal_id")
+    if deal_id is not None and not deals_q.deal_exists(uow.conn, uow.org_id, deal_id):
+        raise NotFound("deal", deal_id, field="deal_id")
 
 
 class CreateProject(Command, kw_only=True):
@@ -239,20 +234,14 @@ class CreateProject(Command, kw_only=True):
     currency: Currency | None = None
 
 
-@registry.command("crm_projects_create", output=ProjectDetail, returns=UUID, present=present_project, reads=LINK_READS)
+@projects.command("create", output=ProjectDetail, returns=UUID, present=present_project, reads=LINK_READS)
 def create_project(cmd: CreateProject, uow: UnitOfWork) -> UUID:
     _check_links(uow, cmd.client_id, cmd.deal_id)
-    project = Project.create(uow.org_id, _changes(cmd), uow.principal.user_id)
+    project = Project.create(uow.org_id, sent(cmd, PROJECT_FIELDS), uow.principal.user_id)
     if uow.principal.user_id is not None:
         project.assign_user(uow.principal.user_id, "manager")
     uow.add(project)
     return project.id
-
-
-def project_command(name: str, input: type[Struct], act: Any, *, destructive: bool = False, output: type = ProjectDetail,
-                    present: Any = present_project, returns: type = UUID, reads: tuple[str, ...] = ()) -> None:
-    entity_command(name, input, Project, "project_id", act, output=output, present=present, returns=returns,
-                   destructive=destructive, reads=reads)
 
 
 class UpdateProject(Command, kw_only=True):
@@ -272,13 +261,13 @@ class UpdateProject(Command, kw_only=True):
 
 
 def _update(project: Project, cmd: UpdateProject, uow: UnitOfWork) -> None:
-    changes = _changes(cmd)
+    changes = sent(cmd, PROJECT_FIELDS)
     _check_links(uow, changes.get("client_id") if changes.get("client_id") != project.client_id else None,
                  changes.get("deal_id") if changes.get("deal_id") != project.deal_id else None)
     project.update(changes)
 
 
-project_command("crm_projects_update", UpdateProject, _update, reads=LINK_READS)
+projects.act("update", UpdateProject, _update, reads=LINK_READS)
 
 
 class DeleteProject(Command, kw_only=True):
@@ -288,13 +277,7 @@ class DeleteProject(Command, kw_only=True):
     project_id: ProjectId
 
 
-def _delete(project: Project, cmd: DeleteProject, uow: UnitOfWork) -> Removed:
-    project.delete()
-    return Removed(id=project.id, entity="project")
-
-
-project_command("crm_projects_delete", DeleteProject, _delete, destructive=True, output=Removed, present=None,
-                returns=Removed)
+projects.delete(DeleteProject)
 
 
 class UpdateBrief(Command, kw_only=True):
@@ -309,37 +292,31 @@ class UpdateBrief(Command, kw_only=True):
 
 
 def _brief(project: Project, cmd: UpdateBrief, uow: UnitOfWork) -> None:
-    project.update_brief({k: getattr(cmd, k) for k in ("goals", "scope", "deliverables", "constraints")
-                          if getattr(cmd, k) is not UNSET})
+    project.update_brief(sent(cmd, BRIEF_SECTIONS))
 
 
-project_command("crm_projects_update_brief", UpdateBrief, _brief, output=BriefOut, present=present_brief)
+projects.act("update_brief", UpdateBrief, _brief, output=BriefOut, present=present_brief)
 
 
-class AddActivity(Command, kw_only=True):
+class AddLogEntry(Command, kw_only=True):
     """Log an activity on a project: a worklog (with minutes spent), a milestone reached, or a comment."""
 
     project_id: ProjectId
-    kind: Literal["worklog", "milestone", "comment"]
+    kind: LogKind
     text: Annotated[str, Meta(min_length=1, max_length=5000, description="What happened.")]
     minutes: Annotated[int, Meta(ge=1, le=24 * 60, description="Time spent, for worklogs.")] | None = None
     occurred_on: Annotated[date | None, Meta(description="The day it happened (YYYY-MM-DD); default today.")] = None
 
 
-def present_activity(ctx: QueryContext, activity_id: UUID) -> ActivityOut:
-    row = ctx.conn.execute(
-        "SELECT id, project_id, kind, text, minutes, occurred_on, author_id, created_at FROM project_activities"
-        " WHERE organization_id = %s AND id = %s", (ctx.org_id, activity_id)).fetchone()
-    if row is None:
-        raise NotFound("activity", activity_id, field="activity_id")
-    return msgspec.convert(row, ActivityOut)
+def present_log_entry(ctx: QueryContext, entry_id: UUID) -> LogEntryOut:
+    return msgspec.convert(projects_q.get_log_entry(ctx.conn, ctx.org_id, entry_id), LogEntryOut)
 
 
-project_command("crm_projects_add_activity", AddActivity,
+projects.act("add_activity", AddLogEntry,
                 lambda p, cmd, uow: p.log_activity(cmd.kind, cmd.text, minutes=cmd.minutes,
                                                    occurred_on=cmd.occurred_on or org_today(uow.conn, uow.org_id),
                                                    author_id=uow.principal.user_id),
-                output=ActivityOut, present=present_activity)
+                output=LogEntryOut, present=present_log_entry)
 
 
 class ArchiveProject(Command, kw_only=True):
@@ -349,7 +326,7 @@ class ArchiveProject(Command, kw_only=True):
     project_id: ProjectId
 
 
-project_command("crm_projects_archive", ArchiveProject, lambda p, cmd, uow: p.archive(), destructive=True)
+projects.act("archive", ArchiveProject, lambda p, cmd, uow: p.archive(), destructive=True)
 
 
 class UnarchiveProject(Command, kw_only=True):
@@ -358,7 +335,7 @@ class UnarchiveProject(Command, kw_only=True):
     project_id: ProjectId
 
 
-project_command("crm_projects_unarchive", UnarchiveProject, lambda p, cmd, uow: p.unarchive())
+projects.act("unarchive", UnarchiveProject, lambda p, cmd, uow: p.unarchive())
 
 
 class AssignUser(Command, kw_only=True):
@@ -374,7 +351,7 @@ def _assign(project: Project, cmd: AssignUser, uow: UnitOfWork) -> None:
     project.assign_user(cmd.user_id, cmd.role)
 
 
-project_command("crm_projects_assign_user", AssignUser, _assign)
+projects.act("assign_user", AssignUser, _assign)
 
 
 class UnassignUser(Command, kw_only=True):
@@ -384,5 +361,5 @@ class UnassignUser(Command, kw_only=True):
     user_id: Annotated[UUID, Meta(description="A member's user id (crm_projects_list_assignments).")]
 
 
-project_command("crm_projects_unassign_user", UnassignUser, lambda p, cmd, uow: p.unassign_user(cmd.user_id),
+projects.act("unassign_user", UnassignUser, lambda p, cmd, uow: p.unassign_user(cmd.user_id),
                 destructive=True)

@@ -10,11 +10,10 @@ from uuid import UUID
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from application.registry import registry
+from application.toolset import Toolset
 from application.sales_common import AmountArg, Money, money
 from application.values import decimal_range
 from application.organization import org_settings
-from application.handlers import entity_command
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
 from domain.errors import NotFound
@@ -87,6 +86,13 @@ def _ensure_category(uow: UnitOfWork, category_id: UUID | None) -> None:
         uow.get(ServiceCategory, category_id, field="category_id")  # unchanged, so saving it appends nothing
 
 
+services = Toolset(
+    "services", title="Services catalog", description="Service/product catalog and categories",
+    aggregate=CatalogService, id_field="service_id", id_type=ServiceId, output=ServiceOut, present=present_service,
+    subject="a catalog service",
+)
+
+
 # -- queries ---------------------------------------------------------------------------------------------
 class ListServices(ListQuery, kw_only=True):
     """The service/product catalog by name. Filter by category and by active (false = archived only)."""
@@ -95,7 +101,7 @@ class ListServices(ListQuery, kw_only=True):
     active: Annotated[bool | None, Meta(description="true: sellable only; false: archived only; omit: all.")] = None
 
 
-@registry.query("crm_services_list", output=Page[ServiceOut])
+@services.query("list", output=Page[ServiceOut])
 def list_services(q: ListServices, ctx: QueryContext) -> Page[ServiceOut]:
     currency = org_settings(ctx.conn, ctx.org_id)["currency"]
     rows, cursor = services_q.list_services(ctx.conn, ctx.org_id, category_id=q.category_id, active=q.active,
@@ -109,7 +115,7 @@ class GetService(Query, kw_only=True):
     service_id: ServiceId
 
 
-@registry.query("crm_services_get", output=ServiceOut)
+@services.query("get", output=ServiceOut)
 def get_service(q: GetService, ctx: QueryContext) -> ServiceOut:
     return present_service(ctx, q.service_id)
 
@@ -123,7 +129,7 @@ class SearchServices(Query, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=100)] = 25
 
 
-@registry.query("crm_services_search", output=ServiceSearchResult)
+@services.query("search", output=ServiceSearchResult)
 def search_services(q: SearchServices, ctx: QueryContext) -> ServiceSearchResult:
     currency = org_settings(ctx.conn, ctx.org_id)["currency"]
     rows = services_q.search_services(ctx.conn, ctx.org_id, q.q, q.active, q.limit)
@@ -134,7 +140,7 @@ class ListCategories(Query, kw_only=True):
     """The catalog's categories with how many services each holds."""
 
 
-@registry.query("crm_services_list_categories", output=CategoryList)
+@services.query("list_categories", output=CategoryList)
 def list_categories(q: ListCategories, ctx: QueryContext) -> CategoryList:
     return CategoryList(items=[msgspec.convert(r, CategoryOut) for r in services_q.list_categories(ctx.conn, ctx.org_id)])
 
@@ -157,7 +163,7 @@ def _vat(v: Decimal) -> str:
     return str(decimal_in(v, field="vat_rate", low=Decimal(0), high=Decimal(100)))
 
 
-@registry.command("crm_services_create", output=ServiceOut, returns=UUID, present=present_service)
+@services.command("create", output=ServiceOut, returns=UUID, present=present_service)
 def create_service(cmd: CreateService, uow: UnitOfWork) -> UUID:
     _ensure_category(uow, cmd.category_id)
     fields = {"name": cmd.name, "code": cmd.code, "description": cmd.description, "unit": cmd.unit,
@@ -195,8 +201,7 @@ def _update_service(s: CatalogService, cmd: UpdateService, uow: UnitOfWork) -> N
     s.update(changes)
 
 
-entity_command("crm_services_update", UpdateService, CatalogService, "service_id", _update_service,
-                  output=ServiceOut, present=present_service, presents_aggregate=True)
+services.act("update", UpdateService, _update_service, presents_entity=True)
 
 
 class ArchiveService(Command, kw_only=True):
@@ -205,8 +210,7 @@ class ArchiveService(Command, kw_only=True):
     service_id: ServiceId
 
 
-entity_command("crm_services_archive", ArchiveService, CatalogService, "service_id", lambda s, cmd, uow: s.archive(),
-                  output=ServiceOut, present=present_service, destructive=True, presents_aggregate=True)
+services.act("archive", ArchiveService, lambda s, cmd, uow: s.archive(), destructive=True, presents_entity=True)
 
 
 class DeleteService(Command, kw_only=True):
@@ -215,11 +219,8 @@ class DeleteService(Command, kw_only=True):
     service_id: ServiceId
 
 
-@registry.command("crm_services_delete", output=Removed, destructive=True)
-def delete_service(cmd: DeleteService, uow: UnitOfWork) -> Removed:
-    service = uow.get(CatalogService, cmd.service_id, field="service_id")
-    service.delete_unused(deals_q.count_using_service(uow.conn, uow.org_id, service.id))
-    return Removed(id=cmd.service_id, entity="service")
+services.delete(DeleteService, act=lambda service, cmd, uow: service.delete_unused(
+    deals_q.count_using_service(uow.conn, uow.org_id, service.id)))
 
 
 class CreateCategory(Command, kw_only=True):
@@ -229,7 +230,7 @@ class CreateCategory(Command, kw_only=True):
     description: Annotated[str, Meta(max_length=2000)] | None = None
 
 
-@registry.command("crm_services_create_category", output=CategoryOut, returns=UUID, present=present_category)
+@services.command("create_category", output=CategoryOut, returns=UUID, present=present_category)
 def create_category(cmd: CreateCategory, uow: UnitOfWork) -> UUID:
     category = ServiceCategory(org_id=uow.org_id, name=cmd.name, description=cmd.description)
     uow.add(category)
@@ -242,7 +243,7 @@ class DeleteCategory(Command, kw_only=True):
     category_id: CategoryId
 
 
-@registry.command("crm_services_delete_category", output=Removed, destructive=True)
+@services.command("delete_category", output=Removed, destructive=True)
 def delete_category(cmd: DeleteCategory, uow: UnitOfWork) -> Removed:
     category = uow.get(ServiceCategory, cmd.category_id, field="category_id")
     category.delete_empty(services_q.count_in_category(uow.conn, uow.org_id, category.id))

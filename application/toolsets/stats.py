@@ -9,7 +9,7 @@ from uuid import UUID
 
 from msgspec import Meta, Struct
 
-from application.registry import registry
+from application.toolset import Toolset
 from application.sales_common import Money, money, percentage
 from application.organization import org_settings, org_today
 from application.runner import QueryContext
@@ -21,6 +21,9 @@ from projections import stats as stats_q
 
 StartDate = Annotated[date, Meta(description="First day of the period, inclusive (YYYY-MM-DD).")]
 EndDate = Annotated[date, Meta(description="Last day of the period, inclusive (YYYY-MM-DD).")]
+
+stats = Toolset("stats", title="Statistics", description="KPI snapshot, revenue, conversion, forecast")
+
 
 
 class Rate(Struct, kw_only=True):
@@ -89,7 +92,7 @@ def _group(rows: list[dict], key: str, currency: str, name=None) -> list[Revenue
     return out
 
 
-@registry.query("crm_stats_revenue", output=Revenue, reads=("pipelines",))  # pipeline names
+@stats.query("revenue", output=Revenue, reads=("pipelines",))  # pipeline names
 def revenue(q: GetRevenue, ctx: QueryContext) -> Revenue:
     _period(q.start_date, q.end_date)
     cur = org_settings(ctx.conn, ctx.org_id)["currency"]
@@ -134,7 +137,7 @@ class GetKpis(Query, kw_only=True):
     end_date: EndDate | None = None
 
 
-@registry.query("crm_stats_kpi_snapshot", output=KpiSnapshot)
+@stats.query("kpi_snapshot", output=KpiSnapshot)
 def kpi_snapshot(q: GetKpis, ctx: QueryContext) -> KpiSnapshot:
     today = org_today(ctx.conn, ctx.org_id)
     start, end = _month_bounds(today)
@@ -185,7 +188,7 @@ class GetConversion(Query, kw_only=True):
     end_date: EndDate | None = None
 
 
-@registry.query("crm_stats_pipeline_conversion", output=PipelineConversion, reads=("pipelines",))
+@stats.query("pipeline_conversion", output=PipelineConversion, reads=("pipelines",))
 def pipeline_conversion(q: GetConversion, ctx: QueryContext) -> PipelineConversion:
     pipeline = pipelines_q.get_pipeline(ctx.conn, ctx.org_id, q.pipeline_id or default_pipeline_id(ctx.org_id))
     rows = stats_q.pipeline_conversion(ctx.conn, ctx.org_id, pipeline["id"], q.start_date, q.end_date)
@@ -226,7 +229,7 @@ class GetLeadsBySource(Query, kw_only=True):
     end_date: EndDate
 
 
-@registry.query("crm_stats_leads_by_source", output=LeadsBySource, reads=("clients",))  # the sources are client fields
+@stats.query("leads_by_source", output=LeadsBySource, reads=("clients",))  # the sources are client fields
 def leads_by_source(q: GetLeadsBySource, ctx: QueryContext) -> LeadsBySource:
     _period(q.start_date, q.end_date)
     rows = stats_q.leads_by_source(ctx.conn, ctx.org_id, q.start_date, q.end_date)
@@ -259,7 +262,7 @@ class GetActivityByUser(Query, kw_only=True):
     end_date: EndDate
 
 
-@registry.query("crm_stats_activity_by_user", output=ActivityByUser)
+@stats.query("activity_by_user", output=ActivityByUser)
 def activity_by_user(q: GetActivityByUser, ctx: QueryContext) -> ActivityByUser:
     _period(q.start_date, q.end_date)
     rows = stats_q.activity_by_user(ctx.conn, ctx.org_id, q.start_date, q.end_date)
@@ -288,7 +291,7 @@ class GetTasksOverview(Query, kw_only=True):
     """Tasks per assignee: open, overdue (open and past due, in the organization's timezone), due today, done."""
 
 
-@registry.query("crm_stats_tasks_overview", output=TasksOverview)
+@stats.query("tasks_overview", output=TasksOverview)
 def tasks_overview(q: GetTasksOverview, ctx: QueryContext) -> TasksOverview:
     today = org_today(ctx.conn, ctx.org_id)
     rows = [AssigneeTasks(**r) for r in stats_q.tasks_overview(ctx.conn, ctx.org_id, today)]
@@ -319,7 +322,7 @@ class GetForecast(Query, kw_only=True):
     user_id: Annotated[UUID | None, Meta(description="Only deals owned by this user.")] = None
 
 
-@registry.query("crm_stats_forecast", output=Forecast)
+@stats.query("forecast", output=Forecast)
 def forecast(q: GetForecast, ctx: QueryContext) -> Forecast:
     cur = org_settings(ctx.conn, ctx.org_id)["currency"]
     rows = stats_q.forecast(ctx.conn, ctx.org_id, q.pipeline_id, q.user_id)
@@ -359,7 +362,7 @@ class GetNewsletterPerformance(Query, kw_only=True):
     end_date: EndDate
 
 
-@registry.query("crm_stats_newsletter_performance", output=NewsletterPerformance, reads=("newsletter",))
+@stats.query("newsletter_performance", output=NewsletterPerformance, reads=("newsletter",))
 def newsletter_performance(q: GetNewsletterPerformance, ctx: QueryContext) -> NewsletterPerformance:
     _period(q.start_date, q.end_date)
     rows = stats_q.newsletter_campaigns(ctx.conn, ctx.org_id, q.start_date, q.end_date)

@@ -12,20 +12,20 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application import attachments as blobs
-from application.handlers import entity_command
 from application.identity import ensure_user
 from application.organization import org_today
-from application.registry import registry
-from application.shared_tools import assignment_tools, tag_tools
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, Limit, ListQuery, Page, Query, Removed, SearchText, Tag
+from application.shapes import Command, Limit, ListQuery, Page, Query, Removed, SearchText, Tag, sent
+from application.toolset import Toolset
 from domain.clients import Client
 from domain.errors import DomainError, NotFound
 from domain.projects import Project
-from domain.tasks import Task, check_content
+from domain.tasks import PRIORITIES, STATUSES, TASK_FIELDS, Task, check_content
+from projections import deals as deals_q
 from projections import tasks as tasks_q
 
-Priority = Literal["low", "normal", "high", "urgent"]
+Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
+Status = Literal[STATUSES]  # type: ignore[valid-type]
 TaskId = Annotated[UUID, Meta(description="The task id (from crm_tasks_list, crm_tasks_search or crm_tasks_create).")]
 ItemId = Annotated[UUID, Meta(description="The checklist item id (from crm_tasks_list_checklist or crm_tasks_get).")]
 AttachmentId = Annotated[UUID, Meta(description="The attachment id (from crm_tasks_list_attachments or crm_tasks_get).")]
@@ -39,7 +39,7 @@ class TaskOut(Struct, kw_only=True):
     id: UUID
     title: str
     description: str | None
-    status: Literal["open", "done"]
+    status: Status
     priority: Priority
     due_date: date | None
     client_id: UUID | None
@@ -143,23 +143,24 @@ def present_attachment(ctx: QueryContext, attachment_id: UUID) -> AttachmentOut:
     return _attachments(ctx, [row])[0]
 
 
-def _ensure_row(uow: UnitOfWork, table: str, entity: str, entity_id: UUID, field: str) -> None:
-    row = uow.conn.execute(f"SELECT 1 FROM {table} WHERE organization_id = %s AND id = %s",  # noqa: S608 - constant
-                           (uow.org_id, entity_id)).fetchone()
-    if row is None:
-        raise NotFound(entity, entity_id, field=field)
-
-
 LINK_READS = ("clients", "deals", "projects")  # what _check_links reads
 
 
 def _check_links(uow: UnitOfWork, client_id: UUID | None, deal_id: UUID | None, project_id: UUID | None) -> None:
     if client_id is not None:
         uow.get(Client, client_id, field="client_id")
-    if deal_id is not None:
-        _ensure_row(uow, "deals", "deal", deal_id, "deal_id")
+    if deal_id is not None and not deals_q.deal_exists(uow.conn, uow.org_id, deal_id):
+        raise NotFound("deal", deal_id, field="deal_id")
     if project_id is not None:
         uow.get(Project, project_id, field="project_id").ensure_accepts_tasks()
+
+
+tasks = Toolset(
+    "tasks", title="Tasks", description="Tasks with due dates in the organization's timezone, priority, assignee, "
+                                       "links to client/deal/project",
+    aggregate=Task, id_field="task_id", id_type=TaskId, output=TaskDetail, present=present_task,
+    exists=tasks_q.task_exists, subject="a task",
+)
 
 
 # -- queries ---------------------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ class GetTask(Query, kw_only=True):
     task_id: TaskId
 
 
-@registry.query("crm_tasks_get", output=TaskDetail)
+@tasks.query("get", output=TaskDetail)
 def get_task(q: GetTask, ctx: QueryContext) -> TaskDetail:
     return present_task(ctx, q.task_id)
 
@@ -180,7 +181,7 @@ class TaskFilters(ListQuery, kw_only=True):
     unassigned: Annotated[bool, Meta(description="Only tasks nobody is assigned to.")] = False
     client_id: Annotated[UUID | None, Meta(description="Only tasks for this lead/client.")] = None
     deal_id: Annotated[UUID | None, Meta(description="Only tasks for this deal.")] = None
-    status: Annotated[Literal["open", "done"] | None, Meta(description="open or done; default both.")] = None
+    status: Annotated[Status | None, Meta(description="open or done; default both.")] = None
     tag: Tag | None = None
     due: Annotated[Literal["overdue", "today", "due_soon", "none"] | None, Meta(
         description="overdue (open, due before today), today, due_soon (open, due in the next 7 days) or none "
@@ -207,7 +208,7 @@ def _task_page(ctx: QueryContext, q: TaskFilters, project_id: UUID | None) -> Pa
     return Page(items=[msgspec.convert(r, TaskOut) for r in rows], next_cursor=cursor)
 
 
-@registry.query("crm_tasks_list", output=Page[TaskOut])
+@tasks.query("list", output=Page[TaskOut])
 def list_tasks(q: ListTasks, ctx: QueryContext) -> Page[TaskOut]:
     return _task_page(ctx, q, q.project_id)
 
@@ -217,11 +218,11 @@ class SearchTasks(Query, kw_only=True):
     'contr' finds 'contract'). Best match first."""
 
     q: SearchText
-    status: Annotated[Literal["open", "done"] | None, Meta(description="Only open or only done tasks.")] = None
+    status: Annotated[Status | None, Meta(description="Only open or only done tasks.")] = None
     limit: Limit = 25
 
 
-@registry.query("crm_tasks_search", output=TaskSearchResult)
+@tasks.query("search", output=TaskSearchResult)
 def search_tasks(q: SearchTasks, ctx: QueryContext) -> TaskSearchResult:
     rows = tasks_q.search_tasks(ctx.conn, ctx.org_id, q.q, status=q.status, limit=q.limit)
     return TaskSearchResult(items=[msgspec.convert(r, TaskHit) for r in rows])
@@ -233,7 +234,7 @@ class ListChecklist(Query, kw_only=True):
     task_id: TaskId
 
 
-@registry.query("crm_tasks_list_checklist", output=ChecklistOut)
+@tasks.query("list_checklist", output=ChecklistOut)
 def list_checklist(q: ListChecklist, ctx: QueryContext) -> ChecklistOut:
     tasks_q.get_task(ctx.conn, ctx.org_id, q.task_id)
     return ChecklistOut(items=[msgspec.convert(r, ChecklistItemOut) for r in tasks_q.list_checklist(ctx.conn, ctx.org_id, q.task_id)])
@@ -246,7 +247,7 @@ class ListAttachments(Query, kw_only=True):
     task_id: TaskId
 
 
-@registry.query("crm_tasks_list_attachments", output=AttachmentList)
+@tasks.query("list_attachments", output=AttachmentList)
 def list_attachments(q: ListAttachments, ctx: QueryContext) -> AttachmentList:
     tasks_q.get_task(ctx.conn, ctx.org_id, q.task_id)
     return AttachmentList(items=_attachments(ctx, tasks_q.list_attachments(ctx.conn, ctx.org_id, q.task_id)))
@@ -255,11 +256,11 @@ def list_attachments(q: ListAttachments, ctx: QueryContext) -> AttachmentList:
 class ListTags(Query, kw_only=True):
     """Tags in use on tasks, most used first, with how many tasks carry each."""
 
-    status: Annotated[Literal["open", "done"] | None, Meta(description="Count only open or only done tasks.")] = None
+    status: Annotated[Status | None, Meta(description="Count only open or only done tasks.")] = None
     limit: Annotated[int, Meta(ge=1, le=500)] = 100
 
 
-@registry.query("crm_tasks_list_tags", output=TagCounts)
+@tasks.query("list_tags", output=TagCounts)
 def list_tags(q: ListTags, ctx: QueryContext) -> TagCounts:
     return TagCounts(items=[TagCount(**r) for r in tasks_q.tag_counts(ctx.conn, ctx.org_id, status=q.status, limit=q.limit)])
 
@@ -282,13 +283,12 @@ class CreateTask(Command, kw_only=True):
     checklist: Annotated[list[ItemText], Meta(max_length=50, description="Checklist items, in order.")] = []
 
 
-@registry.command("crm_tasks_create", output=TaskDetail, returns=UUID, present=present_task, reads=LINK_READS)
+@tasks.command("create", output=TaskDetail, returns=UUID, present=present_task, reads=LINK_READS)
 def create_task(cmd: CreateTask, uow: UnitOfWork) -> UUID:
     _check_links(uow, cmd.client_id, cmd.deal_id, cmd.project_id)
     if cmd.assignee_id is not None:
         ensure_user(uow.conn, uow.org_id, cmd.assignee_id, field="assignee_id")
-    fields = {k: getattr(cmd, k) for k in ("title", "description", "priority", "client_id", "deal_id", "project_id",
-                                           "due_date")}
+    fields = {k: getattr(cmd, k) for k in TASK_FIELDS}
     task = Task(org_id=uow.org_id, fields=fields, assignee_id=cmd.assignee_id, created_by=uow.principal.user_id)
     for tag in cmd.tags:
         task.add_tag(tag)
@@ -296,13 +296,6 @@ def create_task(cmd: CreateTask, uow: UnitOfWork) -> UUID:
         task.add_checklist_item(text)
     uow.add(task)
     return task.id
-
-
-def task_command(name: str, input: type[Struct], act: Any, *, destructive: bool = False,
-                 output: type = TaskDetail, present: Any = present_task, returns: type = UUID,
-                 reads: tuple[str, ...] = ()) -> None:
-    entity_command(name, input, Task, "task_id", act, output=output, present=present, returns=returns,
-                   destructive=destructive, reads=reads)
 
 
 class UpdateTask(Command, kw_only=True):
@@ -320,15 +313,14 @@ class UpdateTask(Command, kw_only=True):
 
 
 def _update(task: Task, cmd: UpdateTask, uow: UnitOfWork) -> None:
-    changes = {k: getattr(cmd, k) for k in ("title", "description", "due_date", "priority", "client_id", "deal_id",
-                                            "project_id") if getattr(cmd, k) is not UNSET}
+    changes = sent(cmd, TASK_FIELDS)
     _check_links(uow, changes.get("client_id") if changes.get("client_id") != task.client_id else None,
                  changes.get("deal_id") if changes.get("deal_id") != task.deal_id else None,
                  changes.get("project_id") if changes.get("project_id") != task.project_id else None)
     task.update(changes)
 
 
-task_command("crm_tasks_update", UpdateTask, _update, reads=LINK_READS)
+tasks.act("update", UpdateTask, _update, reads=LINK_READS)
 
 
 class CompleteTask(Command, kw_only=True):
@@ -337,7 +329,7 @@ class CompleteTask(Command, kw_only=True):
     task_id: TaskId
 
 
-task_command("crm_tasks_complete", CompleteTask, lambda t, cmd, uow: t.complete())
+tasks.act("complete", CompleteTask, lambda t, cmd, uow: t.complete())
 
 
 class ReopenTask(Command, kw_only=True):
@@ -346,13 +338,11 @@ class ReopenTask(Command, kw_only=True):
     task_id: TaskId
 
 
-task_command("crm_tasks_reopen", ReopenTask, lambda t, cmd, uow: t.reopen())
+tasks.act("reopen", ReopenTask, lambda t, cmd, uow: t.reopen())
 
 
-assignment_tools("tasks", label="Task", aggregate=Task, id_field="task_id", id_type=TaskId,
-                 assign_doc="Assign a task to a user of the organization (find the user_id with crm_users_list).",
-                 unassign_doc="Remove a task's assignee, leaving nobody responsible for it.",
-                 output=TaskDetail, present=present_task)
+tasks.assignment(label="Task", assign_doc="Assign a task to a user of the organization (find the user_id with crm_users_list).",
+                 unassign_doc="Remove a task's assignee, leaving nobody responsible for it.")
 
 
 class DeleteTask(Command, kw_only=True):
@@ -361,17 +351,15 @@ class DeleteTask(Command, kw_only=True):
     task_id: TaskId
 
 
-def _delete(task: Task, cmd: DeleteTask, uow: UnitOfWork) -> Removed:
+def _delete(task: Task, cmd: DeleteTask, uow: UnitOfWork) -> None:
     _release(task, uow, list(task.attachments))
     task.delete()
-    return Removed(id=task.id, entity="task")
 
 
-task_command("crm_tasks_delete", DeleteTask, _delete, destructive=True, output=Removed, present=None, returns=Removed)
+tasks.delete(DeleteTask, act=_delete)
 
 
-tag_tools("tasks", label="Task", aggregate=Task, id_field="task_id", id_type=TaskId, subject="a task",
-          output=TaskDetail, present=present_task, add_hint=" See crm_tasks_list_tags for tags in use.")
+tasks.tags(label="Task", add_hint=" See crm_tasks_list_tags for tags in use.")
 
 
 # -- checklist -------------------------------------------------------------------------------------------
@@ -383,7 +371,7 @@ class AddChecklistItem(Command, kw_only=True):
     done: bool = False
 
 
-task_command("crm_tasks_add_checklist_item", AddChecklistItem,
+tasks.act("add_checklist_item", AddChecklistItem,
              lambda t, cmd, uow: t.add_checklist_item(cmd.text, cmd.done), output=ChecklistItemOut, present=present_item)
 
 
@@ -402,7 +390,7 @@ def _update_item(task: Task, cmd: UpdateChecklistItem, uow: UnitOfWork) -> UUID:
     return cmd.item_id
 
 
-task_command("crm_tasks_update_checklist_item", UpdateChecklistItem, _update_item, output=ChecklistItemOut,
+tasks.act("update_checklist_item", UpdateChecklistItem, _update_item, output=ChecklistItemOut,
              present=present_item)
 
 
@@ -418,7 +406,7 @@ def _remove_item(task: Task, cmd: RemoveChecklistItem, uow: UnitOfWork) -> Remov
     return Removed(id=cmd.item_id, entity="checklist item")
 
 
-task_command("crm_tasks_remove_checklist_item", RemoveChecklistItem, _remove_item, destructive=True, output=Removed,
+tasks.act("remove_checklist_item", RemoveChecklistItem, _remove_item, destructive=True, output=Removed,
              present=None, returns=Removed)
 
 
@@ -461,7 +449,7 @@ def _attach(task: Task, cmd: AddAttachment, uow: UnitOfWork) -> UUID:
                                added_by=uow.principal.user_id)
 
 
-task_command("crm_tasks_add_attachment", AddAttachment, _attach, output=AttachmentOut, present=present_attachment)
+tasks.act("add_attachment", AddAttachment, _attach, output=AttachmentOut, present=present_attachment)
 
 
 class RemoveAttachment(Command, kw_only=True):
@@ -482,5 +470,5 @@ def _detach(task: Task, cmd: RemoveAttachment, uow: UnitOfWork) -> Removed:
     return Removed(id=cmd.attachment_id, entity="attachment")
 
 
-task_command("crm_tasks_remove_attachment", RemoveAttachment, _detach, destructive=True, output=Removed,
+tasks.act("remove_attachment", RemoveAttachment, _detach, destructive=True, output=Removed,
              present=None, returns=Removed)

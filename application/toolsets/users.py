@@ -10,11 +10,15 @@ import msgspec
 from msgspec import Meta, Struct
 
 from application import permissions
-from application.registry import registry
+from application.toolset import Toolset
 from application.runner import QueryContext
 from application.shapes import ListQuery, Page, Query
 from domain.errors import NotFound
 from projections.pagination import Sort, paginate
+
+users = Toolset("users", title="Users", description="Organization users; resolve \"Mario Rossi\" to a user_id; who am I "
+                                                 "and my permissions")
+
 
 USER_SELECT = "u.id, u.email, u.name, r.name AS role, u.status, u.created_at"
 
@@ -56,7 +60,7 @@ class ListUsers(ListQuery, kw_only=True):
     status: Literal["active", "invited", "inactive"] | None = None
 
 
-@registry.query("crm_users_list", output=Page[UserOut])
+@users.query("list", output=Page[UserOut])
 def list_users(q: ListUsers, ctx: QueryContext) -> Page[UserOut]:
     where = "FROM users u JOIN roles r ON r.id = u.role_id WHERE u.organization_id = %s"
     params: list[object] = [ctx.org_id]
@@ -93,7 +97,7 @@ class GetUser(Query, kw_only=True):
     user_id: Annotated[UUID, Meta(description="From crm_users_list.")]
 
 
-@registry.query("crm_users_get", output=UserDetail)
+@users.query("get", output=UserDetail)
 def get_user(q: GetUser, ctx: QueryContext) -> UserDetail:
     row = _user_row(ctx, q.user_id)
     return msgspec.convert({**row, "permissions": permissions.as_listing(row["grants"])}, UserDetail)
@@ -104,7 +108,7 @@ class WhoAmI(Query, kw_only=True):
     learn the organization's currency and timezone, or why a tool is refused."""
 
 
-@registry.query("crm_users_me", output=Me)
+@users.query("me", output=Me)
 def me(q: WhoAmI, ctx: QueryContext) -> Me:
     user = _user_row(ctx, ctx.principal.user_id)
     org = ctx.conn.execute(

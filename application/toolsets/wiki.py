@@ -9,11 +9,11 @@ from uuid import UUID
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from application.handlers import entity_command
-from application.registry import registry
 from application.runner import QueryContext, UnitOfWork
+from application.organization import org_settings
+from application.toolset import Toolset
 from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
-from domain.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError, NotFound
 from domain.wiki import RevisionNotFound, WikiCategory, WikiPage, text_search_language
 from projections import wiki as wiki_q
 
@@ -101,8 +101,14 @@ def present_page(ctx: QueryContext, page_id: UUID) -> PageOut:
 
 
 def organization_language(conn: Any, org_id: UUID) -> str:
-    row = conn.execute("SELECT locale FROM organizations WHERE id = %s", (org_id,)).fetchone()
-    return text_search_language(row["locale"] if row else None)
+    return text_search_language(org_settings(conn, org_id)["locale"])
+
+
+wiki = Toolset(
+    "wiki", title="Wiki", description="Knowledge base pages, revisions, full-text search",
+    aggregate=WikiPage, id_field="page_id", id_type=PageId, output=PageOut, present=present_page,
+    exists=wiki_q.page_exists, subject="a wiki page",
+)
 
 
 # -- queries ---------------------------------------------------------------------------------------------
@@ -115,7 +121,7 @@ class ListPages(ListQuery, kw_only=True):
     top_level: Annotated[bool, Meta(description="Only pages without a parent page.")] = False
 
 
-@registry.query("crm_wiki_list_pages", output=Page[PageSummary])
+@wiki.query("list_pages", output=Page[PageSummary])
 def list_pages(q: ListPages, ctx: QueryContext) -> Page[PageSummary]:
     rows, cursor = wiki_q.list_pages(ctx.conn, ctx.org_id, category_id=q.category_id, parent_id=q.parent_id,
                                      top_level=q.top_level, limit=q.limit, cursor=q.cursor)
@@ -128,7 +134,7 @@ class GetPage(Query, kw_only=True):
     page_id: PageId
 
 
-@registry.query("crm_wiki_get_page", output=PageOut)
+@wiki.query("get_page", output=PageOut)
 def get_page(q: GetPage, ctx: QueryContext) -> PageOut:
     return present_page(ctx, q.page_id)
 
@@ -143,7 +149,7 @@ class SearchWiki(Query, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=50, description="How many results (default 10).")] = 10
 
 
-@registry.query("crm_wiki_search", output=SearchResult)
+@wiki.query("search", output=SearchResult)
 def search(q: SearchWiki, ctx: QueryContext) -> SearchResult:
     language = organization_language(ctx.conn, ctx.org_id)
     rows = wiki_q.search_pages(ctx.conn, ctx.org_id, q.q, language=language, category_id=q.category_id, limit=q.limit)
@@ -157,7 +163,7 @@ class ListRevisions(ListQuery, kw_only=True):
     page_id: PageId
 
 
-@registry.query("crm_wiki_list_revisions", output=Page[RevisionOut])
+@wiki.query("list_revisions", output=Page[RevisionOut])
 def list_revisions(q: ListRevisions, ctx: QueryContext) -> Page[RevisionOut]:
     wiki_q.get_page(ctx.conn, ctx.org_id, q.page_id)
     rows, cursor = wiki_q.list_revisions(ctx.conn, ctx.org_id, q.page_id, limit=q.limit, cursor=q.cursor)
@@ -168,7 +174,7 @@ class ListCategories(Query, kw_only=True):
     """Wiki categories with how many pages each holds."""
 
 
-@registry.query("crm_wiki_list_categories", output=CategoryList)
+@wiki.query("list_categories", output=CategoryList)
 def list_categories(q: ListCategories, ctx: QueryContext) -> CategoryList:
     return CategoryList(items=[msgspec.convert(r, CategoryOut) for r in wiki_q.list_categories(ctx.conn, ctx.org_id)])
 
@@ -184,13 +190,11 @@ class CreateCategory(Command, kw_only=True):
 def present_category(ctx: QueryContext, category_id: UUID) -> CategoryOut:
     rows = [r for r in wiki_q.list_categories(ctx.conn, ctx.org_id) if r["id"] == category_id]
     if not rows:
-        from domain.errors import NotFound
-
         raise NotFound("wiki category", category_id, field="category_id")
     return msgspec.convert(rows[0], CategoryOut)
 
 
-@registry.command("crm_wiki_create_category", output=CategoryOut, returns=UUID, present=present_category)
+@wiki.command("create_category", output=CategoryOut, returns=UUID, present=present_category)
 def create_category(cmd: CreateCategory, uow: UnitOfWork) -> UUID:
     if wiki_q.category_named(uow.conn, uow.org_id, cmd.name.strip()):
         raise Conflict(f"a category named {cmd.name!r} already exists", field="name")
@@ -208,7 +212,7 @@ class CreatePage(Command, kw_only=True):
     parent_id: Annotated[UUID | None, Meta(description="Parent page, to make this a sub-page.")] = None
 
 
-@registry.command("crm_wiki_create_page", output=PageOut, returns=UUID, present=present_page)
+@wiki.command("create_page", output=PageOut, returns=UUID, present=present_page)
 def create_page(cmd: CreatePage, uow: UnitOfWork) -> UUID:
     if cmd.category_id is not None:
         uow.get(WikiCategory, cmd.category_id, field="category_id")
@@ -217,12 +221,6 @@ def create_page(cmd: CreatePage, uow: UnitOfWork) -> UUID:
                            language=organization_language(uow.conn, uow.org_id), author_id=uow.principal.user_id)
     uow.add(page)
     return page.id
-
-
-def page_command(name: str, input: type[Struct], act: Any, **kw: Any) -> None:
-    kw.setdefault("output", PageOut)
-    kw.setdefault("present", present_page)
-    entity_command(name, input, WikiPage, "page_id", act, **kw)
 
 
 class UpdatePage(Command, kw_only=True):
@@ -240,7 +238,7 @@ def _edit(page: WikiPage, cmd: UpdatePage, uow: UnitOfWork) -> None:
               summary=cmd.summary, author_id=uow.principal.user_id)
 
 
-page_command("crm_wiki_update_page", UpdatePage, _edit)
+wiki.act("update_page", UpdatePage, _edit)
 
 
 class MovePage(Command, kw_only=True):
@@ -282,7 +280,7 @@ def _move(page: WikiPage, cmd: MovePage, uow: UnitOfWork) -> None:
               author_id=uow.principal.user_id)
 
 
-page_command("crm_wiki_move_page", MovePage, _move)
+wiki.act("move_page", MovePage, _move)
 
 
 class DeletePage(Command, kw_only=True):
@@ -292,13 +290,7 @@ class DeletePage(Command, kw_only=True):
     page_id: PageId
 
 
-def _delete(page: WikiPage, cmd: DeletePage, uow: UnitOfWork) -> Removed:
-    page.delete()
-    return Removed(id=page.id, entity="wiki page")
-
-
-page_command("crm_wiki_delete_page", DeletePage, _delete, destructive=True, output=Removed, present=None,
-             returns=Removed)
+wiki.delete(DeletePage, suffix="delete_page")
 
 
 class RestoreRevision(Command, kw_only=True):
@@ -316,4 +308,4 @@ def _restore(page: WikiPage, cmd: RestoreRevision, uow: UnitOfWork) -> None:
     page.restore(old, author_id=uow.principal.user_id)
 
 
-page_command("crm_wiki_restore_revision", RestoreRevision, _restore)
+wiki.act("restore_revision", RestoreRevision, _restore)

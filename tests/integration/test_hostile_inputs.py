@@ -136,9 +136,7 @@ def hostile_world(admin_url):
     name = f"flusia_hostile_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     url = create_database(admin_url, name)
     migrate(url)
-    rt = Runtime(url, pool_size=6)
-    rt.runner.positions = None
-    rt.runner.sync_settle = lambda targets: settle(rt)
+    rt = Runtime(url, pool_size=6, consistency="settle")
     captured = Captured()
     root = logging.getLogger()
     level = root.level
