@@ -16,7 +16,8 @@ from domain.base import TenantAggregate
 from domain.errors import DomainError
 
 TYPES = ("call", "meeting", "email", "note")
-EDITABLE_FIELDS = frozenset({"subject", "body", "occurred_at", "user_id", "details"})
+ACTIVITY_FIELDS = ("subject", "body", "occurred_at", "user_id", "details")
+EDITABLE_FIELDS = frozenset(ACTIVITY_FIELDS)
 
 
 class Activity(TenantAggregate):

@@ -26,7 +26,9 @@ from domain.services import CatalogService
 from domain.values import check_minor_units
 
 STATUSES = ("open", "accepted", "rejected")
-EDITABLE_FIELDS = frozenset({"title", "description", "expected_close_date", "client_id"})
+DEAL_FIELDS = ("title", "description", "expected_close_date", "client_id")
+"""What an update may change directly; value, status, stage and owner have their own events."""
+EDITABLE_FIELDS = frozenset(DEAL_FIELDS)
 
 
 class LineNotFound(NotFound):

@@ -13,7 +13,7 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from domain.base import TenantAggregate, apply_changes
-from domain.shared import Editable
+from domain.shared import Category, Editable
 from domain.errors import Conflict, DomainError
 
 SERVICE_FIELDS = frozenset({"name", "code", "description", "unit_price_cents", "vat_rate", "unit", "category_id"})
@@ -71,15 +71,8 @@ class CatalogService(Editable):
         self.delete()
 
 
-class ServiceCategory(TenantAggregate):
+class ServiceCategory(Category):
     entity_name = "category"
-
-    @event("Created")
-    def __init__(self, org_id: UUID, name: str, description: str | None) -> None:
-        self.org_id = org_id
-        self.name = name
-        self.description = description
-        self.deleted = False
 
     def delete_empty(self, services_in_category: int) -> None:
         if services_in_category:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, event
 
 from domain.base import TenantAggregate, apply_changes
 from domain.errors import NotFound
@@ -93,3 +93,15 @@ class Assignable(TenantAggregate):
     def unassign(self) -> None:
         if self.assignee is not None:
             self.trigger_event(type(self).Unassigned)
+
+
+class Category(TenantAggregate):
+    """A named group of one resource's entities (catalog services, wiki pages). Each resource subclasses it, so
+    its events keep the subclass's own topic (`ServiceCategory.Created`, `WikiCategory.Created`)."""
+
+    @event("Created")
+    def __init__(self, org_id: UUID, name: str, description: str | None) -> None:
+        self.org_id = org_id
+        self.name = name
+        self.description = description
+        self.deleted = False

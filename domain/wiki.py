@@ -12,6 +12,7 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from domain.base import TenantAggregate
+from domain.shared import Category
 from domain.errors import DomainError, NotFound
 
 LANGUAGES = ("english", "italian", "simple")
@@ -32,15 +33,8 @@ class PageCycle(DomainError):
     code = "invalid_move"
 
 
-class WikiCategory(TenantAggregate):
+class WikiCategory(Category):
     entity_name = "wiki category"
-
-    @event("Created")
-    def __init__(self, org_id: UUID, name: str, description: str | None) -> None:
-        self.org_id = org_id
-        self.name = name
-        self.description = description
-        self.deleted = False
 
 
 class WikiPage(TenantAggregate):

@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 from domain.clients import CLIENT_FIELDS, CONTACT_FIELDS, Client, email_key, phone_key, vat_key
 from domain.errors import NotFound
 from projections.base import Projection, exists, handles, set_columns, touch
-from projections.pagination import Sort, paginate
+from projections.pagination import BY_CREATION, NEWEST, RECENTLY_UPDATED, by_name, paginate
 
 SEARCH_REFRESH = """
 WITH names AS (SELECT string_agg(name, ' ') AS names FROM client_contacts WHERE client_id = %(id)s),
@@ -152,11 +152,7 @@ CLIENT_COLUMNS = (
     " assigned_to, tags, created_at, updated_at, converted_at"
 )
 SORTS = {
-    "created_desc": Sort("created_at", "timestamptz", descending=True),
-    "created_asc": Sort("created_at", "timestamptz"),
-    "updated_desc": Sort("updated_at", "timestamptz", descending=True),
-    "name_asc": Sort("lower(business_name)", "text"),
-    "name_desc": Sort("lower(business_name)", "text", descending=True),
+    **BY_CREATION, "updated_desc": RECENTLY_UPDATED, **by_name("business_name"),
 }
 
 
@@ -323,5 +319,5 @@ def list_client_deals(conn: Any, org_id: UUID, client_id: UUID, limit: int, curs
         conn,
         "id, title, status, pipeline_id, stage_id, value_cents, currency, owner_id, close_date, created_at",
         "FROM deals WHERE organization_id = %s AND client_id = %s",
-        [org_id, client_id], Sort("created_at", "timestamptz", descending=True), limit, cursor,
+        [org_id, client_id], NEWEST, limit, cursor,
     )

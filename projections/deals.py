@@ -9,7 +9,7 @@ from domain.clients import Client
 from domain.deals import Deal
 from domain.errors import NotFound
 from projections.base import Projection, exists, handles
-from projections.pagination import Sort, paginate
+from projections.pagination import BY_CREATION, RECENTLY_UPDATED, Sort, by_date, paginate
 
 DEAL_COLUMNS = (
     "d.id, d.client_id, d.title, d.description, d.status, d.pipeline_id, d.stage_id, d.value_cents, d.explicit_value,"
@@ -21,14 +21,10 @@ DEAL_FROM = (
     " LEFT JOIN pipelines p ON p.id = d.pipeline_id LEFT JOIN pipeline_stages s ON s.id = d.stage_id"
 )
 SORTS = {
-    "created_desc": Sort("created_at", "timestamptz", descending=True),
-    "created_asc": Sort("created_at", "timestamptz"),
-    "updated_desc": Sort("updated_at", "timestamptz", descending=True),
+    **BY_CREATION, "updated_desc": RECENTLY_UPDATED,
     "value_desc": Sort("value_cents", "bigint", descending=True),
     "value_asc": Sort("value_cents", "bigint"),
-    # Open deals (no close date) last either way, behind finite dates a cursor can hold (not +-infinity).
-    "close_date_desc": Sort("coalesce(close_date, '0001-01-01'::date)", "date", descending=True),
-    "close_date_asc": Sort("coalesce(close_date, '9999-12-31'::date)", "date"),
+    **by_date("close_date", "close_date"),
 }
 
 

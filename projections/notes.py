@@ -9,7 +9,7 @@ from domain.clients import Client
 from domain.errors import NotFound
 from domain.notes import Note
 from projections.base import Projection, handles, touch
-from projections.pagination import Sort, paginate
+from projections.pagination import NEWEST, paginate
 
 NOTE_COLUMNS = "id, subject_type, subject_id, body, author_id, created_at, updated_at"
 
@@ -51,7 +51,7 @@ class NotesProjection(Projection):
 def list_notes(conn: Any, org_id: UUID, subject_type: str, subject_id: UUID, limit: int, cursor: str | None):
     return paginate(
         conn, NOTE_COLUMNS, "FROM notes WHERE organization_id = %s AND subject_type = %s AND subject_id = %s",
-        [org_id, subject_type, subject_id], Sort("created_at", "timestamptz", descending=True), limit, cursor,
+        [org_id, subject_type, subject_id], NEWEST, limit, cursor,
     )
 
 

@@ -21,6 +21,25 @@ class Sort:
     row_id: str = "id"  # the unique id breaking ties; qualified (u.id) when the FROM joins tables with an id too
 
 
+NEWEST = Sort("created_at", "timestamptz", descending=True)
+OLDEST = Sort("created_at", "timestamptz")
+RECENTLY_UPDATED = Sort("updated_at", "timestamptz", descending=True)
+BY_CREATION = {"created_desc": NEWEST, "created_asc": OLDEST}
+"""The sorts most lists offer, by name as the tools' `sort` arguments spell them."""
+
+
+def by_name(expr: str) -> dict[str, Sort]:
+    """`name_asc` / `name_desc` over a text expression, ignoring case."""
+    return {"name_asc": Sort(f"lower({expr})", "text"), "name_desc": Sort(f"lower({expr})", "text", descending=True)}
+
+
+def by_date(prefix: str, column: str) -> dict[str, Sort]:
+    """`<prefix>_asc` / `<prefix>_desc` over a nullable date: rows without one come last either way (a cursor
+    needs a finite value, so missing dates sort as the far future or the far past)."""
+    return {f"{prefix}_asc": Sort(f"coalesce({column}, '9999-12-31'::date)", "date"),
+            f"{prefix}_desc": Sort(f"coalesce({column}, '0001-01-01'::date)", "date", descending=True)}
+
+
 INVALID_CURSOR = "cursor is not valid; pass next_cursor from the previous page unchanged"
 BIGINT = 2**63
 

@@ -10,7 +10,7 @@ from psycopg.types.json import Jsonb
 from domain.errors import NotFound
 from domain.projects import Project
 from projections.base import Projection, exists, handles, set_columns, touch
-from projections.pagination import Sort, paginate
+from projections.pagination import NEWEST, by_date, by_name, paginate
 
 PROJECT_COLUMNS = (
     "id, name, description, client_id, deal_id, status, archived, archived_at, start_date, end_date, budget_cents,"
@@ -18,9 +18,7 @@ PROJECT_COLUMNS = (
 )
 FIELD_COLUMNS = ("name", "description", "client_id", "deal_id", "status", "start_date", "end_date", "budget_cents", "currency")
 SORTS = {
-    "created_desc": Sort("created_at", "timestamptz", descending=True),
-    "name_asc": Sort("lower(name)", "text"),
-    "end_asc": Sort("coalesce(end_date, '9999-12-31'::date)", "date"),
+    "created_desc": NEWEST, "name_asc": by_name("name")["name_asc"], "end_asc": by_date("end", "end_date")["end_asc"],
 }
 
 
@@ -168,7 +166,7 @@ def list_log_entries(conn: Any, org_id: UUID, project_id: UUID, *, kind: str | N
     if kind is not None:
         where += " AND kind = %s"
         params.append(kind)
-    return paginate(conn, LOG_ENTRY_COLUMNS, where, params, Sort("created_at", "timestamptz", descending=True), limit,
+    return paginate(conn, LOG_ENTRY_COLUMNS, where, params, NEWEST, limit,
                     cursor)
 
 

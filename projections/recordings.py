@@ -9,7 +9,7 @@ from domain.clients import Client
 from domain.errors import NotFound
 from domain.recordings import Recording
 from projections.base import Projection, handles
-from projections.pagination import Sort, paginate
+from projections.pagination import NEWEST, paginate
 
 EXCERPT_CHARS = 280
 SUMMARY_COLUMNS = (
@@ -48,7 +48,7 @@ class RecordingsProjection(Projection):
 def list_recordings(conn: Any, org_id: UUID, client_id: UUID, limit: int, cursor: str | None):
     return paginate(
         conn, SUMMARY_COLUMNS, "FROM recordings WHERE organization_id = %s AND client_id = %s",
-        [org_id, client_id], Sort("created_at", "timestamptz", descending=True), limit, cursor,
+        [org_id, client_id], NEWEST, limit, cursor,
     )
 
 

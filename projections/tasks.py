@@ -8,20 +8,18 @@ from uuid import UUID
 
 from domain.clients import Client
 from domain.errors import NotFound
-from domain.tasks import Task
+from domain.tasks import PRIORITIES, Task
 from projections.base import Projection, exists, handles, set_columns, touch
-from projections.pagination import Sort, paginate
+from projections.pagination import BY_CREATION, Sort, by_date, paginate
 
 TASK_COLUMNS = (
     "id, title, description, status, priority, due_date, client_id, deal_id, project_id, assignee_id, tags,"
     " created_by, created_at, updated_at, completed_at, checklist_total, checklist_done, attachments_count"
 )
 SORTS = {
-    "due_asc": Sort("coalesce(due_date, '9999-12-31'::date)", "date"),
-    "due_desc": Sort("coalesce(due_date, '0001-01-01'::date)", "date", descending=True),
-    "created_desc": Sort("created_at", "timestamptz", descending=True),
-    "created_asc": Sort("created_at", "timestamptz"),
-    "priority_desc": Sort("array_position(ARRAY['low','normal','high','urgent'], priority)", "integer", descending=True),
+    **by_date("due", "due_date"), **BY_CREATION,
+    "priority_desc": Sort("array_position(ARRAY[%s], priority)" % ", ".join(f"'{p}'" for p in PRIORITIES), "integer",
+                          descending=True),
 }
 SEARCH_REFRESH = (
     "UPDATE tasks SET search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', title, description))))"

@@ -12,8 +12,8 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from application.identity import ensure_user
 from application.toolset import Toolset
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, ListQuery, Page, Query, Removed
-from domain.activities import Activity
+from application.shapes import Command, ListQuery, Page, Query, Removed, sent
+from domain.activities import ACTIVITY_FIELDS, TYPES, Activity
 from domain.clients import Client
 from domain.deals import Deal
 from domain.errors import DomainError
@@ -21,7 +21,7 @@ from projections import activities as activities_q
 from projections import timeline as timeline_q
 
 ActivityId = Annotated[UUID, Meta(description="The activity id (from crm_activities_list or a crm_activities_log_* call).")]
-ActivityType = Literal["call", "meeting", "email", "note"]
+ActivityType = Literal[TYPES]  # type: ignore[valid-type]
 Subject = Annotated[str, Meta(max_length=300, description="Short summary, e.g. 'Discussed the offer'.")]
 Body = Annotated[str, Meta(max_length=20000, description="Details (markdown allowed).")]
 When = Annotated[datetime, Meta(description="When it happened or starts (ISO 8601 with timezone); default now.")]
@@ -230,8 +230,7 @@ class UpdateActivity(Command, kw_only=True):
 
 
 def _update(a: Activity, cmd: UpdateActivity, uow: UnitOfWork) -> None:
-    changes = {k: getattr(cmd, k) for k in ("subject", "body", "occurred_at", "user_id", "details")
-               if getattr(cmd, k) is not UNSET}
+    changes = sent(cmd, ACTIVITY_FIELDS)
     if "user_id" in changes:
         ensure_user(uow.conn, uow.org_id, cmd.user_id, field="user_id")
     if "details" in changes:

@@ -16,7 +16,7 @@ from application.shapes import (
     Command, Email, Limit, ListQuery, Page, Phone, Query, Removed, SearchText, Tag, sent,
 )
 from application.toolset import Toolset
-from domain.clients import CLIENT_FIELDS, CONTACT_FIELDS, LEAD_STATUSES, Client
+from domain.clients import CLIENT_FIELDS, CONTACT_FIELDS, KINDS, LEAD_STATUSES, Client
 from domain.recordings import Recording
 from projections import clients as clients_q
 from projections import recordings as recordings_q
@@ -30,6 +30,7 @@ TaxCode = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9
 Url = Annotated[str, Meta(max_length=2000, pattern=r"^https?://\S+$", description="An http(s) URL.")]
 Source = Annotated[str, Meta(min_length=1, max_length=60, description="Where the lead came from, e.g. 'website', 'referral', 'fair'.")]
 Status = Literal[LEAD_STATUSES]  # type: ignore[valid-type]
+Kind = Literal[KINDS]  # type: ignore[valid-type]
 
 
 class Address(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -50,7 +51,7 @@ class ContactOut(Struct, kw_only=True):
 
 class ClientSummary(Struct, kw_only=True):
     id: UUID
-    kind: Literal["lead", "client"]
+    kind: Kind
     status: str | None
     business_name: str
     contact_name: str | None
@@ -152,7 +153,7 @@ class ListClients(ListQuery, kw_only=True):
     """List leads and clients, newest first by default. Filter by type (lead or client), funnel status,
     assignee, tag, source and creation date range. Pages with `cursor`/`next_cursor`."""
 
-    type: Annotated[Literal["lead", "client"] | None, Meta(description="Only leads or only clients.")] = None
+    type: Annotated[Kind | None, Meta(description="Only leads or only clients.")] = None
     status: Annotated[Status | None, Meta(description="Lead funnel status.")] = None
     assigned_to: Annotated[UUID | None, Meta(description="Only those assigned to this user id.")] = None
     unassigned: Annotated[bool, Meta(description="Only those with nobody assigned.")] = False
@@ -189,7 +190,7 @@ class SearchClients(Query, kw_only=True):
     Tolerates typos, accents and letter case; best match first. Use it to find an id from a name."""
 
     q: SearchText
-    type: Annotated[Literal["lead", "client"] | None, Meta(description="Only leads or only clients.")] = None
+    type: Annotated[Kind | None, Meta(description="Only leads or only clients.")] = None
     limit: Limit = 25
 
 

@@ -17,10 +17,10 @@ from application.sales_common import AmountArg, Money, money
 from application.values import decimal_range
 from application.organization import org_settings, org_today
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
+from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText, sent
 from application.toolset import Toolset
 from domain.clients import Client
-from domain.deals import Deal
+from domain.deals import DEAL_FIELDS, STATUSES, Deal
 from domain.errors import DomainError, NotFound
 from domain.money import percent_of, to_cents
 from domain.pipelines import default_pipeline_id
@@ -30,7 +30,7 @@ from projections import deals as deals_q
 
 DealId = Annotated[UUID, Meta(description="The deal id (from crm_deals_list, crm_deals_search or crm_deals_create).")]
 Title = Annotated[str, Meta(min_length=1, max_length=300, description="Short name of the deal, e.g. 'ACME website redesign'.")]
-Status = Literal["open", "accepted", "rejected"]
+Status = Literal[STATUSES]  # type: ignore[valid-type]
 Percent = Annotated[Decimal, Meta(description="A percentage 0-100 as a decimal, e.g. \"10\" or \"12.5\".",
                                   **decimal_range(0, 100))]
 Quantity = Annotated[Decimal, Meta(description="Quantity as a decimal, e.g. \"1\", \"2.5\" (hours), up to 1000000000.",
@@ -336,8 +336,7 @@ class UpdateDeal(Command, kw_only=True):
 
 
 def _update(deal: Deal, cmd: UpdateDeal, uow: UnitOfWork) -> None:
-    changes = {k: getattr(cmd, k) for k in ("title", "description", "expected_close_date", "client_id")
-               if getattr(cmd, k) is not UNSET}
+    changes = sent(cmd, DEAL_FIELDS)
     if "client_id" in changes:
         uow.get(Client, cmd.client_id, field="client_id")
     deal.update(changes)

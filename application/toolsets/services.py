@@ -15,7 +15,7 @@ from application.sales_common import AmountArg, Money, money
 from application.values import decimal_range
 from application.organization import org_settings
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
+from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText, sent
 from domain.errors import NotFound
 from domain.money import decimal_in, to_cents
 from domain.services import CatalogService, ServiceCategory
@@ -189,8 +189,7 @@ class UpdateService(Command, kw_only=True):
 
 
 def _update_service(s: CatalogService, cmd: UpdateService, uow: UnitOfWork) -> None:
-    changes: dict[str, Any] = {k: getattr(cmd, k) for k in ("name", "unit", "code", "description")
-                               if getattr(cmd, k) is not UNSET}
+    changes: dict[str, Any] = sent(cmd, ("name", "unit", "code", "description"))
     if cmd.unit_price is not UNSET:
         changes["unit_price_cents"] = to_cents(cmd.unit_price, field="unit_price")
     if cmd.vat_rate is not UNSET:
