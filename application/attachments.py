@@ -18,10 +18,12 @@ import os
 import secrets
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from application.store import SideWrite
+from projections import tasks as tasks_q
 
 LINK_TTL_SECONDS = 15 * 60
 MAX_INLINE_BYTES = 2 * 1024 * 1024
@@ -100,3 +102,25 @@ def load_blob(conn: Any, org_id: UUID, digest: str) -> bytes | None:
     if row is None:
         return None
     return bytes(row["content"] if isinstance(row, dict) else row[0])
+
+
+@dataclass(frozen=True)
+class Download:
+    """What a signed link gives: the file's name, type and bytes, or why not (`problem`: expired, invalid, gone)."""
+
+    problem: str | None = None
+    name: str = ""
+    mime_type: str | None = None
+    content: bytes = b""
+
+
+def open_download(conn: Any, attachment_id: UUID, expires: str | None, sig: str | None) -> Download:
+    """The content behind a download link, checked: the signature is the only credential."""
+    problem = check_link(link_secret(conn), attachment_id, expires, sig)
+    if problem is not None:
+        return Download(problem)
+    row = tasks_q.get_attachment(conn, None, attachment_id)
+    content = load_blob(conn, row["organization_id"], row["sha256"]) if row and row["sha256"] else None
+    if content is None:
+        return Download("gone")
+    return Download(None, row["name"], row["mime_type"], content)

@@ -15,27 +15,28 @@ from litestar import Request, get
 from litestar.response import Response
 
 from application import attachments as blobs
-from projections import tasks as tasks_q
+
+
+PROBLEMS = {
+    "expired": (410, "expired", "the download link has expired; ask for a new one"),
+    "invalid": (403, "invalid_signature", "the download link is not valid"),
+    "gone": (404, "not_found", "the attachment no longer exists"),
+}
 
 
 def _fetch(runtime: Any, attachment_id: UUID, expires: str | None, sig: str | None) -> tuple[int, Any, dict[str, str]]:
     with runtime.pool.connection() as conn:
-        problem = blobs.check_link(blobs.link_secret(conn), attachment_id, expires, sig)
-        if problem == "expired":
-            return 410, {"error": "expired", "error_description": "the download link has expired; ask for a new one"}, {}
-        if problem is not None:
-            return 403, {"error": "invalid_signature", "error_description": "the download link is not valid"}, {}
-        row = tasks_q.get_attachment(conn, None, attachment_id)
-        content = blobs.load_blob(conn, row["organization_id"], row["sha256"]) if row and row["sha256"] else None
-    if content is None:
-        return 404, {"error": "not_found", "error_description": "the attachment no longer exists"}, {}
+        download = blobs.open_download(conn, attachment_id, expires, sig)
+    if download.problem is not None:
+        status, error, description = PROBLEMS[download.problem]
+        return status, {"error": error, "error_description": description}, {}
     headers = {
-        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row['name'])}",
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(download.name)}",
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "private, no-store",
-        "Content-Type": row["mime_type"] or "application/octet-stream",
+        "Content-Type": download.mime_type or "application/octet-stream",
     }
-    return 200, content, headers
+    return 200, download.content, headers
 
 
 @get("/attachments/{attachment_id:uuid}")

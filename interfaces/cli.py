@@ -41,6 +41,18 @@ def progress_bar(label: str):
     return show
 
 
+def cmd_tools(args: argparse.Namespace, url: str) -> None:
+    """The tool inventory: toolsets with their tools, or (`--markdown`) the README's table of tool groups."""
+    from application.inventory import registry, toolset_table
+
+    if args.markdown:
+        sys.stdout.write(toolset_table())
+        return
+    emit({"toolsets": [{"name": t.name, "title": t.title, "description": t.description, "default": t.default,
+                        "tools": [op.name for op in registry if op.toolset == t.name]}
+                       for t in registry.toolsets.values()]})
+
+
 def cmd_migrate(args: argparse.Namespace, url: str) -> None:
     emit({"applied": migrate(url)})
 
@@ -229,6 +241,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=cmd_migrate)
+    tl = sub.add_parser("tools", help="the tool inventory (JSON), or with --markdown the README's table of tool groups")
+    tl.add_argument("--markdown", action="store_true")
+    tl.set_defaults(func=cmd_tools, needs_database=False)
     sub.add_parser("project", help="run the projector alone (scale-out)").set_defaults(func=cmd_project)
 
     org = sub.add_parser("org", help="organizations").add_subparsers(dest="org_command", required=True)
@@ -290,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
 
     configure()
     args = parser().parse_args(argv)
-    url = resolve_database_url()
+    url = resolve_database_url() if getattr(args, "needs_database", True) else ""
     try:
         args.func(args, url)
     except identity.DomainError as e:  # type: ignore[attr-defined]

@@ -60,6 +60,13 @@ def tool_of(op: Operation) -> types.Tool:
     )
 
 
+@cache
+def toolsets_meta(registry: Registry) -> list[dict[str, Any]]:
+    """Every toolset once per page (names for `/mcp?toolsets=`), rather than its description in every tool."""
+    return [{"name": t.name, "title": t.title, "description": t.description, "default": t.default}
+            for t in registry.toolsets.values()]
+
+
 def _cursor_offset(cursor: str | None) -> int:
     if not cursor:
         return 0
@@ -86,7 +93,8 @@ def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server
         page = ops[start : start + TOOLS_PAGE_SIZE]
         more = start + TOOLS_PAGE_SIZE < len(ops)
         next_cursor = base64.urlsafe_b64encode(f"tools:{start + TOOLS_PAGE_SIZE}".encode()).decode() if more else None
-        return types.ListToolsResult(tools=[tool_of(op) for op in page], nextCursor=next_cursor)
+        return types.ListToolsResult(tools=[tool_of(op) for op in page], nextCursor=next_cursor,
+                                     _meta={"io.flusia/toolsets": toolsets_meta(registry)})
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         principal = current_principal.get()
