@@ -12,7 +12,7 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from domain.base import TenantAggregate, apply_changes
+from domain.base import apply_changes
 from domain.shared import Category, Editable
 from domain.errors import Conflict, DomainError
 

@@ -12,7 +12,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from application.identity import ensure_user
 from application.toolset import Toolset
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, ListQuery, Page, Query, Removed, sent
+from application.shapes import Command, ListQuery, Page, Query, sent
 from domain.activities import ACTIVITY_FIELDS, TYPES, Activity
 from domain.clients import Client
 from domain.deals import Deal

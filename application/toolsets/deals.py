@@ -17,7 +17,7 @@ from application.sales_common import AmountArg, Money, money
 from application.values import decimal_range
 from application.organization import org_settings, org_today
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText, sent
+from application.shapes import Command, ListQuery, Page, Query, SearchText, sent
 from application.toolset import Toolset
 from domain.clients import Client
 from domain.deals import DEAL_FIELDS, STATUSES, Deal

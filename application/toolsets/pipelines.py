@@ -20,7 +20,7 @@ from application.toolset import Toolset
 from application.sales_common import Money, money
 from application.organization import org_settings
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, Query, Removed
+from application.shapes import Command, Query
 from domain.pipelines import Pipeline, default_pipeline_id
 from projections import deals as deals_q
 from projections import pipelines as pipelines_q

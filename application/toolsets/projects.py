@@ -10,14 +10,12 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.identity import ensure_user
+from application.links import changed_links, check_links, link_reads
 from application.organization import org_today
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, ListQuery, Page, Query, Removed, sent
+from application.shapes import Command, ListQuery, Page, Query, sent
 from application.toolset import Toolset
 from application.toolsets.tasks import TaskFilters, TaskOut, _task_page
-from domain.clients import Client
-from domain.errors import NotFound
-from projections import deals as deals_q
 from domain.values import MAX_MINOR_UNITS
 from domain.projects import BRIEF_SECTIONS, LOG_KINDS, MEMBER_ROLES, PROJECT_FIELDS, STATUSES, Project
 from projections import projects as projects_q
@@ -208,14 +206,7 @@ def list_assignments(q: ListAssignments, ctx: QueryContext) -> MemberList:
 
 
 # -- commands --------------------------------------------------------------------------------------------
-LINK_READS = ("clients", "deals")  # what _check_links reads
-
-
-def _check_links(uow: UnitOfWork, client_id: UUID | None, deal_id: UUID | None) -> None:
-    if client_id is not None:
-        uow.get(Client, client_id, field="client_id")
-    if deal_id is not None and not deals_q.deal_exists(uow.conn, uow.org_id, deal_id):
-        raise NotFound("deal", deal_id, field="deal_id")
+LINK_READS = link_reads("client_id", "deal_id")
 
 
 class CreateProject(Command, kw_only=True):
@@ -236,7 +227,7 @@ class CreateProject(Command, kw_only=True):
 
 @projects.command("create", output=ProjectDetail, returns=UUID, present=present_project, reads=LINK_READS)
 def create_project(cmd: CreateProject, uow: UnitOfWork) -> UUID:
-    _check_links(uow, cmd.client_id, cmd.deal_id)
+    check_links(uow, {"client_id": cmd.client_id, "deal_id": cmd.deal_id})
     project = Project.create(uow.org_id, sent(cmd, PROJECT_FIELDS), uow.principal.user_id)
     if uow.principal.user_id is not None:
         project.assign_user(uow.principal.user_id, "manager")
@@ -262,8 +253,7 @@ class UpdateProject(Command, kw_only=True):
 
 def _update(project: Project, cmd: UpdateProject, uow: UnitOfWork) -> None:
     changes = sent(cmd, PROJECT_FIELDS)
-    _check_links(uow, changes.get("client_id") if changes.get("client_id") != project.client_id else None,
-                 changes.get("deal_id") if changes.get("deal_id") != project.deal_id else None)
+    check_links(uow, changed_links(project, changes))
     project.update(changes)
 
 

@@ -13,15 +13,13 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application import attachments as blobs
 from application.identity import ensure_user
+from application.links import changed_links, check_links, link_reads
 from application.organization import org_today
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, Limit, ListQuery, Page, Query, Removed, SearchText, Tag, sent
 from application.toolset import Toolset
-from domain.clients import Client
 from domain.errors import DomainError, NotFound
-from domain.projects import Project
 from domain.tasks import PRIORITIES, STATUSES, TASK_FIELDS, Task, check_content
-from projections import deals as deals_q
 from projections import tasks as tasks_q
 
 Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
@@ -143,16 +141,7 @@ def present_attachment(ctx: QueryContext, attachment_id: UUID) -> AttachmentOut:
     return _attachments(ctx, [row])[0]
 
 
-LINK_READS = ("clients", "deals", "projects")  # what _check_links reads
-
-
-def _check_links(uow: UnitOfWork, client_id: UUID | None, deal_id: UUID | None, project_id: UUID | None) -> None:
-    if client_id is not None:
-        uow.get(Client, client_id, field="client_id")
-    if deal_id is not None and not deals_q.deal_exists(uow.conn, uow.org_id, deal_id):
-        raise NotFound("deal", deal_id, field="deal_id")
-    if project_id is not None:
-        uow.get(Project, project_id, field="project_id").ensure_accepts_tasks()
+LINK_READS = link_reads("client_id", "deal_id", "project_id")
 
 
 tasks = Toolset(
@@ -285,7 +274,7 @@ class CreateTask(Command, kw_only=True):
 
 @tasks.command("create", output=TaskDetail, returns=UUID, present=present_task, reads=LINK_READS)
 def create_task(cmd: CreateTask, uow: UnitOfWork) -> UUID:
-    _check_links(uow, cmd.client_id, cmd.deal_id, cmd.project_id)
+    check_links(uow, {"client_id": cmd.client_id, "deal_id": cmd.deal_id, "project_id": cmd.project_id})
     if cmd.assignee_id is not None:
         ensure_user(uow.conn, uow.org_id, cmd.assignee_id, field="assignee_id")
     fields = {k: getattr(cmd, k) for k in TASK_FIELDS}
@@ -314,9 +303,7 @@ class UpdateTask(Command, kw_only=True):
 
 def _update(task: Task, cmd: UpdateTask, uow: UnitOfWork) -> None:
     changes = sent(cmd, TASK_FIELDS)
-    _check_links(uow, changes.get("client_id") if changes.get("client_id") != task.client_id else None,
-                 changes.get("deal_id") if changes.get("deal_id") != task.deal_id else None,
-                 changes.get("project_id") if changes.get("project_id") != task.project_id else None)
+    check_links(uow, changed_links(task, changes))
     task.update(changes)
 
 

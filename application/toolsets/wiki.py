@@ -12,7 +12,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from application.runner import QueryContext, UnitOfWork
 from application.organization import org_settings
 from application.toolset import Toolset
-from application.shapes import Command, ListQuery, Page, Query, Removed, SearchText
+from application.shapes import Command, ListQuery, Page, Query, SearchText
 from domain.errors import Conflict, DomainError, NotFound
 from domain.wiki import RevisionNotFound, WikiCategory, WikiPage, text_search_language
 from projections import wiki as wiki_q
