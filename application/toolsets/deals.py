@@ -13,7 +13,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.identity import ensure_user
 from application.toolsets.pipelines import load_pipeline
-from application.sales_common import AmountArg, Money, money
+from application.money import AmountArg, Money, money
 from application.values import decimal_range
 from application.organization import org_settings, org_today
 from application.runner import QueryContext, UnitOfWork

@@ -17,7 +17,7 @@ from eventsourcing.application import AggregateNotFoundError
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.toolset import Toolset
-from application.sales_common import Money, money
+from application.money import Money, money
 from application.organization import org_settings
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, Query

@@ -11,7 +11,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application.toolset import Toolset
-from application.sales_common import AmountArg, Money, money
+from application.money import AmountArg, Money, money
 from application.values import decimal_range
 from application.organization import org_settings
 from application.runner import QueryContext, UnitOfWork

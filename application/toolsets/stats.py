@@ -10,7 +10,7 @@ from uuid import UUID
 from msgspec import Meta, Struct
 
 from application.toolset import Toolset
-from application.sales_common import Money, money, percentage
+from application.money import Money, money, percentage
 from application.organization import org_settings, org_today
 from application.runner import QueryContext
 from application.shapes import Query

@@ -1,4 +1,4 @@
-"""What the sales tools share: money in results, exact to the cent, in the organization's currency."""
+"""Money in tool inputs and results, exact to the cent, in the organization's currency: every tool uses these."""
 
 from __future__ import annotations
 
