@@ -84,6 +84,15 @@ def render(result: dict[str, Any]) -> str:
     return json.dumps(result, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
+def images(result: dict[str, Any]) -> list[types.ImageContent]:
+    """A tool returns an image by an output field `image: {mime_type, data_base64}` (see crm_qr_codes_get_image):
+    besides the text twin, the client gets it as MCP image content it can show."""
+    image = result.get("image") if isinstance(result, dict) else None
+    if isinstance(image, dict) and isinstance(image.get("data_base64"), str) and isinstance(image.get("mime_type"), str):
+        return [types.ImageContent(type="image", data=image["data_base64"], mimeType=image["mime_type"])]
+    return []
+
+
 def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server:
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         principal = current_principal.get()
@@ -110,7 +119,8 @@ def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=render({"error": e.as_dict()}))], isError=True
             )
-        return types.CallToolResult(content=[types.TextContent(type="text", text=render(result))], structuredContent=result)
+        return types.CallToolResult(content=[types.TextContent(type="text", text=render(result)), *images(result)],
+                                    structuredContent=result)
 
     server = Server(
         "flusia-crm",

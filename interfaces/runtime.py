@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from application.inventory import registry
+from application.newsletter_sending import NewsletterSender
 from application.runner import ToolRunner
 from application.store import EventStore
 from projections.inventory import all_projections
@@ -56,6 +57,8 @@ class Runtime:
                                  settle=(lambda targets: self.settle()) if consistency == "settle" else None,
                                  org_concurrency=_int_env("FLUSIA_ORG_CONCURRENCY", 0) or None,
                                  statement_timeout_ms=timeout_ms)
+        self.newsletter = NewsletterSender(self.store, database_url)
+        """Sends campaigns in the background; started with the server (`start`), not by the CLI or tests."""
 
     def projection(self, name: str):
         for p in self.projections:
@@ -75,13 +78,18 @@ class Runtime:
             self.projector.listener = self.positions
         if run_projector:
             self.projector.start(self.database_url)
+        self.newsletter.start()
 
     async def stop(self) -> None:
+        import anyio
+
+        await anyio.to_thread.run_sync(self.newsletter.stop)
         if self.positions is not None:
             await self.positions.stop()
         self.projector.stop()
 
     def close(self) -> None:
+        self.newsletter.stop()
         self.projector.stop()
         self.pool.close()
         self.projector_pool.close()

@@ -8,7 +8,9 @@ from projections.clients import ClientsProjection
 from projections.deals import DealsProjection
 from projections.notes import NotesProjection
 from projections.pipelines import PipelinesProjection
+from projections.newsletter import NewsletterProjection
 from projections.projects import ProjectsProjection
+from projections.qr_codes import QrCodesProjection
 from projections.recordings import RecordingsProjection
 from projections.services import ServicesProjection
 from projections.tasks import TasksProjection
@@ -20,5 +22,5 @@ def all_projections() -> list[Projection]:
     return [
         ClientsProjection(), NotesProjection(), RecordingsProjection(), TasksProjection(), ProjectsProjection(),
         WikiProjection(), PipelinesProjection(), DealsProjection(), ServicesProjection(), ActivitiesProjection(),
-        TimelineProjection(),
+        TimelineProjection(), NewsletterProjection(), QrCodesProjection(),
     ]
