@@ -241,8 +241,9 @@ def token(secret: bytes, purpose: str, delivery_id: UUID) -> str:
     return f"{delivery_id.hex}.{_mac(secret, f'{purpose}:{delivery_id.hex}')}"
 
 
-def click_token(secret: bytes, delivery_id: UUID, index: int) -> str:
-    return f"{delivery_id.hex}.{_mac(secret, f'c:{delivery_id.hex}:{index}')}"
+def click_signature(secret: bytes, delivery_id: UUID, index: int) -> str:
+    """The signature of a click link `/t/c/<delivery id hex>/<link index>/<signature>`."""
+    return _mac(secret, f"c:{delivery_id.hex}:{index}")
 
 
 def check_token(secret: bytes, purpose: str, value: str, index: int | None = None) -> UUID | None:
@@ -426,7 +427,7 @@ def build_message(content: Content, recipient: dict[str, Any], delivery_id: UUID
         if "unsubscribe_url" not in content.html_body:
             footer = f'<p style="font-size:12px"><a href="{escape(urls["unsubscribe"])}">Unsubscribe</a></p>'
             html = html.replace("</body>", footer + "</body>") if "</body>" in html else html + footer
-        tokens = {i: click_token(secret, delivery_id, i) for i in range(len(content.links))}
+        tokens = {i: click_signature(secret, delivery_id, i) for i in range(len(content.links))}
         html = _html_with_tracking(html, content.links, urls["click"], tokens, urls["open"])
         msg.set_content(text or "This message is best viewed as HTML.\n\nUnsubscribe: " + urls["unsubscribe"])
         msg.add_alternative(html, subtype="html")

@@ -3,7 +3,7 @@ never from replaying events. Money is integer cents rendered as Money; rates are
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated
 from uuid import UUID
 
@@ -11,12 +11,14 @@ from msgspec import Meta, Struct
 
 from application.toolset import Toolset
 from application.money import Money, money, percentage
+from application.newsletter_sending import delivery_totals
 from application.organization import org_settings, org_today
 from application.runner import QueryContext
 from application.shapes import Query
 from domain.errors import DomainError
 from domain.pipelines import default_pipeline_id
 from projections import pipelines as pipelines_q
+from projections import newsletter as newsletter_q
 from projections import stats as stats_q
 
 StartDate = Annotated[date, Meta(description="First day of the period, inclusive (YYYY-MM-DD).")]
@@ -333,30 +335,44 @@ def forecast(q: GetForecast, ctx: QueryContext) -> Forecast:
 
 
 # -- newsletter ------------------------------------------------------------------------------------------
-class CampaignStats(Struct, kw_only=True):
+NO_CAMPAIGNS = ("no newsletter campaign has been sent by this organization yet, so there are no delivery, open or "
+                "click figures (this is not a 0% rate)")
+
+
+class CampaignStats(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     name: str
+    started_at: datetime
     recipients: int
-    delivered: int
-    opened: int
-    clicked: int
+    delivered: Annotated[int, Meta(description="Accepted by the mail server.")]
+    bounced: int
+    unique_opens: int
+    unique_clicks: int
+    unsubscribes: int
     delivery_rate: Rate
-    open_rate: Rate
-    click_rate: Rate
+    open_rate: Annotated[Rate, Meta(description="unique opens / delivered (a lower bound: many clients block images).")]
+    click_rate: Annotated[Rate, Meta(description="unique clicks / delivered.")]
 
 
-class NewsletterPerformance(Struct, kw_only=True):
+class NewsletterPerformance(Struct, kw_only=True, omit_defaults=True):
     start_date: date
     end_date: date
-    available: Annotated[bool, Meta(description="false when newsletters are not set up in this installation.")]
-    campaigns: list[CampaignStats]
-    delivery_rate: Rate
-    open_rate: Rate
-    click_rate: Rate
+    available: Annotated[bool, Meta(description=(
+        "false when there is nothing to measure: then `reason` says why and no figures are given at all."))]
+    reason: str | None = None
+    campaigns: list[CampaignStats] = []
+    recipients: int | None = None
+    delivered: int | None = None
+    delivery_rate: Rate | None = None
+    open_rate: Rate | None = None
+    click_rate: Rate | None = None
 
 
 class GetNewsletterPerformance(Query, kw_only=True):
-    """Newsletter campaigns sent in start_date..end_date: delivery, open and click rates per campaign and overall."""
+    """Newsletter campaigns that started sending in start_date..end_date: delivered, bounced, unique opens and
+    clicks, unsubscribes, and delivery, open and click rates per campaign and overall. When there is nothing to
+    measure, `available` is false with a `reason` and no figures. One campaign in detail:
+    crm_newsletter_campaign_stats."""
 
     start_date: StartDate
     end_date: EndDate
@@ -365,14 +381,25 @@ class GetNewsletterPerformance(Query, kw_only=True):
 @stats.query("newsletter_performance", output=NewsletterPerformance, reads=("newsletter",))
 def newsletter_performance(q: GetNewsletterPerformance, ctx: QueryContext) -> NewsletterPerformance:
     _period(q.start_date, q.end_date)
-    rows = stats_q.newsletter_campaigns(ctx.conn, ctx.org_id, q.start_date, q.end_date)
-    campaigns = [CampaignStats(id=r["id"], name=r["name"], recipients=r["recipients"], delivered=r["delivered"],
-                               opened=r["opened"], clicked=r["clicked"], delivery_rate=rate(r["delivered"], r["recipients"]),
-                               open_rate=rate(r["opened"], r["delivered"]), click_rate=rate(r["clicked"], r["delivered"]))
-                 for r in rows or []]
-    rec, dl = sum(c.recipients for c in campaigns), sum(c.delivered for c in campaigns)
+    if not newsletter_q.has_campaigns(ctx.conn, ctx.org_id):
+        return NewsletterPerformance(start_date=q.start_date, end_date=q.end_date, available=False, reason=NO_CAMPAIGNS)
+    rows = newsletter_q.campaign_performance(ctx.conn, ctx.org_id, q.start_date, q.end_date)
+    if not rows:
+        return NewsletterPerformance(start_date=q.start_date, end_date=q.end_date, available=False,
+                                     reason="no campaign started sending in this period; try a wider one")
+    totals = delivery_totals(ctx.conn, ctx.org_id, [r["id"] for r in rows])
+    campaigns = []
+    for r in rows:
+        d = totals.get(r["id"], {"sent": 0, "bounced": 0})
+        campaigns.append(CampaignStats(
+            id=r["id"], name=r["name"], started_at=r["started_at"], recipients=r["recipients_count"],
+            delivered=d["sent"], bounced=d["bounced"], unique_opens=r["unique_opens"], unique_clicks=r["unique_clicks"],
+            unsubscribes=r["unsubscribes"], delivery_rate=rate(d["sent"], r["recipients_count"]),
+            open_rate=rate(r["unique_opens"], d["sent"]), click_rate=rate(r["unique_clicks"], d["sent"])))
+    recipients, delivered = sum(c.recipients for c in campaigns), sum(c.delivered for c in campaigns)
     return NewsletterPerformance(
-        start_date=q.start_date, end_date=q.end_date, available=rows is not None, campaigns=campaigns,
-        delivery_rate=rate(dl, rec), open_rate=rate(sum(c.opened for c in campaigns), dl),
-        click_rate=rate(sum(c.clicked for c in campaigns), dl),
+        start_date=q.start_date, end_date=q.end_date, available=True, campaigns=campaigns, recipients=recipients,
+        delivered=delivered, delivery_rate=rate(delivered, recipients),
+        open_rate=rate(sum(c.unique_opens for c in campaigns), delivered),
+        click_rate=rate(sum(c.unique_clicks for c in campaigns), delivered),
     )
