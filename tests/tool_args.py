@@ -18,6 +18,10 @@ SAMPLES: dict[str, Any] = {
     "name": "Nome", "title": "Titolo", "duration_seconds": 10, "text": "testo", "mime_type": "application/pdf",
     "unit_price": "100", "revision": 1, "stages": [{"name": "Uno", "probability": 10}],
     "start_date": (date.today() - timedelta(days=400)).isoformat(), "end_date": (date.today() + timedelta(days=30)).isoformat(),
+    "addresses": ["x@example.com"], "consent_source": "form", "target_url": "https://example.com/t",
+    "domain": "example.org", "value": "spam.example", "subscribers": [{"email": "y@example.com"}], "subject": "Oggetto",
+    "from_name": "Negozio", "from_email": "news@example.com",
+    "scheduled_at": (datetime.now(timezone.utc) + timedelta(days=3)).isoformat(),
 }
 
 

@@ -48,8 +48,21 @@ def seed(runtime: Any, admin: Any) -> dict[str, Any]:
                   subject="MARK-activities-subject", body="MARK-activities-body", outcome="MARK-activities-outcome")
     wiki_category = do("crm_wiki_create_category", name="MARK-wiki-category")
     page = do("crm_wiki_create_page", title="MARK-wiki-page", body="MARK-wiki-body", category_id=wiki_category["id"])
+    mailing_list = do("crm_newsletter_create_list", name="MARK-newsletter-list", description="MARK-newsletter-about")
+    do("crm_newsletter_add_subscribers", list_id=mailing_list["id"], consent_source="form",
+       subscribers=[{"email": "mark-newsletter-sub@example.com", "first_name": "MARK-newsletter-first"}])
+    campaign = do("crm_newsletter_create_campaign", name="MARK-newsletter-campaign", subject="MARK-newsletter-subject",
+                  from_name="Shop", from_email="news@mark.example", text_body="MARK-newsletter-body",
+                  list_ids=[mailing_list["id"]])
+    sender_domain = do("crm_newsletter_add_domain", domain="mark.example")
+    entry = do("crm_newsletter_add_to_blacklist", value="blocked.example", reason="MARK-newsletter-reason")
+    qr = do("crm_qr_codes_create", target_url="https://example.com/mark", label="MARK-qr_codes-label",
+            client_id=client["id"], deal_id=deal["id"], campaign_id=campaign["id"])
     user = str(admin.user_id)
     return {
+        "list_id": mailing_list["id"], "campaign_id": campaign["id"], "domain_id": sender_domain["id"],
+        "entry_id": entry["id"], "qr_code_id": qr["id"], "newsletter.email": "mark-newsletter-sub@example.com",
+        "crm_qr_codes_list.campaign_id": None, "crm_qr_codes_list.client_id": None, "crm_qr_codes_list.deal_id": None,
         "client_id": client["id"], "survivor_id": client["id"], "duplicate_ids": [duplicate["id"]],
         "contact_id": contact["id"], "clients.note_id": client_note["id"], "recording_id": recording["id"],
         "deal_id": deal["id"], "deals.note_id": deal_note["id"], "line_id": line["id"], "deals.percent": "10",
