@@ -422,16 +422,21 @@ def check_dns(domain: str, selector: str, public_key: str, spf_mechanism: str,
     """Check the TXT answers (`txt[name]`: the strings found, [] when none, None when the lookup failed)."""
     problems: list[str] = []
 
+    failed: set[str] = set()
+
     def answers(name: str, what: str) -> list[str]:
         found = txt.get(name)
         if found is None:
             problems.append(f"{what}: the DNS lookup of {name} failed; try again later")
+            failed.add(what)
             return []
         return found
 
     spf = [r for r in answers(domain, "SPF") if r.lower().startswith("v=spf1")]
     spf_ok = False
-    if not spf:
+    if "SPF" in failed:
+        pass
+    elif not spf:
         problems.append(f"SPF: no 'v=spf1' TXT record at {domain}; publish 'v=spf1 {spf_mechanism} ~all'")
     elif len(spf) > 1:
         problems.append(f"SPF: {domain} has {len(spf)} SPF records; merge them into one that includes {spf_mechanism}")
@@ -442,7 +447,9 @@ def check_dns(domain: str, selector: str, public_key: str, spf_mechanism: str,
     dkim_name = f"{selector}._domainkey.{domain}"
     dkim = [_tags(r) for r in answers(dkim_name, "DKIM") if "p=" in r]
     dkim_ok = False
-    if not dkim:
+    if "DKIM" in failed:
+        pass
+    elif not dkim:
         problems.append(f"DKIM: no TXT record with the public key at {dkim_name}")
     elif not any(t.get("p") == public_key for t in dkim):
         problems.append(f"DKIM: the key published at {dkim_name} is not the one given by crm_newsletter_add_domain")
@@ -451,7 +458,9 @@ def check_dns(domain: str, selector: str, public_key: str, spf_mechanism: str,
     dmarc_name = f"_dmarc.{domain}"
     dmarc = [_tags(r) for r in answers(dmarc_name, "DMARC") if r.replace(" ", "").upper().startswith("V=DMARC1")]
     dmarc_ok = False
-    if not dmarc:
+    if "DMARC" in failed:
+        pass
+    elif not dmarc:
         problems.append(f"DMARC: no 'v=DMARC1' TXT record at {dmarc_name}")
     elif dmarc[0].get("p") not in ("none", "quarantine", "reject"):
         problems.append(f"DMARC: the record at {dmarc_name} has no valid policy (p=none, quarantine or reject)")
