@@ -1,0 +1,66 @@
+"""Custom field values for the toolsets whose entities carry them (clients, deals, tasks, projects).
+
+A create or update tool takes `custom_fields` ({key: value}, null clears one) and calls `record`; a list tool takes
+`custom_field` and `custom_value` and calls `list_filter`; get and list tools return the read model's
+`custom_fields`. Definitions come from the settings read model: they are the entity's own schema, so these calls
+need no permission on `settings` (an error names a custom field's key, never another resource's data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+from uuid import UUID
+
+from msgspec import UNSET, Meta
+
+from domain.custom_fields import KEY_PATTERN, HasCustomFields, check_values, filter_value
+from domain.errors import DomainError
+from projections import settings as settings_q
+
+CustomKey = Annotated[str, Meta(pattern=KEY_PATTERN)]
+CustomValue = (Annotated[str, Meta(max_length=2000)] | int | float | bool
+               | Annotated[list[Annotated[str, Meta(max_length=200)]], Meta(max_length=100)] | None)
+CustomFieldsArg = Annotated[dict[CustomKey, CustomValue], Meta(max_length=50, description=(
+    "Custom field values by key, e.g. {\"industry\": \"Dental\", \"employees\": 12}; null clears one. Keys, types "
+    "and required fields: crm_settings_list_custom_fields."))]
+CustomFieldsOut = Annotated[dict[str, Any], Meta(description="Custom field values by key (see crm_settings_list_custom_fields).")]
+CustomFilterKey = Annotated[str, Meta(pattern=KEY_PATTERN, description=(
+    "Only entities whose custom field with this key equals custom_value (crm_settings_list_custom_fields)."))]
+CustomFilterValue = Annotated[str, Meta(min_length=1, max_length=2000, description=(
+    "The value custom_field must have, as text: 'Dental', '12', 'true', '2025-01-31'; for a multiple choice field, "
+    "one of the choices."))]
+
+
+def validate(conn: Any, org_id: UUID, entity_type: str, values: Mapping[str, Any] | None, *, creating: bool) -> dict[str, Any]:
+    """The values to record after checking them against the entity type's definitions (see domain.custom_fields).
+    On create, required fields must be given even when `values` is empty."""
+    if values is None or values is UNSET:
+        values = {}
+    if not values and not creating:
+        return {}
+    definitions = settings_q.definitions(conn, org_id, entity_type)
+    if not definitions and not values:
+        return {}
+    return check_values(entity_type, definitions, values, creating=creating)
+
+
+def record(uow: Any, entity: HasCustomFields, entity_type: str, values: Mapping[str, Any] | None, *,
+           creating: bool) -> None:
+    """Validate and record the custom field values on the entity (nothing when nothing changes)."""
+    checked = validate(uow.conn, uow.org_id, entity_type, values, creating=creating)
+    if checked:
+        entity.set_custom_fields(checked)
+
+
+def list_filter(conn: Any, org_id: UUID, entity_type: str, key: str | None, value: str | None) -> dict[str, Any] | None:
+    """{key: stored value} for a list's `custom_field`/`custom_value` filter, or None without one."""
+    if key is None and value is None:
+        return None
+    if key is None or value is None:
+        raise DomainError("custom_field and custom_value go together", field="custom_field" if key is None else "custom_value")
+    definition = settings_q.definitions(conn, org_id, entity_type).get(key)
+    if definition is None:
+        raise DomainError(f"no custom field {key!r} is defined for {entity_type}s (crm_settings_list_custom_fields)",
+                          field="custom_field")
+    return {key: filter_value(definition, value)}
