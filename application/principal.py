@@ -16,6 +16,8 @@ class Principal:
     token_id: UUID | None = None
     oauth_client_id: str | None = None
     correlation_id: UUID = field(default_factory=uuid4)
+    workflow_run_id: UUID | None = None
+    """Set when a workflow run acts (application/workflow_engine.py): every event it causes names the run."""
 
     def can(self, resource: str, action: str) -> bool:
         return permissions.allows(self.grants, resource, action)

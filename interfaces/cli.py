@@ -162,13 +162,20 @@ def cmd_projections_rebuild(args: argparse.Namespace, url: str) -> None:
 
 
 def cmd_project(args: argparse.Namespace, url: str) -> None:
-    """Run the projector alone (scale-out): one active instance per projection across processes."""
+    """Run the projector alone (scale-out): one active instance per projection across processes; the workflow
+    engine runs beside it (several processes share the runs, each run worked on by one at a time)."""
+    import threading
+
+    import anyio
+
     from interfaces.runtime import Runtime
 
     migrate(url)
     runtime = Runtime(url, pool_size=4, consistency="settle")
-    emit({"projector": "running", "projections": [p.name for p in runtime.projections]})
+    emit({"projector": "running", "projections": [p.name for p in runtime.projections], "workflow_engine": "running"})
     sys.stdout.flush()
+    threading.Thread(target=anyio.run, args=(runtime.workflow_engine.run_forever,), name="workflow-engine",
+                     daemon=True).start()
     try:
         runtime.projector.run_forever(url)
     except KeyboardInterrupt:
@@ -244,7 +251,8 @@ def parser() -> argparse.ArgumentParser:
     tl = sub.add_parser("tools", help="the tool inventory (JSON), or with --markdown the README's table of tool groups")
     tl.add_argument("--markdown", action="store_true")
     tl.set_defaults(func=cmd_tools, needs_database=False)
-    sub.add_parser("project", help="run the projector alone (scale-out)").set_defaults(func=cmd_project)
+    sub.add_parser("project", help="run the projector and the workflow engine alone (scale-out)").set_defaults(
+        func=cmd_project)
 
     org = sub.add_parser("org", help="organizations").add_subparsers(dest="org_command", required=True)
     oc = org.add_parser("create", help="create an organization with an admin user and token")

@@ -14,6 +14,7 @@ Tool calls and the projector use separate pools: every tool's database work runs
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Literal
 
@@ -23,6 +24,7 @@ from psycopg_pool import ConnectionPool
 from application.inventory import registry
 from application.newsletter_sending import NewsletterSender
 from application.runner import ToolRunner
+from application.workflow_engine import WorkflowEngine
 from application.store import EventStore
 from projections.inventory import all_projections
 from projections.positions import ProjectionPositions
@@ -53,12 +55,17 @@ class Runtime:
                                    channel=self.store.recorder.channel_name)
         self.registry = registry
         self.positions = ProjectionPositions(database_url) if consistency == "follow" else None
-        self.runner = ToolRunner(registry, self.store, self.pool, self.projections, self.positions,
+        # Writers wait for read models only: a consumer that is not rebuildable (the workflow triggers) is not one.
+        read_models = [p for p in self.projections if p.rebuildable]
+        self.runner = ToolRunner(registry, self.store, self.pool, read_models, self.positions,
                                  settle=(lambda targets: self.settle()) if consistency == "settle" else None,
                                  org_concurrency=_int_env("FLUSIA_ORG_CONCURRENCY", 0) or None,
                                  statement_timeout_ms=timeout_ms)
         self.newsletter = NewsletterSender(self.store, database_url)
         """Sends campaigns in the background; started with the server (`start`), not by the CLI or tests."""
+        self.workflow_engine = WorkflowEngine(self)
+        """Runs workflows (application/workflow_engine.py): started by `start` in the server, by `flusia project`."""
+        self._engine_task: asyncio.Task[None] | None = None
 
     def projection(self, name: str):
         for p in self.projections:
@@ -71,18 +78,31 @@ class Runtime:
         for p in self.projections:
             self.projector.catch_up(p)
 
-    async def start(self, *, run_projector: bool = True) -> None:
-        """On the server's event loop: follow positions and parked events, and run the projector thread."""
+    async def start(self, *, run_projector: bool = True, run_workflows: bool | None = None) -> None:
+        """On the server's event loop: follow positions and parked events, and run the projector thread; the
+        workflow engine runs where the projector does (FLUSIA_WORKFLOW_ENGINE=0 keeps it off in this process)."""
         if self.positions is not None:
             await self.positions.start()
             self.projector.listener = self.positions
         if run_projector:
             self.projector.start(self.database_url)
+        if run_workflows is None:
+            run_workflows = run_projector and os.environ.get("FLUSIA_WORKFLOW_ENGINE", "1") != "0"
+        if run_workflows:
+            self._engine_task = asyncio.create_task(self.workflow_engine.run_forever(), name="workflow-engine")
         self.newsletter.start()
 
     async def stop(self) -> None:
         import anyio
 
+        if self._engine_task is not None:
+            self.workflow_engine.stop()
+            self._engine_task.cancel()
+            try:
+                await self._engine_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._engine_task = None
         await anyio.to_thread.run_sync(self.newsletter.stop)
         if self.positions is not None:
             await self.positions.stop()
@@ -91,6 +111,7 @@ class Runtime:
     def close(self) -> None:
         self.newsletter.stop()
         self.projector.stop()
+        self.workflow_engine.close()
         self.pool.close()
         self.projector_pool.close()
         self.store.close()

@@ -27,6 +27,10 @@ class Projection:
     resources: ClassVar[tuple[str, ...]] = ()
     """Whose data its tables hold (permission resources): reads of those answer `read_model_degraded` while one
     of an organization's events is parked here."""
+    rebuildable: ClassVar[bool] = True
+    """False for a consumer whose rows record side effects that must never happen again (the workflow trigger
+    consumer: each row started a run). Rebuilding it would replay them, so a rebuild keeps its rows and position
+    and says so; and it is not a read model, so writers do not wait for it (read-your-writes)."""
     _handlers: ClassVar[dict[type, str]]
     _topics: ClassVar[list[str]]
 

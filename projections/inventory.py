@@ -16,11 +16,13 @@ from projections.services import ServicesProjection
 from projections.tasks import TasksProjection
 from projections.timeline import TimelineProjection
 from projections.wiki import WikiProjection
+from projections.workflows import WorkflowsProjection, WorkflowTriggers
 
 
 def all_projections() -> list[Projection]:
     return [
         ClientsProjection(), NotesProjection(), RecordingsProjection(), TasksProjection(), ProjectsProjection(),
         WikiProjection(), PipelinesProjection(), DealsProjection(), ServicesProjection(), ActivitiesProjection(),
-        TimelineProjection(), NewsletterProjection(), QrCodesProjection(),
+        TimelineProjection(), NewsletterProjection(), QrCodesProjection(), WorkflowsProjection(),
+        WorkflowTriggers(),  # last: the read models a run's first step reads have applied its event by then
     ]

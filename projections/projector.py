@@ -296,6 +296,11 @@ class Projector:
 
     def rebuild_report(self, projection: Projection, progress: Callable[[int, int], None] | None = None
                        ) -> dict[str, Any]:
+        """A consumer that is not rebuildable (`Projection.rebuildable`) keeps its rows and position: replaying its
+        events would repeat side effects (start workflow runs again). The report says it was kept."""
+        if not projection.rebuildable:
+            return {"events_applied": 0, "parked": [], "kept": "not rebuildable: its rows record side effects "
+                    "(started workflow runs); rows and position kept, nothing replayed"}
         with self.pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             total_events = cur.execute("SELECT coalesce(max(notification_id), 0) FROM stored_events").fetchone()[0]
         applied = 0

@@ -58,8 +58,13 @@ def seed(runtime: Any, admin: Any) -> dict[str, Any]:
     entry = do("crm_newsletter_add_to_blacklist", value="blocked.example", reason="MARK-newsletter-reason")
     qr = do("crm_qr_codes_create", target_url="https://example.com/mark", label="MARK-qr_codes-label",
             client_id=client["id"], deal_id=deal["id"], campaign_id=campaign["id"])
+    workflow, step_id, run_id = seed_workflow(runtime, admin, client["id"])
     user = str(admin.user_id)
     return {
+        "workflow_id": workflow["id"], "workflows.step_id": step_id, "workflows.step_ids": [step_id], "run_id": run_id,
+        "crm_workflows_set_trigger.config": {"to_status": "accepted"},
+        "crm_workflows_add_step.config": {"title": "MARK-workflows-step"},
+        "crm_workflows_update_step.config": {"title": "MARK-workflows-updated"},
         "list_id": mailing_list["id"], "campaign_id": campaign["id"], "domain_id": sender_domain["id"],
         "entry_id": entry["id"], "qr_code_id": qr["id"], "newsletter.email": "mark-newsletter-sub@example.com",
         "crm_qr_codes_list.campaign_id": None, "crm_qr_codes_list.client_id": None, "crm_qr_codes_list.deal_id": None,
@@ -73,3 +78,40 @@ def seed(runtime: Any, admin: Any) -> dict[str, Any]:
         "wiki.category_id": wiki_category["id"], "user_id": user, "assigned_to": user, "assignee_id": user,
         "owner_id": user, "crm_activities_timeline.deal_id": None,  # a client's whole timeline: its notes too
     }
+
+
+def seed_workflow(runtime: Any, admin: Any, client_id: str) -> tuple[dict[str, Any], str, str]:
+    """An active workflow (deal won -> a task) with one finished run. The task's title carries no marker: what a
+    workflow writes into another resource is that resource's data."""
+    import time
+
+    import psycopg
+
+    from application.workflow_engine import WorkflowEngine
+
+    def do(tool: str, **args: Any) -> dict[str, Any]:
+        return call(runtime, admin, tool, args)
+
+    workflow = do("crm_workflows_create", name="MARK-workflows-name", description="MARK-workflows-about")
+    do("crm_workflows_set_trigger", workflow_id=workflow["id"], type="deal_status_changed",
+       config={"to_status": "accepted"})
+    step_id = do("crm_workflows_add_step", workflow_id=workflow["id"], type="create_task",
+                 config={"title": "Kickoff", "due_in_days": 2, "assignee_id": "{{deal.owner_id}}"})["step_id"]
+    do("crm_workflows_activate", workflow_id=workflow["id"])
+    won = do("crm_deals_create", title="MARK-deals-won", client_id=client_id)
+    do("crm_deals_set_status", deal_id=won["id"], status="accepted")
+    engine = WorkflowEngine(runtime)
+    try:
+        engine.drain_sync()
+    finally:
+        engine.close()
+    deadline = time.monotonic() + 60  # another process's engine (the e2e server on the same database) may hold it
+    with psycopg.connect(runtime.database_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT run_id, status FROM workflow_pending WHERE workflow_id = %s",
+                               (workflow["id"],)).fetchone()
+            if row is not None and row[1] != "pending" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert row is not None and row[1] == "done", row
+    return workflow, step_id, str(row[0])

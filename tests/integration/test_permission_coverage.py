@@ -41,7 +41,8 @@ MARKER = re.compile(r"mark-([a-z_]+)-")
 AGGREGATE_RESOURCE = {
     "Client": "clients", "Recording": "clients", "Deal": "deals", "Pipeline": "pipelines", "CatalogService": "services",
     "ServiceCategory": "services", "Task": "tasks", "Activity": "activities", "Project": "projects",
-    "WikiPage": "wiki", "WikiCategory": "wiki", "MailingList": "newsletter", "Campaign": "newsletter",
+    "WikiPage": "wiki", "WikiCategory": "wiki",
+    "Workflow": "workflows", "WorkflowRun": "workflows", "MailingList": "newsletter", "Campaign": "newsletter",
     "Engagement": "newsletter", "BlacklistEntry": "newsletter", "SenderDomain": "newsletter", "QrCode": "qr_codes",
     "Scan": "qr_codes",
 }
@@ -49,9 +50,11 @@ NOTE_SUBJECT_RESOURCE = {"client": "clients", "deal": "deals"}
 PROJECTION_RESOURCE = {
     "clients": "clients", "recordings": "clients", "deals": "deals", "tasks": "tasks", "projects": "projects",
     "wiki": "wiki", "pipelines": "pipelines", "services": "services", "activities": "activities",
+    "workflows": "workflows",
     "newsletter": "newsletter", "qr_codes": "qr_codes",
 }
 MIXED_PROJECTIONS = {"notes", "timeline"}  # views over several resources, changed only along with their own events
+MIXED_PROJECTIONS |= {"workflow_triggers"}  # not a read model: the workflow trigger consumer
 
 
 def markers(text: str) -> set[str]:
