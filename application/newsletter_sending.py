@@ -17,8 +17,8 @@ Settings (environment):
   set it in production.
 
 A campaign's recipients are written to `campaign_deliveries` in the same statement as the event that starts the
-sending (see `start_sending`). The sender claims a queued row by marking it `sending` (recorded before the
-SMTP transaction), sends, and records `sent` with the Message-ID (after). A stopped sender finishes the
+sending (see `start_sending`). The sender claims a few queued rows (`claimed`), marks each `sending` right before its
+SMTP transaction, sends, and records `sent` with the Message-ID right after. A stopped sender finishes the
 messages it has in flight and claims no more, so a restart sends nobody twice and skips nobody. After a crash
 (no clean stop) a row can be left `sending`: its message may or may not have left, so it is failed as
 `interrupted` rather than sent twice. Only one sender runs per database (advisory lock).
@@ -39,9 +39,8 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import format_datetime, formataddr
+from email.header import Header
+from email.utils import formataddr, formatdate
 from html import escape
 from ipaddress import ip_address
 from typing import Any
@@ -327,12 +326,13 @@ def start_sending(conn: Any, org_id: UUID, campaign: Campaign) -> SideWrite:
 
 def cancel_deliveries(org_id: UUID, campaign_id: UUID) -> SideWrite:
     return SideWrite("UPDATE campaign_deliveries SET status = 'cancelled', updated_at = now()"
-                     " WHERE organization_id = %s AND campaign_id = %s AND status = 'queued'", (org_id, campaign_id))
+                     " WHERE organization_id = %s AND campaign_id = %s AND status IN ('queued', 'claimed')",
+                     (org_id, campaign_id))
 
 
 def delivery_counts(conn: Any, org_id: UUID, campaign_id: UUID) -> dict[str, int]:
     row = conn.execute(
-        "SELECT count(*) FILTER (WHERE status = 'queued')::int AS queued,"
+        "SELECT count(*) FILTER (WHERE status IN ('queued', 'claimed'))::int AS queued,"
         " count(*) FILTER (WHERE status = 'sending')::int AS sending,"
         " count(*) FILTER (WHERE status = 'sent')::int AS sent,"
         " count(*) FILTER (WHERE status = 'failed')::int AS failed,"
@@ -400,25 +400,41 @@ def _html_with_tracking(html: str, links: list[str], click_base: str, tokens: di
     return body.replace("</body>", tag + "</body>") if "</body>" in body else body + tag
 
 
+def _header_text(value: str) -> str:
+    """A header value as ASCII: unchanged when it is, RFC 2047 encoded words (folded) when it is not."""
+    value = " ".join(value.split())  # no CR/LF from a placeholder can start a header of its own
+    if value.isascii():
+        return value
+    return Header(value, "utf-8").encode(linesep="\r\n")
+
+
+def _part(mime: str, text: str) -> str:
+    encoded = base64.encodebytes(text.encode("utf-8")).decode("ascii").replace("\n", "\r\n")
+    return f"Content-Type: {mime}; charset=\"utf-8\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}"
+
+
 def build_message(content: Content, recipient: dict[str, Any], delivery_id: UUID, secret: bytes,
                   base: str | None = None) -> tuple[bytes, str]:
-    """The signed message for one recipient and its Message-ID."""
+    """The signed message for one recipient and its Message-ID: text and HTML alternatives (base64), the
+    personal unsubscribe link in the body and in `List-Unsubscribe`, tracked links and the open pixel. Written
+    by hand rather than with `email.message`, which measured six times slower than the DKIM signature itself."""
     urls = links_for(secret, delivery_id, base)
     values = {"subscriber.email": recipient["email"], "subscriber.first_name": recipient.get("first_name") or "",
               "subscriber.last_name": recipient.get("last_name") or "",
               "client.business_name": recipient.get("client_name") or "", "campaign.subject": content.subject,
               "unsubscribe_url": urls["unsubscribe"]}
     message_id = f"<{delivery_id.hex}@{content.domain}>"
-    msg = EmailMessage(policy=SMTP_POLICY)
-    msg["From"] = formataddr((content.from_name, content.from_email))
-    msg["To"] = recipient["email"]
-    msg["Subject"] = render(content.subject, values)
-    msg["Date"] = format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = message_id
-    if content.reply_to:
-        msg["Reply-To"] = content.reply_to
-    msg["List-Unsubscribe"] = f"<{urls['unsubscribe']}>"
-    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    headers = [
+        f"From: {formataddr((content.from_name, content.from_email), charset='utf-8')}",
+        f"To: {recipient['email']}",
+        f"Subject: {_header_text(render(content.subject, values))}",
+        f"Date: {formatdate(usegmt=True)}",
+        f"Message-ID: {message_id}",
+        *([f"Reply-To: {content.reply_to}"] if content.reply_to else []),
+        "MIME-Version: 1.0",
+        f"List-Unsubscribe: <{urls['unsubscribe']}>",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+    ]
     text = render(content.text_body, values) if content.text_body else None
     if text is not None and "unsubscribe_url" not in (content.text_body or ""):
         text += f"\n\n--\nUnsubscribe: {urls['unsubscribe']}\n"
@@ -429,12 +445,17 @@ def build_message(content: Content, recipient: dict[str, Any], delivery_id: UUID
             html = html.replace("</body>", footer + "</body>") if "</body>" in html else html + footer
         tokens = {i: click_signature(secret, delivery_id, i) for i in range(len(content.links))}
         html = _html_with_tracking(html, content.links, urls["click"], tokens, urls["open"])
-        msg.set_content(text or "This message is best viewed as HTML.\n\nUnsubscribe: " + urls["unsubscribe"])
-        msg.add_alternative(html, subtype="html")
+        text = text or "This message is best viewed as HTML.\n\nUnsubscribe: " + urls["unsubscribe"]
+        boundary = f"=_{delivery_id.hex}"
+        headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+        body = (f"--{boundary}\r\n{_part('text/plain', text)}--{boundary}\r\n{_part('text/html', html)}"
+                f"--{boundary}--\r\n")
+        raw = "\r\n".join(headers) + "\r\n\r\n" + body
     else:
-        msg.set_content(text or "")
-    raw = msg.as_bytes()
-    return dkim_sign(raw, domain=content.domain, selector=content.selector, private_key=content.private_key), message_id
+        single = _part("text/plain", text or "")
+        raw = "\r\n".join(headers) + "\r\n" + single
+    return dkim_sign(raw.encode("utf-8"), domain=content.domain, selector=content.selector,
+                     private_key=content.private_key), message_id
 
 
 # -- the SMTP side ---------------------------------------------------------------------------------------------------
@@ -524,11 +545,19 @@ def send_now(messages: list[tuple[str, str, bytes]]) -> list[str | None]:
 
 # -- the background sender -----------------------------------------------------------------------------------------
 CLAIM = """
-UPDATE campaign_deliveries SET status = 'sending', attempts = attempts + 1, updated_at = now()
-WHERE id = (SELECT id FROM campaign_deliveries WHERE status = 'queued' AND next_attempt_at <= now()
-            ORDER BY next_attempt_at, created_at FOR UPDATE SKIP LOCKED LIMIT 1)
+UPDATE campaign_deliveries SET status = 'claimed', updated_at = now()
+WHERE id IN (SELECT id FROM campaign_deliveries WHERE status = 'queued' AND next_attempt_at <= now()
+             ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)
 RETURNING id, organization_id, campaign_id, list_id, email, first_name, last_name, client_name, attempts
 """
+SENDING = ("UPDATE campaign_deliveries SET status = 'sending', attempts = attempts + 1, updated_at = now()"
+           " WHERE id = %(next)s AND status = 'claimed' RETURNING attempts")
+SENT_THEN_SENDING = (
+    "WITH sent AS (UPDATE campaign_deliveries SET status = 'sent', message_id = %(message_id)s, sent_at = now(),"
+    " error = NULL, updated_at = now() WHERE id = %(sent)s) " + SENDING)
+SENT = ("UPDATE campaign_deliveries SET status = 'sent', message_id = %(message_id)s, sent_at = now(), error = NULL,"
+        " updated_at = now() WHERE id = %(sent)s")
+CLAIM_BATCH = 16
 
 
 class NewsletterSender:
@@ -598,7 +627,10 @@ class NewsletterSender:
             await lock.close()
 
     async def _recover(self, conn: Any) -> None:
-        """Rows left `sending` by a sender that died mid-message: they may have gone out, so never again."""
+        """Rows a sender that died had claimed but not started go back to the queue; rows it left `sending` may
+        have gone out, so they are never sent again."""
+        await conn.execute("UPDATE campaign_deliveries SET status = 'queued', updated_at = now()"
+                           " WHERE status = 'claimed'")
         cur = await conn.execute("UPDATE campaign_deliveries SET status = 'failed', error = 'interrupted',"
                                  " updated_at = now() WHERE status = 'sending' AND kind = 'campaign'")
         if cur.rowcount:
@@ -615,7 +647,7 @@ class NewsletterSender:
             sending = await (await conn.execute(
                 "SELECT c.id, c.organization_id FROM newsletter_campaigns c WHERE c.status = 'sending'"
                 " AND NOT EXISTS (SELECT 1 FROM campaign_deliveries d WHERE d.campaign_id = c.id"
-                "   AND d.status IN ('queued', 'sending'))")).fetchall()
+                "   AND d.status IN ('queued', 'claimed', 'sending'))")).fetchall()
             for row in sending:
                 await asyncio.to_thread(self._finish, row["organization_id"], row["id"])
         except Exception as e:
@@ -726,20 +758,37 @@ class NewsletterSender:
         return self._contents[campaign_id]
 
     async def _lane(self, settings: SmtpSettings) -> None:
+        """One SMTP connection's loop: claim a few queued rows, and for each record `sending`, build, sign and send
+        it, then record `sent` (in the same round trip as the next row's `sending`). On a stop, the rows claimed
+        but not started go back to the queue."""
         import psycopg
         from psycopg.rows import dict_row
 
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True, row_factory=dict_row)
         smtp = SmtpConnection(settings)
         retry = _float_env("FLUSIA_SMTP_RETRY_SECONDS", 30.0)
-        attempts = max(1, _int_env("FLUSIA_SMTP_MAX_ATTEMPTS", 5))
+        max_attempts = max(1, _int_env("FLUSIA_SMTP_MAX_ATTEMPTS", 5))
         base = public_base()
+        sent: tuple[UUID, str] | None = None  # the last message sent, not yet recorded
+        batch: list[dict[str, Any]] = []
         try:
             while not self._stop.is_set():
-                row = await (await conn.execute(CLAIM)).fetchone()
-                if row is None:
-                    await smtp.close()
-                    await asyncio.sleep(self.poll)
+                if not batch:
+                    if sent is not None:
+                        await conn.execute(SENT, {"sent": sent[0], "message_id": sent[1]})
+                        sent = None
+                    batch = await (await conn.execute(CLAIM, (CLAIM_BATCH,))).fetchall()
+                    if not batch:
+                        await smtp.close()
+                        await asyncio.sleep(self.poll)
+                        continue
+                row = batch.pop(0)
+                params = {"next": row["id"]}
+                if sent is not None:
+                    params.update(sent=sent[0], message_id=sent[1])
+                started = await (await conn.execute(SENT_THEN_SENDING if sent else SENDING, params)).fetchone()
+                sent = None
+                if started is None:  # cancelled since it was claimed
                     continue
                 try:
                     content = self._contents.get(row["campaign_id"]) if row["campaign_id"] in self._contents \
@@ -748,7 +797,8 @@ class NewsletterSender:
                         await conn.execute("UPDATE campaign_deliveries SET status = 'failed', error = 'no_content',"
                                            " updated_at = now() WHERE id = %s", (row["id"],))
                         continue
-                    message, message_id = build_message(content, row, row["id"], self._secret, base)
+                    # building and signing in a thread: the RSA signature lets other lanes' I/O go on meanwhile
+                    message, message_id = await asyncio.to_thread(build_message, content, row, row["id"], self._secret, base)
                     await smtp.send(content.from_email, row["email"], message)
                 except Permanent as e:
                     await conn.execute("UPDATE campaign_deliveries SET status = 'failed', bounced = true, error = %s,"
@@ -756,25 +806,30 @@ class NewsletterSender:
                     await asyncio.to_thread(self._bounce, row["organization_id"], row["campaign_id"], row["email"])
                     continue
                 except Transient as e:
-                    final = row["attempts"] >= attempts
+                    attempts = started["attempts"]
+                    final = attempts >= max_attempts
                     await conn.execute(
                         "UPDATE campaign_deliveries SET status = %s, error = %s, updated_at = now(),"
                         " next_attempt_at = now() + make_interval(secs => %s) WHERE id = %s",
-                        ("failed" if final else "queued", str(e)[:40], retry * 2 ** (row["attempts"] - 1), row["id"]))
-                    if not final:
-                        await asyncio.sleep(min(retry, 1.0))
+                        ("failed" if final else "queued", str(e)[:40], retry * 2 ** (attempts - 1), row["id"]))
                     continue
                 except Exception as e:  # a bug must not lose the row: it waits, queued, for the next attempt
                     log.error("newsletter delivery failed error=%s", describe(e))
                     await conn.execute("UPDATE campaign_deliveries SET status = 'queued', error = 'internal',"
                                        " next_attempt_at = now() + interval '60 seconds' WHERE id = %s", (row["id"],))
                     continue
-                await conn.execute("UPDATE campaign_deliveries SET status = 'sent', message_id = %s, sent_at = now(),"
-                                   " error = NULL, updated_at = now() WHERE id = %s", (message_id, row["id"]))
+                sent = (row["id"], message_id)
                 self.sent += 1
         finally:
-            await smtp.close()
-            await conn.close()
+            try:
+                if sent is not None:
+                    await conn.execute(SENT, {"sent": sent[0], "message_id": sent[1]})
+                if batch:
+                    await conn.execute("UPDATE campaign_deliveries SET status = 'queued', updated_at = now()"
+                                       " WHERE id = ANY(%s) AND status = 'claimed'", ([r["id"] for r in batch],))
+            finally:
+                await smtp.close()
+                await conn.close()
 
 
 def record_engagement(store: Any, org_id: UUID, campaign_id: UUID, delivery_id: UUID, kind: str,

@@ -119,7 +119,7 @@ def test_a_campaign_reaches_each_allowed_recipient_once_signed_with_unsubscribe_
     # a test message first, to a given address
     tested = call("crm_newsletter_send_test", {"campaign_id": campaign["id"], "addresses": ["boss@shop.example"]})
     assert tested["sent_to"] == ["boss@shop.example"]
-    assert inbox.parsed("boss@shop.example")[0]["Subject"] == "[TEST] Offers for "
+    assert inbox.parsed("boss@shop.example")[0]["Subject"] == "[TEST] Offers for"
     sender = world["sender"]()
     sender.start()
     sent = call("crm_newsletter_send_campaign", {"campaign_id": campaign["id"]})
