@@ -21,18 +21,22 @@ from html import escape
 from typing import Any
 from uuid import UUID
 
+import logging
+
 import anyio
 from litestar import Request, get, post
 from litestar.response import Redirect, Response
 
 from application import attachments
 from application import newsletter_sending as sending
+from application.logsafe import describe
 from application.toolsets.qr_codes import MIME, check_image_link, render_image, tracking_url
 from domain.qr_codes import Scan, country_code, device_class, valid_code
 from projections import newsletter as newsletter_q
 from projections import qr_codes as qr_q
 from interfaces.public_url import PublicUrls
 
+log = logging.getLogger("flusia.tracking")
 PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 NO_STORE = {"Cache-Control": "no-store, private", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
@@ -66,8 +70,8 @@ def _open(runtime: Any, value: str) -> None:
 async def open_pixel(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     try:
         await _thread(request, _open, name.removesuffix(".gif"))
-    except Exception:  # the pixel never fails the mail client; the projector and logs say what went wrong
-        pass
+    except Exception as e:  # the pixel never fails the mail client
+        log.error("open pixel failed error=%s", describe(e))
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
 
