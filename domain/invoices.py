@@ -88,7 +88,7 @@ def _decimal_text(value: Any) -> str | None:
         return None
     if not number.is_finite() or abs(number) > Decimal(10) ** 12:
         return None
-    return str(number.quantize(Decimal("0.000001")).normalize())
+    return format(number.quantize(Decimal("0.000001")).normalize(), "f")
 
 
 def _day(value: Any) -> str | None:

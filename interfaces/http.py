@@ -26,6 +26,7 @@ from interfaces.public_url import PublicUrls, public_base_url  # noqa: F401 - pu
 from interfaces.runtime import Runtime
 from interfaces.attachments import download_route
 from interfaces.health import health_routes
+from interfaces.invite import invite_routes
 from interfaces.tracking import tracking_routes
 
 log = logging.getLogger("flusia.http")
@@ -241,7 +242,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
 
     app = Litestar(
         [mcp_endpoint, protected_resource, protected_resource_mcp, *health_routes, *oauth_routes(runtime, auth, urls),
-         download_route, *tracking_routes],
+         download_route, *tracking_routes, *invite_routes(runtime)],
         lifespan=[lifespan],
         debug=False,
         # Browser-based clients (MCP Inspector) read the metadata and OAuth endpoints from another origin.

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from application.inventory import registry
+from application.invoice_sync import InvoiceSyncWorker
 from application.newsletter_sending import NewsletterSender
 from application.runner import ToolRunner
 from application.workflow_engine import WorkflowEngine
@@ -66,6 +67,8 @@ class Runtime:
         self.workflow_engine = WorkflowEngine(self)
         """Runs workflows (application/workflow_engine.py): started by `start` in the server, by `flusia project`."""
         self._engine_task: asyncio.Task[None] | None = None
+        self.invoice_sync = InvoiceSyncWorker(database_url, self.store)
+        """Drains the invoice sync queue; started with the server. Tests and benchmarks call `run_pending()`."""
 
     def projection(self, name: str):
         for p in self.projections:
@@ -91,6 +94,10 @@ class Runtime:
         if run_workflows:
             self._engine_task = asyncio.create_task(self.workflow_engine.run_forever(), name="workflow-engine")
         self.newsletter.start()
+        import anyio
+
+        await anyio.to_thread.run_sync(self._secret_key)  # generated into $FLUSIA_HOME on first start when unset
+        self.invoice_sync.start()
 
     async def stop(self) -> None:
         import anyio
@@ -104,12 +111,21 @@ class Runtime:
                 pass
             self._engine_task = None
         await anyio.to_thread.run_sync(self.newsletter.stop)
+        await anyio.to_thread.run_sync(self.invoice_sync.stop)
         if self.positions is not None:
             await self.positions.stop()
         self.projector.stop()
 
+    def _secret_key(self) -> None:
+        """The key organization secrets are encrypted with (application/secrets.py)."""
+        from application import secrets
+
+        with self.pool.connection() as conn:
+            secrets.server_key(conn)
+
     def close(self) -> None:
         self.newsletter.stop()
+        self.invoice_sync.stop()
         self.projector.stop()
         self.workflow_engine.close()
         self.pool.close()

@@ -22,6 +22,8 @@ SAMPLES: dict[str, Any] = {
     "domain": "example.org", "value": "spam.example", "subscribers": [{"email": "y@example.com"}], "subject": "Oggetto",
     "from_name": "Negozio", "from_email": "news@example.com",
     "scheduled_at": (datetime.now(timezone.utc) + timedelta(days=3)).isoformat(),
+    "settings.role": "viewer", "settings.permissions": {"settings": ["read"]}, "settings.key": "sample_key",
+    "settings.label": "Etichetta",
 }
 
 

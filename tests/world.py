@@ -61,6 +61,7 @@ def seed(runtime: Any, admin: Any) -> dict[str, Any]:
     workflow, step_id, run_id = seed_workflow(runtime, admin, client["id"])
     user = str(admin.user_id)
     return {
+        **seed_settings_and_invoices(runtime, admin, client["id"], deal["id"]),
         "workflow_id": workflow["id"], "workflows.step_id": step_id, "workflows.step_ids": [step_id], "run_id": run_id,
         "crm_workflows_set_trigger.config": {"to_status": "accepted"},
         "crm_workflows_add_step.config": {"title": "MARK-workflows-step"},
@@ -115,3 +116,45 @@ def seed_workflow(runtime: Any, admin: Any, client_id: str) -> tuple[dict[str, A
             time.sleep(0.1)
     assert row is not None and row[1] == "done", row
     return workflow, step_id, str(row[0])
+
+
+def seed_settings_and_invoices(runtime: Any, admin: Any, client_id: str, deal_id: str) -> dict[str, Any]:
+    """Settings (a custom role, template, custom field, API token, an invited user, the FattureInCloud connection)
+    and one invoice imported as the sync worker imports it, allocated in part to the deal, plus a queued sync.
+    People's names carry no marker (every member sees the directory)."""
+    import datetime as dt
+
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from application.invoice_sync import import_documents
+    from tests.fic_stub import document
+
+    def do(tool: str, **args: Any) -> dict[str, Any]:
+        return call(runtime, admin, tool, args)
+
+    role = do("crm_settings_create_role", name="MARK-settings-role", permissions={"clients": ["read"]})
+    template = do("crm_settings_create_template", kind="email", name="MARK-settings-template", entity="client",
+                  subject="MARK-settings-subject {{client.business_name}}", text_body="Hello {{user.name}}")
+    field = do("crm_settings_create_custom_field", entity_type="client", key="mark_field", label="MARK-settings-field",
+               type="text")
+    token = do("crm_settings_create_api_token", name="MARK-settings-token", permissions={"settings": ["read"]})
+    do("crm_settings_invite_user", email="invited@example.com", name="Invited Person", role="viewer")
+    do("crm_settings_update_organization", fattureincloud={"company_id": 777, "access_token": "seed-fic-token"})
+    day = dt.date.today() - dt.timedelta(days=40)
+    with psycopg.connect(runtime.database_url, autocommit=True, row_factory=dict_row) as conn:
+        import_documents(runtime.store, conn, admin.organization_id, 777, [document(
+            501, day=day, client="MARK-invoices-client", vat="IT12345678901", net="1000", instalments=2,
+            subject="MARK-invoices-subject")], requested_by=admin.user_id)
+    runtime.settle()
+    invoice = do("crm_invoices_list")["items"][0]
+    allocated = do("crm_invoices_allocate", invoice_id=invoice["id"], deal_id=deal_id, amount="100",
+                   note="MARK-invoices-note")
+    queued = do("crm_invoices_sync", date_from=day.isoformat(), date_to=dt.date.today().isoformat())
+    return {
+        "role_id": role["id"], "template_id": template["id"], "field_id": field["id"], "token_id": token["token"]["id"],
+        "invoice_id": invoice["id"], "allocation_id": allocated["allocations"][0]["id"], "queue_item_id": queued["id"],
+        "document_id": 501, "invoices.date_from": day.isoformat(), "invoices.date_to": dt.date.today().isoformat(),
+        "crm_invoices_allocate.client_id": None, "crm_invoices_list.client_id": None,
+        "crm_invoices_list.deal_id": None, "crm_invoices_sync.document_id": None,
+    }

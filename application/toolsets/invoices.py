@@ -137,9 +137,9 @@ def present_invoice(ctx: QueryContext, invoice_id: UUID) -> InvoiceDetail:
             amount=money(a["amount_cents"], c), note=a["note"], created_by=a["created_by"],
             created_by_name=a["created_by_name"], created_at=a["created_at"]))
     omitted = []
-    if row["allocations"] and not deals_ok:
+    if any(a["deal_id"] for a in row["allocations"]) and not deals_ok:
         omitted.append("deal titles of allocations (needs deals:read)")
-    if row["allocations"] and not clients_ok:
+    if any(a["client_id"] for a in row["allocations"]) and not clients_ok:
         omitted.append("client names of allocations (needs clients:read)")
     return InvoiceDetail(
         **_summary_dict(row), remaining=money(max(0, row["gross_cents"] - row["allocated_cents"]), c),

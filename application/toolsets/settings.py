@@ -69,6 +69,15 @@ def _grants(permissions: Any) -> dict[str, str]:
     return rules.grants_from({r: getattr(permissions, r) for r in RESOURCES}, RESOURCES)
 
 
+def _within_own(uow: UnitOfWork, grants: dict[str, str], *, field: str, what: str) -> None:
+    """Nobody hands out permissions they do not have: a role created, changed or given by a caller allows at most
+    what the caller may do (an admin may do everything; a token's own grants count)."""
+    extra = rules.beyond(grants, uow.principal.grants)
+    if extra:
+        listed = ", ".join(f"{r}:{a}" for r, a in extra)
+        raise DomainError(f"{what} would allow what you may not do yourself: {listed}", field=field)
+
+
 def _permissions(grants: dict[str, str] | None) -> Any:
     return msgspec.convert(rules.permissions_of(grants, RESOURCES), Permissions)
 
@@ -329,6 +338,7 @@ def invite_user(cmd: InviteUser, uow: UnitOfWork) -> SealedInvite:
                               "with crm_settings_update_user", field="email")
         if existing is None:
             role = _role_by_name(tx.conn, uow.org_id, cmd.role)
+            _within_own(uow, role["grants"], field="role", what=f"the role {role['name']!r}")
             user_id = identity.create_user(tx.conn, uow.org_id, email, cmd.name, role["name"])
             tx.conn.execute("UPDATE users SET status = 'invited' WHERE id = %s", (user_id,))
             tx.record("user", user_id, "invited", {"email": {"before": None, "after": email},
@@ -402,6 +412,7 @@ def update_user(cmd: UpdateUser, uow: UnitOfWork) -> UUID:
         if cmd.role is not UNSET:
             role = _role_by_name(tx.conn, uow.org_id, cmd.role)
             if role["id"] != user["role_id"]:
+                _within_own(uow, role["grants"], field="role", what=f"the role {role['name']!r}")
                 rules.check_keeps_an_admin(
                     target_is_admin=user["is_admin"] and user["status"] == "active",
                     other_active_admins=_admins_besides(tx.conn, uow.org_id, user["id"]), change="demoted")
@@ -525,8 +536,8 @@ RoleDescription = Annotated[str, Meta(max_length=500)]
 
 
 class CreateRole(Command, kw_only=True):
-    """Create a custom role with per-resource permissions, e.g. {"clients": ["read", "write"], "deals": ["read"]}.
-    Assign it with crm_settings_update_user; tokens of its users get the change at their next call."""
+    """Create a custom role with per-resource permissions, e.g. {"clients": ["read", "write"], "deals": ["read"]},
+    at most your own. Assign it with crm_settings_update_user; tokens of its users get the change at their next call."""
 
     name: Annotated[str, Meta(min_length=1, max_length=60)]
     description: RoleDescription | None = None
@@ -536,6 +547,7 @@ class CreateRole(Command, kw_only=True):
 @settings.command("create_role", output=RoleDetail, returns=UUID, present=present_role)
 def create_role(cmd: CreateRole, uow: UnitOfWork) -> UUID:
     grants = _grants(cmd.permissions)
+    _within_own(uow, grants, field="permissions", what="the role")
     with admin_transaction(uow, "crm_settings_create_role", cmd) as tx:
         taken = [r["name"] for r in tx.conn.execute("SELECT name FROM roles WHERE organization_id = %s", (uow.org_id,))]
         name = rules.check_role_name(cmd.name, taken=taken)
@@ -572,6 +584,7 @@ def update_role(cmd: UpdateRole, uow: UnitOfWork) -> UUID:
             after["description"] = cmd.description
         if cmd.permissions is not UNSET:
             after["grants"] = _grants(cmd.permissions)
+            _within_own(uow, after["grants"], field="permissions", what="the role")
         diff = rules.diff(role, after)
         if diff:
             sets = ", ".join(f"{k} = %s" for k in diff)

@@ -45,6 +45,7 @@ AGGREGATE_RESOURCE = {
     "Workflow": "workflows", "WorkflowRun": "workflows", "MailingList": "newsletter", "Campaign": "newsletter",
     "Engagement": "newsletter", "BlacklistEntry": "newsletter", "SenderDomain": "newsletter", "QrCode": "qr_codes",
     "Scan": "qr_codes",
+    "Template": "settings", "CustomField": "settings", "Invoice": "invoices",
 }
 NOTE_SUBJECT_RESOURCE = {"client": "clients", "deal": "deals"}
 PROJECTION_RESOURCE = {
@@ -52,6 +53,7 @@ PROJECTION_RESOURCE = {
     "wiki": "wiki", "pipelines": "pipelines", "services": "services", "activities": "activities",
     "workflows": "workflows",
     "newsletter": "newsletter", "qr_codes": "qr_codes",
+    "settings": "settings", "invoices": "invoices",
 }
 MIXED_PROJECTIONS = {"notes", "timeline"}  # views over several resources, changed only along with their own events
 MIXED_PROJECTIONS |= {"workflow_triggers"}  # not a read model: the workflow trigger consumer
