@@ -1,8 +1,8 @@
 """Sending newsletters: SMTP settings, DKIM keys and signatures, tracking links, quota, and the background sender.
 
 Settings (environment):
-- `FLUSIA_SMTP_URL`: `smtp://user:pass@host:port` (plain, or `?starttls=1`), `smtps://...` (TLS from the start).
-  Without it nothing is sent and sending tools say so.
+- `FLUSIA_SMTP_URL`: `smtp://user:pass@host:port` (plain, or `?starttls=1`), `smtps://...` (TLS from the start),
+  parsed by application/mail.py (with `FLUSIA_SMTP_TIMEOUT`). Without it nothing is sent and sending tools say so.
 - `FLUSIA_SMTP_CONNECTIONS` (4): connections the sender keeps open, each sending one message at a time.
 - `FLUSIA_SMTP_RETRY_SECONDS` (30), `FLUSIA_SMTP_MAX_ATTEMPTS` (5): a transient failure (4xx, lost connection)
   is retried after 30 s, 60 s, 120 s, ...; after the last attempt the delivery is failed. A permanent failure
@@ -12,9 +12,8 @@ Settings (environment):
 - `FLUSIA_SPF_INCLUDE`: the SPF mechanism domains must publish (`include:<value>`); default `a:<SMTP host>`
   (`ip4:`/`ip6:` for an address).
 - `FLUSIA_DNS_SERVER` (`host:port`): the resolver `verify_domain` asks, instead of the system's.
-- `FLUSIA_SECRET_KEY`: encrypts DKIM private keys (AES-256-GCM, key = SHA-256 of the setting). Without it a key
-  is generated once and kept in the database (`app_secrets`), which protects nothing against a database leak:
-  set it in production.
+- `FLUSIA_SECRET_KEY`: the key DKIM private keys are encrypted with (AES-256-GCM, application/secrets.py, which
+  says where the key comes from when it is not set).
 
 A campaign's recipients are written to `campaign_deliveries` in the same statement as the event that starts the
 sending (see `start_sending`). The sender claims a few queued rows (`claimed`), marks each `sending` right before its
@@ -34,7 +33,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +46,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID, uuid4
 
 from application import attachments
+from application import secrets as org_secrets
+from application.mail import SmtpSettings
 from application.logsafe import describe
 from application.organization import org_settings
 from application.store import SideWrite
@@ -76,40 +76,13 @@ def _float_env(name: str, default: float) -> float:
         return default
 
 
-# -- SMTP settings ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SmtpSettings:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    use_tls: bool = False
-    start_tls: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> SmtpSettings:
-        parts = urlsplit(url.strip())
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise ValueError("FLUSIA_SMTP_URL must look like smtp://user:pass@host:port or smtps://host:port")
-        query = parse_qs(parts.query)
-        start_tls = query.get("starttls", ["0"])[-1].lower() in ("1", "true", "yes")
-        return cls(host=parts.hostname, port=parts.port or (465 if parts.scheme == "smtps" else 25),
-                   username=unquote(parts.username) if parts.username else None,
-                   password=unquote(parts.password) if parts.password else None,
-                   use_tls=parts.scheme == "smtps", start_tls=start_tls)
-
-    @classmethod
-    def from_env(cls) -> SmtpSettings | None:
-        url = os.environ.get("FLUSIA_SMTP_URL", "").strip()
-        return cls.parse(url) if url else None
-
-
+# -- SMTP settings: FLUSIA_SMTP_URL, parsed by the shared mail module ----------------------------------------------
 def smtp_settings() -> SmtpSettings:
     """The configured server, or a refusal the model can relay (sending is not configured on this server)."""
     try:
         settings = SmtpSettings.from_env()
     except ValueError:
-        settings = None
+        settings = None  # malformed: the operator sees it at start-up (application.mail), the model gets a refusal
     if settings is None:
         raise DomainError("e-mail sending is not configured on this server (FLUSIA_SMTP_URL); ask the operator",
                           field="campaign_id")
@@ -120,7 +93,10 @@ def spf_mechanism() -> str:
     include = os.environ.get("FLUSIA_SPF_INCLUDE", "").strip()
     if include:
         return f"include:{include}"
-    settings = SmtpSettings.from_env() if os.environ.get("FLUSIA_SMTP_URL") else None
+    try:
+        settings = SmtpSettings.from_env()
+    except ValueError:
+        settings = None
     host = settings.host if settings else "localhost"
     try:
         return f"ip{ip_address(host).version}:{host}"
@@ -128,28 +104,16 @@ def spf_mechanism() -> str:
         return f"a:{host}"
 
 
-# -- secrets: DKIM private keys encrypted at rest ------------------------------------------------------------------
-def _data_key(conn: Any) -> bytes:
-    configured = os.environ.get("FLUSIA_SECRET_KEY")
-    if configured:
-        return hashlib.sha256(configured.encode()).digest()
-    conn.execute("INSERT INTO app_secrets (name, value) VALUES ('newsletter_keys', %s) ON CONFLICT (name) DO NOTHING",
-                 (secrets.token_urlsafe(32),))
-    row = conn.execute("SELECT value FROM app_secrets WHERE name = 'newsletter_keys'").fetchone()
-    return hashlib.sha256((row["value"] if isinstance(row, dict) else row[0]).encode()).digest()
+# -- DKIM private keys, encrypted at rest by application/secrets (AES-256-GCM, FLUSIA_SECRET_KEY) ----------------
+def seal_private_key(conn: Any, org_id: UUID, domain_id: UUID, pem: bytes) -> bytes:
+    sealed = org_secrets.encrypt(org_secrets.server_key(conn), pem.decode("ascii"),
+                                 context=org_secrets.context_for(org_id, f"dkim:{domain_id}"))
+    return sealed.encode("ascii")
 
 
-def encrypt(conn: Any, plaintext: bytes, context: bytes) -> bytes:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    nonce = os.urandom(12)
-    return nonce + AESGCM(_data_key(conn)).encrypt(nonce, plaintext, context)
-
-
-def decrypt(conn: Any, sealed: bytes, context: bytes) -> bytes:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    return AESGCM(_data_key(conn)).decrypt(bytes(sealed[:12]), bytes(sealed[12:]), context)
+def open_private_key(conn: Any, org_id: UUID, domain_id: UUID, sealed: bytes) -> bytes:
+    return org_secrets.decrypt(org_secrets.server_key(conn), bytes(sealed).decode("ascii"),
+                               context=org_secrets.context_for(org_id, f"dkim:{domain_id}")).encode("ascii")
 
 
 # -- DKIM (RFC 6376, rsa-sha256, relaxed/relaxed) --------------------------------------------------------------------
@@ -379,7 +343,11 @@ def load_content(conn: Any, org_id: UUID, campaign: Campaign) -> Content:
     if row is None:
         raise DomainError("the sender domain has no signing key; remove and add it again", field="from_email")
     sealed = row["private_key"] if isinstance(row, dict) else row[0]
-    pem = decrypt(conn, sealed, str(sender["id"]).encode())
+    try:
+        pem = open_private_key(conn, org_id, sender["id"], sealed)
+    except org_secrets.SecretUnavailable:
+        raise DomainError("the sender domain's signing key cannot be read with this server's FLUSIA_SECRET_KEY; "
+                          "remove the domain and add it again", field="from_email") from None
     return Content(campaign.id, org_id, campaign.subject, campaign.from_name, campaign.from_email, campaign.reply_to,
                    campaign.html_body, campaign.text_body, campaign.links, sender["domain"], sender["selector"],
                    load_private_key(pem))
@@ -470,9 +438,9 @@ class Transient(Exception):
 class SmtpConnection:
     """One SMTP connection, opened on first use and re-opened after a failure."""
 
-    def __init__(self, settings: SmtpSettings, timeout: float = 30) -> None:
+    def __init__(self, settings: SmtpSettings, timeout: float | None = None) -> None:
         self.settings = settings
-        self.timeout = timeout
+        self.timeout = timeout or settings.timeout
         self.client: Any = None
 
     async def _connect(self) -> Any:
@@ -614,7 +582,11 @@ class NewsletterSender:
             control = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True, row_factory=dict_row)
             try:
                 await self._recover(control)
-                settings = SmtpSettings.from_env() if os.environ.get("FLUSIA_SMTP_URL") else None
+                try:
+                    settings = SmtpSettings.from_env()
+                except ValueError:
+                    settings = None
+                    log.error("FLUSIA_SMTP_URL is malformed; no newsletter is sent")
                 lanes = [asyncio.create_task(self._lane(settings)) for _ in range(self.connections)] if settings else []
                 while not self._stop.is_set():
                     await self._housekeeping(control)

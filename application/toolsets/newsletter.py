@@ -762,7 +762,7 @@ def add_domain(cmd: AddDomain, uow: UnitOfWork) -> UUID:
     pem, public_key = sending.generate_dkim_key()
     sender = SenderDomain(org_id=uow.org_id, domain=domain, selector=sending.SELECTOR, public_key=public_key,
                           created_by=uow.principal.user_id)
-    sealed = sending.encrypt(uow.conn, pem, str(sender.id).encode())
+    sealed = sending.seal_private_key(uow.conn, uow.org_id, sender.id, pem)
     uow.side_writes.append(SideWrite("INSERT INTO newsletter_domain_keys (domain_id, organization_id, private_key)"
                                      " VALUES (%s, %s, %s)", (sender.id, uow.org_id, sealed)))
     uow.add(sender)
