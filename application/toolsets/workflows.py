@@ -115,7 +115,7 @@ class RunSummary(Struct, kw_only=True, omit_defaults=True):
     trigger_entity_type: str | None = None
     trigger_entity_id: UUID | None = None
     triggered_at: datetime | None = None
-    depth: int = 1
+    depth: Annotated[int, Meta(description="1 for a trigger a person caused; n+1 for one a run of depth n caused.")]
     waiting_until: datetime | None = None
     error: str | None = None
     stop_reason: str | None = None
@@ -166,7 +166,7 @@ class DryRunResult(Struct, kw_only=True, omit_defaults=True):
     trigger_matches: bool
     trigger_reason: str
     steps: list[DryRunStep] = []
-    changed_nothing: bool = True
+    changed_nothing: Annotated[bool, Meta(description="Always true: a dry run writes and sends nothing.")]
 
 
 # -- presenting ----------------------------------------------------------------------------------------------
@@ -544,7 +544,7 @@ def dry_run(conn: Any, org_id: UUID, workflow: dict[str, Any], notification_id: 
             "event": {"notification_id": t.notification_id, "event_type": t.event_type, "entity_type": t.entity_type,
                       "entity_id": None if t.entity_id is None else str(t.entity_id),
                       "occurred_at": t.occurred_at.isoformat()},
-            "steps": steps}
+            "steps": steps, "changed_nothing": True}
 
 
 def _walk(conn: Any, workflow: dict[str, Any], steps: list[dict[str, Any]], context: dict[str, Any], trigger: Any,
