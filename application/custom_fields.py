@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 from uuid import UUID
 
-from msgspec import UNSET, Meta
+from msgspec import UNSET, Meta, Struct, UnsetType
 
+from application.shapes import Command, ListQuery
 from domain.custom_fields import KEY_PATTERN, HasCustomFields, check_values, filter_value
 from domain.errors import DomainError
 from projections import settings as settings_q
@@ -30,6 +31,31 @@ CustomFilterKey = Annotated[str, Meta(pattern=KEY_PATTERN, description=(
 CustomFilterValue = Annotated[str, Meta(min_length=1, max_length=2000, description=(
     "The value custom_field must have, as text: 'Dental', '12', 'true', '2025-01-31'; for a multiple choice field, "
     "one of the choices."))]
+
+
+class WithCustomFields(Command, kw_only=True):
+    """Base of a create tool's input whose entity carries custom fields."""
+
+    custom_fields: CustomFieldsArg = {}
+
+
+class ChangesCustomFields(Command, kw_only=True):
+    """Base of an update tool's input whose entity carries custom fields (unsent: unchanged)."""
+
+    custom_fields: CustomFieldsArg | UnsetType = UNSET
+
+
+class FiltersCustomFields(ListQuery, kw_only=True):
+    """Base of a list tool's input that filters by one custom field."""
+
+    custom_field: CustomFilterKey | None = None
+    custom_value: CustomFilterValue | None = None
+
+
+class CustomFieldsShown(Struct, kw_only=True):
+    """Base of an entity's output: its custom field values."""
+
+    custom_fields: CustomFieldsOut = {}
 
 
 def validate(conn: Any, org_id: UUID, entity_type: str, values: Mapping[str, Any] | None, *, creating: bool) -> dict[str, Any]:

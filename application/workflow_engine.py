@@ -28,8 +28,8 @@ How a run happens:
    between sending and recording, the request is sent again with the same key: receivers that honour the key
    act once. Only HTTPS to public addresses, unless FLUSIA_WEBHOOK_ALLOW_LOOPBACK=1 (tests, local development:
    then also http:// and https:// to 127.0.0.1/::1/localhost). The per-workflow secret is generated when the
-   first webhook step is added, shown once in that answer, and stored sealed (AES-GCM under a key derived from
-   FLUSIA_SECRET, else from a random key kept in the database), never in an event, result or log.
+   first webhook step is added, shown once in that answer, and stored sealed with the server's key
+   (application/secrets.py: AES-256-GCM, FLUSIA_SECRET_KEY), never in an event, a result or a log.
 
 Limits (settings):
 - FLUSIA_WORKFLOW_RUNS_PER_MINUTE (default 300): runs one organization may START per minute; more wait their
@@ -44,11 +44,11 @@ never argument values or error messages.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import ipaddress
 import json
+import re
 import logging
 import os
 import secrets
@@ -66,25 +66,26 @@ from zoneinfo import ZoneInfo
 import anyio
 import msgspec
 import psycopg
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eventsourcing.persistence import (DatetimeAsISO, DecimalAsStr, IntegrityError, JSONTranscoder, Mapper,
                                       StoredEvent, UUIDAsHex)
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from application import mail
+from application import secrets as secrets_box
 from application.errors import ToolError
 from application.logsafe import describe
 from application.organization import org_settings
 from application.principal import Principal
 from application.store import DateAsISO, SideWrite
+from domain import templates
 from domain import workflows as wf
 from domain.clients import Client
 from domain.deals import Deal
 from domain.errors import DomainError
 from domain.tasks import Task
 from domain.workflows import Trigger, Workflow, WorkflowRun
+from projections import settings as settings_q
 from projections import workflows as workflows_q
 from projections.workflows import WAKE_CHANNEL
 
@@ -95,7 +96,6 @@ SWEEP_SECONDS = 5.0
 TRANSIENT = {"busy", "timeout", "internal_error", "conflict"}
 MAX_ATTEMPTS = 5
 """A step whose tool answered a transient error (nothing changed) is retried with back-off this many times."""
-SECRET_NAME = "workflow_secrets"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -368,6 +368,25 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+EMAIL = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
+
+
+def template_values(conn: Any, org_id: UUID, context: dict[str, Any], sender_id: Any) -> dict[str, Any]:
+    """The run's context in the settings templates' vocabulary (domain.templates.VOCABULARY): the same entity
+    fields, the people's names as `deal.owner_name`/`task.assignee_name`, the organization, and the user the
+    workflow acts for as `user.*`."""
+    values = {k: v for k, v in context.items() if k.split(".")[0] in ("deal", "client", "task")}
+    values["deal.owner_name"] = context.get("deal.owner.name")
+    values["task.assignee_name"] = context.get("task.assignee.name")
+    org = conn.execute("SELECT * FROM organizations WHERE id = %s", (org_id,)).fetchone() or {}
+    for key in templates.VOCABULARY["organization"]:
+        value = org.get(key)
+        values[f"organization.{key}"] = None if isinstance(value, dict) else value
+    user = _user(conn, org_id, sender_id)
+    values.update({"user.name": user.get("name"), "user.email": user.get("email")})
+    return values
+
+
 # -- webhook URLs and secrets ------------------------------------------------------------------------------------
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -411,37 +430,25 @@ def refused_address(host: str, allow_loopback: bool) -> str | None:
     return None
 
 
-def _master_key(conn: Any) -> bytes:
-    configured = os.environ.get("FLUSIA_SECRET")
-    if configured:
-        return configured.encode()
-    conn.execute("INSERT INTO app_secrets (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
-                 (SECRET_NAME, secrets.token_urlsafe(32)))
-    row = conn.execute("SELECT value FROM app_secrets WHERE name = %s", (SECRET_NAME,)).fetchone()
-    return (row["value"] if isinstance(row, dict) else row[0]).encode()
-
-
-def _box(conn: Any) -> AESGCM:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"flusia workflow webhook secrets"
-               ).derive(_master_key(conn))
-    return AESGCM(key)
+def _context(org_id: UUID, workflow_id: UUID) -> str:
+    return secrets_box.context_for(org_id, f"workflow-webhook:{workflow_id}")
 
 
 def new_webhook_secret(conn: Any, org_id: UUID, workflow_id: UUID) -> tuple[str, SideWrite]:
-    """A fresh secret, sealed, and the write that stores it with the command's events. Returns (sealed, write):
-    the sealed form is what a command may return and keep (idempotency); `reveal` opens it for the answer."""
+    """A fresh secret, sealed with the server's key (application/secrets.py), and the write that stores it with the
+    command's events. Returns (sealed, write): the sealed form is what a command may return and keep (its
+    idempotency record); `reveal` opens it for the one answer that shows it."""
     secret = "whsec_" + secrets.token_urlsafe(32)
-    nonce = os.urandom(12)
-    sealed = nonce + _box(conn).encrypt(nonce, secret.encode(), workflow_id.bytes)
+    sealed = secrets_box.encrypt(secrets_box.server_key(conn), secret, context=_context(org_id, workflow_id))
     write = SideWrite("INSERT INTO workflow_secrets (workflow_id, organization_id, sealed) VALUES (%s, %s, %s)"
                       " ON CONFLICT (workflow_id) DO UPDATE SET sealed = EXCLUDED.sealed, created_at = now()",
-                      (workflow_id, org_id, sealed))
-    return base64.b64encode(sealed).decode(), write
+                      (workflow_id, org_id, sealed.encode()))
+    return sealed, write
 
 
-def reveal(conn: Any, workflow_id: UUID, sealed: bytes | str) -> str:
-    raw = base64.b64decode(sealed) if isinstance(sealed, str) else bytes(sealed)
-    return _box(conn).decrypt(raw[:12], raw[12:], workflow_id.bytes).decode()
+def reveal(conn: Any, org_id: UUID, workflow_id: UUID, sealed: bytes | str) -> str:
+    stored = bytes(sealed).decode() if not isinstance(sealed, str) else sealed
+    return secrets_box.decrypt(secrets_box.server_key(conn), stored, context=_context(org_id, workflow_id))
 
 
 def webhook_secret(conn: Any, org_id: UUID, workflow_id: UUID) -> str | None:
@@ -450,8 +457,8 @@ def webhook_secret(conn: Any, org_id: UUID, workflow_id: UUID) -> str | None:
     if row is None:
         return None
     try:
-        return reveal(conn, workflow_id, row["sealed"])
-    except Exception:  # a changed FLUSIA_SECRET: the stored secret cannot be opened
+        return reveal(conn, org_id, workflow_id, row["sealed"])
+    except secrets_box.SecretUnavailable:  # a changed or lost server key
         return None
 
 
@@ -730,43 +737,53 @@ class WorkflowEngine:
             return None
 
     async def advance(self, row: dict[str, Any]) -> Outcome:
+        """Create the run if needed, then do its steps until it ends or waits. Each step's events are appended as
+        soon as it is done (the last one together with Finished): a crash loses at most the record of the step
+        under way, which is then done again under the same idempotency key."""
         org_id, run_id = row["organization_id"], row["run_id"]
-        run = await self._thread(self._get, run_id)
-        current: Workflow | None = await self._thread(self._get, row["workflow_id"])
+        run, current = await self._thread(self._load, run_id, row["workflow_id"])
+        active = current is not None and not current.deleted and current.status == "active"
         if run is None:
-            if current is None or current.deleted or current.status != "active":
+            if not active or not await self._thread(self._activator_ok, org_id, current):
                 return Outcome("skipped")
+            run, workflow = await self._thread(self._start, row)
+            if run is None:
+                return Outcome("skipped")
+        else:
+            if run.finished:
+                return Outcome("done", started=True)
+            if not active:
+                run.stop("the workflow was " + ("deleted" if current is None or current.deleted else "paused"))
+                await self._thread(self._save, run, org_id, run.id)
+                return Outcome("done", started=True)
             if not await self._thread(self._activator_ok, org_id, current):
-                return Outcome("skipped")
-            created = await self._thread(self._start, row)
-            if created is None:
-                return Outcome("skipped")
-            run = created
+                run.stop("the user who activated the workflow was deactivated; the workflow is paused")
+                await self._thread(self._save, run, org_id, run.id)
+                return Outcome("done", started=True)
+            workflow = await self._thread(self._get, run.workflow_id, run.workflow_version)
         if run.finished:
-            return Outcome("done", started=True)
-        workflow = await self._thread(self._get, run.workflow_id, run.workflow_version)
-        if current is None or current.deleted or current.status != "active":
-            run.stop("the workflow was " + ("deleted" if current is None or current.deleted else "paused"))
-            await self._thread(self._save, run, org_id, run.id)
-            return Outcome("done", started=True)
-        if not await self._thread(self._activator_ok, org_id, current):
-            run.stop("the user who activated the workflow was deactivated; the workflow is paused")
-            await self._thread(self._save, run, org_id, run.id)
             return Outcome("done", started=True)
         principal = Principal(organization_id=org_id, user_id=current.activated_by, grants=dict(current.grants),
                               correlation_id=run.id, workflow_run_id=run.id)
         timezone = await self._thread(self._timezone, org_id)
+        step = wf.next_step(workflow.steps, run.done)
         while True:
-            step = wf.next_step(workflow.steps, run.done)
             if step is None:
                 run.finish("succeeded")
                 await self._thread(self._save, run, org_id, run.id)
                 return Outcome("done", started=True)
             waiting = await self.step(run, step, workflow, principal, timezone, row.get("attempts", 0))
-            if run.finished:
-                return Outcome("done", started=True)
             if waiting is not None:
                 return Outcome("pending", due_at=waiting, started=True)
+            if run.finished:
+                await self._thread(self._save, run, org_id, run.id)
+                return Outcome("done", started=True)
+            step = wf.next_step(workflow.steps, run.done)
+            if step is not None:
+                await self._thread(self._save, run, org_id, run.id)
+
+    def _load(self, run_id: UUID, workflow_id: UUID) -> tuple[WorkflowRun | None, Workflow | None]:
+        return self._get(run_id), self._get(workflow_id)
 
     def _timezone(self, org_id: UUID) -> str:
         with self.pool.connection() as conn:
@@ -780,29 +797,29 @@ class WorkflowEngine:
         self.pause_for_activator(org_id, workflow.id)
         return False
 
-    def _start(self, row: dict[str, Any]) -> WorkflowRun | None:
+    def _start(self, row: dict[str, Any]) -> tuple[WorkflowRun | None, Workflow]:
         """Create the run (its context snapshot, the whole trigger test); None when the trigger does not hold."""
         org_id = row["organization_id"]
         workflow = self._get(row["workflow_id"], row["workflow_version"])
         with self.pool.connection() as conn:
             built = self._trigger(conn, org_id, row, workflow)
             if built is None:
-                return None
+                return None, workflow
             trigger, event, aggregate, upto, user = built
             context = build_context(conn, org_id, workflow.id, workflow.name, row["run_id"], trigger, event, aggregate,
                                     upto, user)
         holds, _ = wf.trigger_holds(workflow.trigger, context)
         if not holds:
-            return None
+            return None, workflow
         run = WorkflowRun.start(row["run_id"], org_id=org_id, workflow_id=workflow.id, workflow_version=workflow.version,
                           workflow_name=workflow.name, trigger={**trigger.as_dict(), "type": workflow.trigger["type"]},
                           depth=row["depth"], context=context)
         try:
             self._save(run, org_id, run.id)
         except IntegrityError:
-            return self._get(row["run_id"])  # created meanwhile (a claim lost to a crash): the same run
+            return self._get(row["run_id"]), workflow  # created meanwhile (a claim lost to a crash): the same run
         log.info("workflow run started org=%s workflow=%s run=%s depth=%s", org_id, workflow.id, run.id, row["depth"])
-        return run
+        return run, workflow
 
     def _trigger(self, conn: Any, org_id: UUID, row: dict[str, Any], workflow: Workflow
                  ) -> tuple[Trigger, Any, Any, int | None, Any] | None:
@@ -828,8 +845,9 @@ class WorkflowEngine:
     # -- steps ---------------------------------------------------------------------------------------------------
     async def step(self, run: WorkflowRun, step: dict[str, Any], workflow: Workflow, principal: Principal,
                    timezone: str, attempts: int = 0) -> datetime | None:
-        """Do one step and record it on the run. Returns when to look again if the run now waits."""
-        kind, org_id = step["type"], run.org_id
+        """Do one step and record it on the run (the caller appends the record). Returns when to look again if the
+        run now waits (that record is appended here, with the wait)."""
+        kind = step["type"]
         now = self.now()
         if kind == "wait":
             if run.waiting_step == step["id"]:
@@ -842,7 +860,7 @@ class WorkflowEngine:
                     run.step_done(step, {"waited": False, "reason": "the date is empty or already past"})
                 else:
                     run.wait(step, until)
-                    await self._thread(self._save, run, org_id, run.id)
+                    await self._thread(self._save, run, run.org_id, run.id)
                     return until
         elif kind == "condition":
             cfg = step["config"]
@@ -853,14 +871,10 @@ class WorkflowEngine:
             run.stop(step["config"].get("reason") or "a stop step ended the run", step["id"])
         elif kind == "webhook":
             await self._webhook(run, step, workflow)
-            return None
         elif kind == "send_email":
-            run.step_failed(step, "sending e-mail from workflows is not available yet (no e-mail templates and SMTP "
-                                  "settings in this version)", "not_available")
+            await self._email(run, step, principal)
         else:
             await self._tool_step(run, step, principal, timezone, attempts)
-            return None
-        await self._thread(self._save, run, org_id, run.id)
         return None
 
     async def _tool_step(self, run: WorkflowRun, step: dict[str, Any], principal: Principal, timezone: str,
@@ -886,7 +900,50 @@ class WorkflowEngine:
             if isinstance(out, dict) and out.get("id") is not None:
                 result["id"] = str(out["id"])
             run.step_done(step, result)
-        await self._thread(self._save, run, run.org_id, run.id)
+
+    async def _email(self, run: WorkflowRun, step: dict[str, Any], principal: Principal) -> None:
+        """One e-mail from a settings template through FLUSIA_SMTP_URL, at most once: StepSending is recorded
+        before handing it to the server, and SMTP has no idempotency key, so a run that finds its e-mail step
+        already 'sending' (the process died meanwhile) does not send again and says so."""
+        org_id = run.org_id
+        try:
+            smtp = mail.SmtpSettings.from_env()
+            if smtp is None:
+                raise StepRefused("no SMTP server is configured (FLUSIA_SMTP_URL)", "not_available")
+            if step["id"] in run.sending:
+                raise StepRefused("the server stopped while this e-mail was being handed to the mail server; it is "
+                                  "not sent again, to never send it twice (the outcome is unknown)", "outcome_unknown")
+            message = await self._thread(self._email_message, run, step, principal, smtp)
+        except (StepRefused, ValueError) as e:
+            run.step_failed(step, getattr(e, "message", None) or "FLUSIA_SMTP_URL is not valid",
+                            getattr(e, "code", "not_available"))
+            return
+        run.sending_step(step["id"])
+        await self._thread(self._save, run, org_id, run.id)
+        try:
+            await mail.send_async(smtp, message)
+        except mail.MailError as e:
+            run.step_failed(step, f"e-mail not sent: {e}", "email_failed")
+        else:
+            run.step_done(step, {"sent": True, "template_id": step["config"]["template_id"]})
+
+    def _email_message(self, run: WorkflowRun, step: dict[str, Any], principal: Principal,
+                       smtp: mail.SmtpSettings) -> Any:
+        config = step["config"]
+        with self.pool.connection() as conn:
+            try:
+                template = settings_q.get_template(conn, run.org_id, UUID(str(config["template_id"])))
+            except DomainError:
+                raise StepRefused("the e-mail template no longer exists") from None
+            values = template_values(conn, run.org_id, run.context, principal.user_id)
+        to = wf.render(config.get("to") or "", run.context).strip()
+        if not EMAIL.match(to):
+            raise StepRefused("there is no valid recipient address for this run (config.to rendered empty or invalid)")
+        subject = templates.render(template.get("subject") or "", values)
+        html = templates.render(template["html_body"], values, escape_html=True) if template.get("html_body") else None
+        text = templates.render(template.get("text_body") or "", values) or subject
+        return mail.build_message(sender=smtp.sender, to=to, subject=subject, text=text, html=html,
+                                  headers={"X-Flusia-Idempotency-Key": f"wf:{run.id}:{step['id']}"})
 
     async def _webhook(self, run: WorkflowRun, step: dict[str, Any], workflow: Workflow) -> None:
         import httpx2
@@ -901,11 +958,10 @@ class WorkflowEngine:
             with self.pool.connection() as conn:
                 secret = webhook_secret(conn, org_id, workflow.id)
             if secret is None:
-                raise StepRefused("the workflow's webhook secret cannot be read (was FLUSIA_SECRET changed?); remove "
-                                  "and add the webhook step again", "not_available")
+                raise StepRefused("the workflow's webhook secret cannot be read with this server's key "
+                                  "(FLUSIA_SECRET_KEY changed?)", "not_available")
         except (StepRefused, DomainError) as e:
             run.step_failed(step, e.message, getattr(e, "code", "rule_violation"))
-            await self._thread(self._save, run, org_id, run.id)
             return
         body = webhook_body(run.id, step, run.context, run.trigger, workflow.id, workflow.name)
         headers = {"Content-Type": "application/json", "User-Agent": "Flusia-Workflows/1",
@@ -928,13 +984,11 @@ class WorkflowEngine:
                     continue
                 if response.status_code < 300:
                     run.step_done(step, {"status_code": response.status_code, "attempts": attempt + 1})
-                    await self._thread(self._save, run, org_id, run.id)
                     return
                 error = f"the receiver answered HTTP {response.status_code}"
                 if response.status_code < 500 and response.status_code != 429:
                     break
         run.step_failed(step, f"webhook failed after {attempt + 1} attempt(s): {error}", code)
-        await self._thread(self._save, run, org_id, run.id)
 
 
 # -- what the toolset needs --------------------------------------------------------------------------------------
@@ -943,21 +997,41 @@ def unavailable_steps(registry: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     if registry.get("crm_whatsapp_send_template") is None:
         out["send_whatsapp_template"] = "the WhatsApp toolset is not part of this installation yet"
-    out["send_email"] = "e-mail templates and SMTP settings are not part of this installation yet"
+    if not os.environ.get(mail.SMTP_URL_ENV, "").strip():
+        out["send_email"] = f"no SMTP server is configured for this server ({mail.SMTP_URL_ENV})"
     return out
+
+
+SUBJECT_RESOURCES = {"deal": "deals", "client": "clients", "task": "tasks"}
+
+
+def step_reads(step_type: str, subjects: set[str]) -> list[tuple[str, str]]:
+    """What a step needs besides the tools it calls: a webhook or an e-mail carries the trigger's entities' data
+    out of the CRM, so its activator must be allowed to read them (and an e-mail reads its settings template)."""
+    if step_type not in ("webhook", "send_email"):
+        return []
+    needs = [(SUBJECT_RESOURCES[s], "read") for s in sorted(subjects) if s in SUBJECT_RESOURCES]
+    return needs + ([("settings", "read")] if step_type == "send_email" else [])
 
 
 def missing_permissions(registry: Any, workflow: Workflow, grants: dict[str, str]) -> str | None:
     """Why the activator's grants cannot run every step (runs act with them), or None."""
+    from application.permissions import allows
+
     subjects = set(wf.trigger_subjects(workflow.trigger["type"], workflow.trigger["config"])) if workflow.trigger else set()
     for position, (step, _) in enumerate(wf.iter_steps(workflow.steps), start=1):
+        needs: list[tuple[str, str]] = []
+        what = ""
         for tool in step_tools(step["type"], step["config"], subjects):
             op = registry.get(tool)
-            if op is None:
-                continue
-            missing = op.missing(grants)
-            if missing:
-                names = ", ".join(f"{r}:{a}" for r, a in missing)
-                return (f"step {position} ({step['type']}) calls {tool}, which needs {names}; runs act with the "
-                        "permissions of the user who activates the workflow, and yours do not include it")
+            if op is not None and op.missing(grants):
+                needs, what = op.missing(grants), f"calls {tool}, which needs"
+                break
+        if not needs:
+            needs = [(r, a) for r, a in step_reads(step["type"], subjects) if not allows(grants, r, a)]
+            what = "sends data out of the CRM, which needs"
+        if needs:
+            names = ", ".join(f"{r}:{a}" for r, a in needs)
+            return (f"step {position} ({step['type']}) {what} {names}; runs act with the permissions of the user who "
+                    "activates the workflow, and yours do not include it")
     return None

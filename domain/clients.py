@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 from eventsourcing.domain import event
 
 from domain.base import apply_changes
+from domain.custom_fields import HasCustomFields
 from domain.shared import Assignable, Editable, Taggable
 from domain.errors import Conflict, DomainError, NotFound
 
@@ -42,7 +43,7 @@ class CannotMergeIntoItself(DomainError):
     code = "invalid_merge"
 
 
-class Client(Editable, Taggable, Assignable):
+class Client(Editable, Taggable, Assignable, HasCustomFields):
     entity_name = "client"
     editable_fields = EDITABLE_FIELDS
 

@@ -18,6 +18,7 @@ from uuid import UUID, uuid4
 from eventsourcing.domain import event
 
 from domain.base import apply_changes
+from domain.custom_fields import HasCustomFields
 from domain.shared import Editable
 from domain.errors import DomainError, NotFound
 from domain.money import decimal_in, line_total_cents
@@ -45,7 +46,7 @@ def _ensure_stage(pipeline: Pipeline, stage_id: UUID) -> None:
         raise StageNotFound(stage_id)
 
 
-class Deal(Editable):
+class Deal(Editable, HasCustomFields):
     entity_name = "deal"
     editable_fields = EDITABLE_FIELDS
 

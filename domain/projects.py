@@ -14,6 +14,7 @@ from eventsourcing.domain import event
 
 from domain.base import apply_changes
 from domain.shared import Editable
+from domain.custom_fields import HasCustomFields
 from domain.errors import Conflict, DomainError, NotFound
 
 STATUSES = ("planned", "active", "on_hold", "completed", "cancelled")
@@ -40,7 +41,7 @@ def _check_dates(start: date | None, end: date | None) -> None:
         raise DomainError("end_date is before start_date", field="end_date")
 
 
-class Project(Editable):
+class Project(Editable, HasCustomFields):
     entity_name = "project"
     editable_fields = EDITABLE_FIELDS
 

@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 from eventsourcing.domain import event
 
 from domain.base import apply_changes
+from domain.custom_fields import HasCustomFields
 from domain.errors import Conflict, DomainError, NotFound
 from domain.shared import Assignable, Editable, Taggable, TagNotFound  # noqa: F401 - re-exported
 
@@ -44,7 +45,7 @@ class NotDone(Conflict):
     code = "not_done"
 
 
-class Task(Editable, Taggable, Assignable):
+class Task(Editable, Taggable, Assignable, HasCustomFields):
     entity_name = "task"
     editable_fields = EDITABLE_FIELDS
     assignee_field = "assignee_id"

@@ -9,8 +9,10 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from domain.clients import CLIENT_FIELDS, CONTACT_FIELDS, Client, email_key, phone_key, vat_key
+from domain.custom_fields import CustomField
 from domain.errors import NotFound
 from projections.base import Projection, exists, handles, set_columns, touch
+from projections import custom_fields as custom_values
 from projections.pagination import BY_CREATION, NEWEST, RECENTLY_UPDATED, by_name, paginate
 
 SEARCH_REFRESH = """
@@ -18,7 +20,8 @@ WITH names AS (SELECT string_agg(name, ' ') AS names FROM client_contacts WHERE 
 updated AS (
   UPDATE clients c SET
     search_text = lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, names.names))),
-    search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, names.names))))
+    search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, names.names,
+                                                                 f_custom_text(c.custom_fields)))))
   FROM names WHERE c.id = %(id)s
   RETURNING c.organization_id, c.search_tsv
 )
@@ -146,11 +149,24 @@ class ClientsProjection(Projection):
         cur.execute("DELETE FROM clients WHERE id = %s", (e.originator_id,))
 
 
+    @handles(Client.CustomFieldsChanged)
+    def custom_fields_changed(self, cur: Any, e: Any) -> None:
+        custom_values.apply(cur, "clients", e)
+        self._refresh_search(cur, e.originator_id)
+
+    @handles(CustomField.Deleted)
+    def custom_field_deleted(self, cur: Any, e: Any) -> None:
+        """A deleted custom field's values leave the read model (the events keep them)."""
+        for row_id in custom_values.hide(cur, "clients", "client", e):
+            self._refresh_search(cur, row_id)
+
+
 # -- queries ---------------------------------------------------------------------------------------------
 CLIENT_COLUMNS = (
     "id, kind, status, business_name, contact_name, vat_number, tax_code, email, phone, website, address, source,"
     " assigned_to, tags, created_at, updated_at, converted_at"
 )
+CLIENT_COLUMNS += ", custom_fields"
 SORTS = {
     **BY_CREATION, "updated_desc": RECENTLY_UPDATED, **by_name("business_name"),
 }
@@ -159,7 +175,8 @@ SORTS = {
 def list_clients(conn: Any, org_id: UUID, *, kind: str | None = None, status: str | None = None,
                  assigned_to: UUID | None = None, unassigned: bool = False, tag: str | None = None,
                  source: str | None = None, created_from: Any = None, created_to: Any = None,
-                 sort: str = "created_desc", limit: int = 25, cursor: str | None = None):
+                 sort: str = "created_desc", limit: int = 25, cursor: str | None = None,
+                 custom: dict[str, Any] | None = None):
     where = ["organization_id = %s"]
     params: list[Any] = [org_id]
     for column, value in (("kind", kind), ("status", status), ("assigned_to", assigned_to), ("source", source)):
@@ -177,6 +194,9 @@ def list_clients(conn: Any, org_id: UUID, *, kind: str | None = None, status: st
     if created_to is not None:
         where.append("created_at < %s")
         params.append(created_to)
+    if (contains := custom_values.containment(custom)) is not None:
+        where.append(contains[0])
+        params += contains[1]
     return paginate(conn, CLIENT_COLUMNS, "FROM clients WHERE " + " AND ".join(where), params, SORTS[sort], limit, cursor)
 
 

@@ -7,7 +7,9 @@ from uuid import UUID
 
 from domain.clients import Client
 from domain.deals import Deal
+from domain.custom_fields import CustomField
 from domain.errors import NotFound
+from projections import custom_fields as custom_values
 from projections.base import Projection, exists, handles
 from projections.pagination import BY_CREATION, RECENTLY_UPDATED, Sort, by_date, paginate
 
@@ -16,6 +18,10 @@ DEAL_COLUMNS = (
     " d.currency, d.owner_id, d.close_date, d.expected_close_date, d.lost_reason, d.created_by, d.created_at, d.updated_at,"
     " c.business_name AS client_name, p.name AS pipeline_name, s.name AS stage_name, s.probability AS stage_probability"
 )
+DEAL_COLUMNS += ", d.custom_fields"
+DEAL_SEARCH_TEXT = ("UPDATE deals SET search_text = lower(f_unaccent(concat_ws(' ', title, f_custom_text(custom_fields))))"
+                    " WHERE id = %s")
+"""Title and custom field texts: what crm_deals_search matches."""
 DEAL_FROM = (
     " FROM deals d LEFT JOIN clients c ON c.id = d.client_id"
     " LEFT JOIN pipelines p ON p.id = d.pipeline_id LEFT JOIN pipeline_stages s ON s.id = d.stage_id"
@@ -102,7 +108,7 @@ class DealsProjection(Projection):
         values = dict(e.changes)
         self._set(cur, e, values)
         if "title" in values:
-            cur.execute("UPDATE deals SET search_text = lower(f_unaccent(title)) WHERE id = %s", (e.originator_id,))
+            cur.execute(DEAL_SEARCH_TEXT, (e.originator_id,))
 
     @handles(Deal.ValueSet)
     def value_set(self, cur: Any, e: Any) -> None:
@@ -201,6 +207,18 @@ class DealsProjection(Projection):
         cur.execute("UPDATE deals SET client_id = %s WHERE client_id = %s", (e.survivor_id, e.originator_id))
 
 
+    @handles(Deal.CustomFieldsChanged)
+    def custom_fields_changed(self, cur: Any, e: Any) -> None:
+        custom_values.apply(cur, "deals", e)
+        cur.execute(DEAL_SEARCH_TEXT, (e.originator_id,))
+
+    @handles(CustomField.Deleted)
+    def custom_field_deleted(self, cur: Any, e: Any) -> None:
+        """A deleted custom field's values leave the read model (the events keep them)."""
+        for row_id in custom_values.hide(cur, "deals", "deal", e):
+            cur.execute(DEAL_SEARCH_TEXT, (row_id,))
+
+
 # -- queries ---------------------------------------------------------------------------------------------
 def get_deal(conn: Any, org_id: UUID, deal_id: UUID) -> dict[str, Any]:
     row = conn.execute(f"SELECT {DEAL_COLUMNS}{DEAL_FROM} WHERE d.organization_id = %s AND d.id = %s",
@@ -229,6 +247,9 @@ def list_deals(conn: Any, org_id: UUID, *, filters: dict[str, Any], sort: str, l
             params.append(filters[key])
     if filters.get("unassigned"):
         where.append("d.owner_id IS NULL")
+    if (contains := custom_values.containment(filters.get("custom"))) is not None:
+        where.append("d." + contains[0])
+        params += contains[1]
     inner = f"SELECT {DEAL_COLUMNS}{DEAL_FROM} WHERE " + " AND ".join(where)
     return paginate(conn, "*", f"FROM ({inner}) d WHERE true", params, SORTS[sort], limit, cursor)
 

@@ -7,15 +7,18 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
+from domain.custom_fields import CustomField
 from domain.errors import NotFound
 from domain.projects import Project
 from projections.base import Projection, exists, handles, set_columns, touch
+from projections import custom_fields as custom_values
 from projections.pagination import NEWEST, by_date, by_name, paginate
 
 PROJECT_COLUMNS = (
     "id, name, description, client_id, deal_id, status, archived, archived_at, start_date, end_date, budget_cents,"
     " currency, created_by, created_at, updated_at"
 )
+PROJECT_COLUMNS += ", custom_fields"
 FIELD_COLUMNS = ("name", "description", "client_id", "deal_id", "status", "start_date", "end_date", "budget_cents", "currency")
 SORTS = {
     "created_desc": NEWEST, "name_asc": by_name("name")["name_asc"], "end_asc": by_date("end", "end_date")["end_asc"],
@@ -102,10 +105,20 @@ class ProjectsProjection(Projection):
         cur.execute("DELETE FROM projects WHERE id = %s", (e.originator_id,))
 
 
+    @handles(Project.CustomFieldsChanged)
+    def custom_fields_changed(self, cur: Any, e: Any) -> None:
+        custom_values.apply(cur, "projects", e)
+
+    @handles(CustomField.Deleted)
+    def custom_field_deleted(self, cur: Any, e: Any) -> None:
+        """A deleted custom field's values leave the read model (the events keep them)."""
+        custom_values.hide(cur, "projects", "project", e)
+
+
 # -- queries ---------------------------------------------------------------------------------------------
 def list_projects(conn: Any, org_id: UUID, *, status: str | None = None, client_id: UUID | None = None,
                   member_id: UUID | None = None, archived: bool = False, sort: str = "created_desc",
-                  limit: int = 25, cursor: str | None = None):
+                  limit: int = 25, cursor: str | None = None, custom: dict[str, Any] | None = None):
     where = ["organization_id = %s", "archived = %s"]
     params: list[Any] = [org_id, archived]
     for column, value in (("status", status), ("client_id", client_id)):
@@ -115,6 +128,9 @@ def list_projects(conn: Any, org_id: UUID, *, status: str | None = None, client_
     if member_id is not None:
         where.append("id IN (SELECT project_id FROM project_members WHERE organization_id = %s AND user_id = %s)")
         params += [org_id, member_id]
+    if (contains := custom_values.containment(custom)) is not None:
+        where.append(contains[0])
+        params += contains[1]
     return paginate(conn, PROJECT_COLUMNS, "FROM projects WHERE " + " AND ".join(where), params, SORTS[sort], limit, cursor)
 
 

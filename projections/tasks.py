@@ -7,22 +7,26 @@ from typing import Any
 from uuid import UUID
 
 from domain.clients import Client
+from domain.custom_fields import CustomField
 from domain.errors import NotFound
 from domain.tasks import PRIORITIES, Task
 from projections.base import Projection, exists, handles, set_columns, touch
+from projections import custom_fields as custom_values
 from projections.pagination import BY_CREATION, Sort, by_date, paginate
 
 TASK_COLUMNS = (
     "id, title, description, status, priority, due_date, client_id, deal_id, project_id, assignee_id, tags,"
     " created_by, created_at, updated_at, completed_at, checklist_total, checklist_done, attachments_count"
 )
+TASK_COLUMNS += ", custom_fields"
 SORTS = {
     **by_date("due", "due_date"), **BY_CREATION,
     "priority_desc": Sort("array_position(ARRAY[%s], priority)" % ", ".join(f"'{p}'" for p in PRIORITIES), "integer",
                           descending=True),
 }
 SEARCH_REFRESH = (
-    "UPDATE tasks SET search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', title, description))))"
+    "UPDATE tasks SET search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', title, description,"
+    " f_custom_text(custom_fields)))))"
     " WHERE id = %s"
 )
 ITEM_COLUMNS = "id, task_id, position, text, done, done_at, created_at, updated_at"
@@ -137,10 +141,23 @@ class TasksProjection(Projection):
         cur.execute("UPDATE tasks SET client_id = %s WHERE client_id = %s", (e.survivor_id, e.originator_id))
 
 
+    @handles(Task.CustomFieldsChanged)
+    def custom_fields_changed(self, cur: Any, e: Any) -> None:
+        custom_values.apply(cur, "tasks", e)
+        cur.execute(SEARCH_REFRESH, (e.originator_id,))
+
+    @handles(CustomField.Deleted)
+    def custom_field_deleted(self, cur: Any, e: Any) -> None:
+        """A deleted custom field's values leave the read model (the events keep them)."""
+        for row_id in custom_values.hide(cur, "tasks", "task", e):
+            cur.execute(SEARCH_REFRESH, (row_id,))
+
+
 def _filters(org_id: UUID, *, today: date, assignee_id: UUID | None = None, client_id: UUID | None = None,
              deal_id: UUID | None = None, project_id: UUID | None = None, status: str | None = None,
              tag: str | None = None, due: str | None = None, due_from: date | None = None,
-             due_to: date | None = None, unassigned: bool = False) -> tuple[list[str], list[Any]]:
+             due_to: date | None = None, unassigned: bool = False,
+             custom: dict[str, Any] | None = None) -> tuple[list[str], list[Any]]:
     where = ["organization_id = %s"]
     params: list[Any] = [org_id]
     for column, value in (("assignee_id", assignee_id), ("client_id", client_id), ("deal_id", deal_id),
@@ -172,6 +189,9 @@ def _filters(org_id: UUID, *, today: date, assignee_id: UUID | None = None, clie
     if due_to is not None:
         where.append("due_date <= %s")
         params.append(due_to)
+    if (contains := custom_values.containment(custom)) is not None:
+        where.append(contains[0])
+        params += contains[1]
     return where, params
 
 

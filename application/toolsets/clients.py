@@ -15,6 +15,7 @@ from application.runner import QueryContext, UnitOfWork
 from application.shapes import (
     Command, Email, Limit, ListQuery, Page, Phone, Query, Removed, SearchText, Tag, sent,
 )
+from application import custom_fields
 from application.toolset import Toolset
 from domain.clients import CLIENT_FIELDS, CONTACT_FIELDS, KINDS, LEAD_STATUSES, Client
 from domain.recordings import Recording
@@ -49,7 +50,7 @@ class ContactOut(Struct, kw_only=True):
     phone: str | None
 
 
-class ClientSummary(Struct, kw_only=True):
+class ClientSummary(custom_fields.CustomFieldsShown, kw_only=True):
     id: UUID
     kind: Kind
     status: str | None
@@ -149,7 +150,7 @@ clients = Toolset(
 
 
 # -- queries ---------------------------------------------------------------------------------------------
-class ListClients(ListQuery, kw_only=True):
+class ListClients(custom_fields.FiltersCustomFields, kw_only=True):
     """List leads and clients, newest first by default. Filter by type (lead or client), funnel status,
     assignee, tag, source and creation date range. Pages with `cursor`/`next_cursor`."""
 
@@ -169,6 +170,7 @@ def list_clients(q: ListClients, ctx: QueryContext) -> Page[ClientSummary]:
     rows, cursor = clients_q.list_clients(
         ctx.conn, ctx.org_id, kind=q.type, status=q.status, assigned_to=q.assigned_to, unassigned=q.unassigned,
         tag=q.tag, source=q.source, created_from=q.created_from, created_to=q.created_to, sort=q.sort,
+        custom=custom_fields.list_filter(ctx.conn, ctx.org_id, "client", q.custom_field, q.custom_value),
         limit=q.limit, cursor=q.cursor,
     )
     return Page(items=[msgspec.convert(r, ClientSummary) for r in rows], next_cursor=cursor)
@@ -264,7 +266,7 @@ def get_recording(q: GetRecording, ctx: QueryContext) -> RecordingDetail:
 
 
 # -- creating ----------------------------------------------------------------------------------------------
-class NewClientFields(Command, kw_only=True):
+class NewClientFields(custom_fields.WithCustomFields, kw_only=True):
     business_name: BusinessName
     contact_name: PersonName | None = None
     vat_number: VatNumber | None = None
@@ -294,6 +296,7 @@ def _create(factory: Callable[..., Client]) -> Callable[[NewClientFields, UnitOf
         client = factory(uow.org_id, sent(cmd, CLIENT_FIELDS), cmd.assigned_to, uow.principal.user_id)
         for tag in cmd.tags:
             client.add_tag(tag)
+        custom_fields.record(uow, client, "client", cmd.custom_fields, creating=True)
         uow.add(client)
         return client.id
 
@@ -307,7 +310,7 @@ clients.command("create", input=CreateClient, output=ClientDetail, returns=UUID,
 
 
 # -- changing one client: load, call the domain, save --------------------------------------------------------
-class UpdateClient(Command, kw_only=True):
+class UpdateClient(custom_fields.ChangesCustomFields, kw_only=True):
     """Change a lead/client's fields. Only the fields you send change; send null to clear an optional field."""
 
     client_id: ClientId
@@ -322,7 +325,12 @@ class UpdateClient(Command, kw_only=True):
     source: Source | None | UnsetType = UNSET
 
 
-clients.update(UpdateClient, lambda c, cmd, uow: sent(cmd, CLIENT_FIELDS))
+def _changes(client: Client, cmd: UpdateClient, uow: UnitOfWork) -> dict:
+    custom_fields.record(uow, client, "client", cmd.custom_fields, creating=False)
+    return sent(cmd, CLIENT_FIELDS)
+
+
+clients.update(UpdateClient, _changes)
 
 
 class UpdateStatus(Command, kw_only=True):

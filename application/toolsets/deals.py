@@ -18,6 +18,7 @@ from application.values import decimal_range
 from application.organization import org_settings, org_today
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, SearchText, sent
+from application import custom_fields
 from application.toolset import Toolset
 from domain.clients import Client
 from domain.deals import DEAL_FIELDS, STATUSES, Deal
@@ -27,6 +28,7 @@ from domain.pipelines import default_pipeline_id
 from domain.values import MAX_AMOUNT
 from domain.services import CatalogService
 from projections import deals as deals_q
+from projections import invoices as invoices_q
 
 DealId = Annotated[UUID, Meta(description="The deal id (from crm_deals_list, crm_deals_search or crm_deals_create).")]
 Title = Annotated[str, Meta(min_length=1, max_length=300, description="Short name of the deal, e.g. 'ACME website redesign'.")]
@@ -44,7 +46,7 @@ DEAL_READS = ("clients", "pipelines")
 DETAIL_READS = (*DEAL_READS, "services")
 
 
-class DealOut(Struct, kw_only=True):
+class DealOut(custom_fields.CustomFieldsShown, kw_only=True):
     id: UUID
     title: str
     description: str | None
@@ -111,6 +113,8 @@ class DealDetail(DealOut, kw_only=True):
     contacts: list[DealContactOut]
     commissions: list[CommissionOut]
     totals: DealTotals
+    invoiced: Annotated[Money | None, Meta(description="Allocated to it from invoices (crm_invoices_allocate).")] = None
+    paid: Annotated[Money | None, Meta(description="The paid share of those invoice amounts.")] = None
 
 
 class LineList(Struct):
@@ -162,6 +166,12 @@ def _commissions(ctx: QueryContext, deal_id: UUID, value_cents: int, currency: s
     return out
 
 
+def _invoicing(ctx: QueryContext, deal_id: UUID, currency: str) -> dict[str, Money]:
+    """What the deal was invoiced (its invoice allocations) and how much of that is paid: sums, not invoice data."""
+    t = invoices_q.deal_totals(ctx.conn, ctx.org_id, deal_id)
+    return {"invoiced": money(t["invoiced_cents"], currency), "paid": money(t["paid_cents"], currency)}
+
+
 def present_deal(ctx: QueryContext, deal_id: UUID) -> DealDetail:
     row = deals_q.get_deal(ctx.conn, ctx.org_id, deal_id)
     base = _deal_out(row)
@@ -176,7 +186,7 @@ def present_deal(ctx: QueryContext, deal_id: UUID) -> DealDetail:
     )
     contacts = [msgspec.convert(r, DealContactOut) for r in deals_q.list_contacts(ctx.conn, ctx.org_id, deal_id)]
     return DealDetail(**{f: getattr(base, f) for f in DealOut.__struct_fields__}, services=lines, contacts=contacts,
-                      commissions=commissions, totals=totals)
+                      commissions=commissions, totals=totals, **_invoicing(ctx, deal_id, cur))
 
 
 deals = Toolset(
@@ -188,7 +198,7 @@ deals = Toolset(
 
 
 # -- queries ---------------------------------------------------------------------------------------------
-class ListDeals(ListQuery, kw_only=True):
+class ListDeals(custom_fields.FiltersCustomFields, kw_only=True):
     """List deals. Filter by status ('accepted' = won, 'rejected' = lost, 'open'), pipeline, stage, client,
     owner, value range and close/creation date range; sort by value, close date, creation or update.
     E.g. deals won last month, largest first: status='accepted', closed_from/closed_to, sort='value_desc'.
@@ -217,7 +227,8 @@ def list_deals(q: ListDeals, ctx: QueryContext) -> Page[DealOut]:
                "owner_id": q.owner_id, "unassigned": q.unassigned, "closed_from": q.closed_from, "closed_to": q.closed_to,
                "created_from": q.created_from, "created_to": q.created_to,
                "value_min_cents": None if q.value_min is None else to_cents(q.value_min, field="value_min"),
-               "value_max_cents": None if q.value_max is None else to_cents(q.value_max, field="value_max")}
+               "value_max_cents": None if q.value_max is None else to_cents(q.value_max, field="value_max"),
+               "custom": custom_fields.list_filter(ctx.conn, ctx.org_id, "deal", q.custom_field, q.custom_value)}
     rows, cursor = deals_q.list_deals(ctx.conn, ctx.org_id, filters=filters, sort=q.sort, limit=q.limit, cursor=q.cursor)
     return Page(items=[_deal_out(r) for r in rows], next_cursor=cursor)
 
@@ -282,7 +293,7 @@ def list_deal_commissions(q: ListDealCommissions, ctx: QueryContext) -> Commissi
 
 
 # -- creating --------------------------------------------------------------------------------------------
-class CreateDeal(Command, kw_only=True):
+class CreateDeal(custom_fields.WithCustomFields, kw_only=True):
     """Create a deal for a lead/client. Without pipeline_id it goes to the default pipeline; without stage_id
     into the pipeline's first stage (see crm_pipelines_list). Give `value` to fix the amount, or leave it out
     and add service lines (crm_deals_add_service) so the value is their sum. Amounts use the organization's
@@ -313,6 +324,7 @@ def create_deal(cmd: CreateDeal, uow: UnitOfWork) -> UUID:
         fields={"description": cmd.description, "expected_close_date": cmd.expected_close_date},
         created_by=uow.principal.user_id,
     )
+    custom_fields.record(uow, deal, "deal", cmd.custom_fields, creating=True)
     uow.add(deal)
     return deal.id
 
@@ -323,7 +335,7 @@ def deal_command(suffix: str, input: type[Struct], act, *, destructive: bool = F
     deals.act(suffix, input, act, destructive=destructive, presents_entity=True, reads=DETAIL_READS)
 
 
-class UpdateDeal(Command, kw_only=True):
+class UpdateDeal(custom_fields.ChangesCustomFields, kw_only=True):
     """Change a deal's fields; only what you send changes. `value`: a fixed amount, or null to go back to the sum
     of the service lines. Use crm_deals_set_status, _move_stage and _assign for status, stage and owner."""
 
@@ -339,6 +351,7 @@ def _update(deal: Deal, cmd: UpdateDeal, uow: UnitOfWork) -> None:
     changes = sent(cmd, DEAL_FIELDS)
     if "client_id" in changes:
         uow.get(Client, cmd.client_id, field="client_id")
+    custom_fields.record(uow, deal, "deal", cmd.custom_fields, creating=False)
     deal.update(changes)
     if cmd.value is not UNSET:
         deal.set_value(None if cmd.value is None else to_cents(cmd.value, field="value"))

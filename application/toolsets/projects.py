@@ -14,6 +14,7 @@ from application.links import changed_links, check_links, link_reads
 from application.organization import org_today
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, sent
+from application import custom_fields
 from application.toolset import Toolset
 from application.toolsets.tasks import TaskFilters, TaskOut, _task_page
 from domain.values import MAX_MINOR_UNITS
@@ -40,7 +41,7 @@ class Member(Struct, kw_only=True):
     added_at: datetime
 
 
-class ProjectSummary(Struct, kw_only=True):
+class ProjectSummary(custom_fields.CustomFieldsShown, kw_only=True):
     id: UUID
     name: str
     description: str | None
@@ -124,7 +125,7 @@ projects = Toolset(
 
 
 # -- queries ---------------------------------------------------------------------------------------------
-class ListProjects(ListQuery, kw_only=True):
+class ListProjects(custom_fields.FiltersCustomFields, kw_only=True):
     """List projects, newest first by default. Archived projects are left out unless archived=true (then only
     archived ones are listed). Filter by status, client and member (a user id)."""
 
@@ -139,6 +140,8 @@ class ListProjects(ListQuery, kw_only=True):
 def list_projects(q: ListProjects, ctx: QueryContext) -> Page[ProjectSummary]:
     rows, cursor = projects_q.list_projects(ctx.conn, ctx.org_id, status=q.status, client_id=q.client_id,
                                             member_id=q.member_id, archived=q.archived, sort=q.sort, limit=q.limit,
+                                            custom=custom_fields.list_filter(
+                                                ctx.conn, ctx.org_id, "project", q.custom_field, q.custom_value),
                                             cursor=q.cursor)
     return Page(items=[msgspec.convert(r, ProjectSummary) for r in rows], next_cursor=cursor)
 
@@ -209,7 +212,7 @@ def list_assignments(q: ListAssignments, ctx: QueryContext) -> MemberList:
 LINK_READS = link_reads("client_id", "deal_id")
 
 
-class CreateProject(Command, kw_only=True):
+class CreateProject(custom_fields.WithCustomFields, kw_only=True):
     """Create a project, e.g. for a won deal: name, client, dates, budget. Add people with
     crm_projects_assign_user, write the brief with crm_projects_update_brief, add tasks with
     crm_tasks_create(project_id=...)."""
@@ -231,11 +234,12 @@ def create_project(cmd: CreateProject, uow: UnitOfWork) -> UUID:
     project = Project.create(uow.org_id, sent(cmd, PROJECT_FIELDS), uow.principal.user_id)
     if uow.principal.user_id is not None:
         project.assign_user(uow.principal.user_id, "manager")
+    custom_fields.record(uow, project, "project", cmd.custom_fields, creating=True)
     uow.add(project)
     return project.id
 
 
-class UpdateProject(Command, kw_only=True):
+class UpdateProject(custom_fields.ChangesCustomFields, kw_only=True):
     """Change a project's name, description, links, status, dates or budget. Only the fields you send change;
     send null to clear an optional one."""
 
@@ -254,6 +258,7 @@ class UpdateProject(Command, kw_only=True):
 def _update(project: Project, cmd: UpdateProject, uow: UnitOfWork) -> None:
     changes = sent(cmd, PROJECT_FIELDS)
     check_links(uow, changed_links(project, changes))
+    custom_fields.record(uow, project, "project", cmd.custom_fields, creating=False)
     project.update(changes)
 
 

@@ -17,6 +17,7 @@ from application.links import changed_links, check_links, link_reads
 from application.organization import org_today
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, Limit, ListQuery, Page, Query, Removed, SearchText, Tag, sent
+from application import custom_fields
 from application.toolset import Toolset
 from domain.errors import DomainError, NotFound
 from domain.tasks import PRIORITIES, STATUSES, TASK_FIELDS, Task, check_content
@@ -33,7 +34,7 @@ ItemText = Annotated[str, Meta(min_length=1, max_length=500, description="The ch
 DueDate = Annotated[date, Meta(description="Due date, YYYY-MM-DD, a day in the organization's timezone.")]
 
 
-class TaskOut(Struct, kw_only=True):
+class TaskOut(custom_fields.CustomFieldsShown, kw_only=True):
     id: UUID
     title: str
     description: str | None
@@ -165,7 +166,7 @@ def get_task(q: GetTask, ctx: QueryContext) -> TaskDetail:
     return present_task(ctx, q.task_id)
 
 
-class TaskFilters(ListQuery, kw_only=True):
+class TaskFilters(custom_fields.FiltersCustomFields, kw_only=True):
     assignee_id: Annotated[UUID | None, Meta(description="Only tasks assigned to this user id (crm_users_list).")] = None
     unassigned: Annotated[bool, Meta(description="Only tasks nobody is assigned to.")] = False
     client_id: Annotated[UUID | None, Meta(description="Only tasks for this lead/client.")] = None
@@ -193,6 +194,7 @@ def _task_page(ctx: QueryContext, q: TaskFilters, project_id: UUID | None) -> Pa
         ctx.conn, ctx.org_id, today=org_today(ctx.conn, ctx.org_id), assignee_id=q.assignee_id,
         unassigned=q.unassigned, client_id=q.client_id, deal_id=q.deal_id, project_id=project_id, status=q.status,
         tag=q.tag, due=q.due, due_from=q.due_from, due_to=q.due_to, sort=q.sort, limit=q.limit, cursor=q.cursor,
+        custom=custom_fields.list_filter(ctx.conn, ctx.org_id, "task", q.custom_field, q.custom_value),
     )
     return Page(items=[msgspec.convert(r, TaskOut) for r in rows], next_cursor=cursor)
 
@@ -255,7 +257,7 @@ def list_tags(q: ListTags, ctx: QueryContext) -> TagCounts:
 
 
 # -- creating and changing -------------------------------------------------------------------------------
-class CreateTask(Command, kw_only=True):
+class CreateTask(custom_fields.WithCustomFields, kw_only=True):
     """Create a task, e.g. a follow-up call. Link it to a lead/client (client_id), a deal or a project, give a
     due_date (YYYY-MM-DD, in the organization's timezone) and an assignee (user id from crm_users_list).
     Checklist items can be given at once. Archived projects accept no new tasks."""
@@ -283,11 +285,12 @@ def create_task(cmd: CreateTask, uow: UnitOfWork) -> UUID:
         task.add_tag(tag)
     for text in cmd.checklist:
         task.add_checklist_item(text)
+    custom_fields.record(uow, task, "task", cmd.custom_fields, creating=True)
     uow.add(task)
     return task.id
 
 
-class UpdateTask(Command, kw_only=True):
+class UpdateTask(custom_fields.ChangesCustomFields, kw_only=True):
     """Change a task's title, description, due date, priority or links. Only the fields you send change;
     send null to clear an optional one (e.g. due_date=null)."""
 
@@ -304,6 +307,7 @@ class UpdateTask(Command, kw_only=True):
 def _update(task: Task, cmd: UpdateTask, uow: UnitOfWork) -> None:
     changes = sent(cmd, TASK_FIELDS)
     check_links(uow, changed_links(task, changes))
+    custom_fields.record(uow, task, "task", cmd.custom_fields, creating=False)
     task.update(changes)
 
 

@@ -22,6 +22,7 @@ from application import workflow_engine as engine
 from domain import workflows as wf
 from domain.errors import Conflict, DomainError, NotFound
 from domain.workflows import Workflow
+from projections import settings as settings_q
 from projections import workflows as workflows_q
 
 WorkflowId = Annotated[UUID, Meta(description="The workflow id (from crm_workflows_list or crm_workflows_create).")]
@@ -184,7 +185,7 @@ def present_workflow(ctx: QueryContext, workflow_id: UUID) -> WorkflowDetail:
 
 def present_added(ctx: QueryContext, added: AddedStep) -> StepAdded:
     detail = msgspec.to_builtins(present_workflow(ctx, added.workflow_id))
-    secret = engine.reveal(ctx.conn, added.workflow_id, added.sealed_secret) if added.sealed_secret else None
+    secret = engine.reveal(ctx.conn, ctx.org_id, added.workflow_id, added.sealed_secret) if added.sealed_secret else None
     return msgspec.convert({**detail, "step_id": added.step_id, "webhook_secret": secret}, StepAdded)
 
 
@@ -341,10 +342,24 @@ class SetTrigger(Command, kw_only=True):
 workflows.act("set_trigger", SetTrigger, lambda w, cmd, uow: w.set_trigger(cmd.type, cmd.config), presents_entity=True)
 
 
-def _check_refs(uow: UnitOfWork, step: dict[str, Any]) -> None:
+def _check_refs(uow: UnitOfWork, step: dict[str, Any], workflow: Workflow) -> None:
     """What the step names outside the workflow: a fixed user must be an active user; a webhook URL must be
-    https (http only to loopback where FLUSIA_WEBHOOK_ALLOW_LOOPBACK allows it)."""
+    https (http only to loopback where FLUSIA_WEBHOOK_ALLOW_LOOPBACK allows it); an e-mail template must be an
+    e-mail template for one of the trigger's entities."""
     config = step["config"]
+    if step["type"] == "send_email":
+        try:
+            template = settings_q.get_template(uow.conn, uow.org_id, UUID(str(config["template_id"])))
+        except NotFound:
+            raise NotFound("template", config["template_id"], field="config.template_id") from None
+        if template["kind"] != "email":
+            raise DomainError(f"template {config['template_id']} is a {template['kind']} template, not an e-mail one",
+                              field="config.template_id")
+        subjects = (wf.trigger_subjects(workflow.trigger["type"], workflow.trigger["config"])
+                    if workflow.trigger else None)
+        if subjects is not None and template["entity"] not in subjects:
+            raise DomainError(f"the template is for a {template['entity']}, which this trigger does not provide",
+                              field="config.template_id")
     for name in ("assignee_id", "user_id"):
         ref = config.get(name)
         if ref and not ref.startswith("{{"):
@@ -367,13 +382,13 @@ class AddStep(Command, kw_only=True):
     branch: Branch | None = None
 
 
-@workflows.command("add_step", output=StepAdded, returns=AddedStep, present=present_added)
+@workflows.command("add_step", output=StepAdded, returns=AddedStep, present=present_added, reads=("settings",))
 def add_step(cmd: AddStep, uow: UnitOfWork) -> AddedStep:
     workflow: Workflow = uow.get(Workflow, cmd.workflow_id, field="workflow_id")
     step_id = workflow.add_step(cmd.type, cmd.config, position=cmd.position,
                                 parent_step_id=None if cmd.parent_step_id is None else str(cmd.parent_step_id),
                                 branch=cmd.branch, unavailable=engine.unavailable_steps(workflows.registry))
-    _check_refs(uow, wf.find_step(workflow.steps, step_id))
+    _check_refs(uow, wf.find_step(workflow.steps, step_id), workflow)
     sealed = None
     if cmd.type == "webhook" and not workflow.has_secret:
         sealed, write = engine.new_webhook_secret(uow.conn, uow.org_id, workflow.id)
@@ -393,10 +408,10 @@ class UpdateStep(Command, kw_only=True):
 
 def _update_step(w: Workflow, cmd: UpdateStep, uow: UnitOfWork) -> None:
     w.update_step(str(cmd.step_id), cmd.config, unavailable=engine.unavailable_steps(workflows.registry))
-    _check_refs(uow, wf.find_step(w.steps, str(cmd.step_id)))
+    _check_refs(uow, wf.find_step(w.steps, str(cmd.step_id)), w)
 
 
-workflows.act("update_step", UpdateStep, _update_step, presents_entity=True)
+workflows.act("update_step", UpdateStep, _update_step, presents_entity=True, reads=("settings",))
 
 
 class RemoveStep(Command, kw_only=True):
@@ -577,7 +592,9 @@ def _walk(conn: Any, workflow: dict[str, Any], steps: list[dict[str, Any]], cont
             item.update(would=f"POST to {config['url']} (signed, with an Idempotency-Key; not sent now)",
                         arguments={"url": config["url"], "body": msgspec.json.decode(body)})
         elif kind == "send_email":
-            item["would"] = "fail: " + engine.unavailable_steps(workflows.registry)["send_email"]
+            to = wf.render(config.get("to") or "", context)
+            item.update(would=f"send the e-mail template {config['template_id']} to {to or '(nobody: empty)'} "
+                              "(not sent now)", arguments={"template_id": config["template_id"], "to": to})
         else:
             try:
                 call = engine.plan_call(step, context, since.astimezone(ZoneInfo(timezone)))

@@ -313,3 +313,22 @@ def test_allocation_suggestions_and_deal_amounts(fic, stub, runtime):
     shown = reader("crm_invoices_get", {"invoice_id": invoice["id"]})
     assert "client_name" not in shown["allocations"][0]
     assert shown["omitted"] == ["client names of allocations (needs clients:read)"]
+
+
+def test_a_deal_shows_what_was_invoiced_to_it_and_how_much_is_paid(fic, stub, runtime):
+    org, call, worker = fic
+    stub.add(document(1, day=DAY, net="1000", instalments=2), document(2, day=DAY, net="500", paid=True))
+    stub.documents[1]["payments_list"][0].update(status="paid", paid_date=DAY.isoformat())
+    sync(call, worker, runtime)
+    client = call("crm_clients_create", {"business_name": "Rossi Srl"})
+    deal = call("crm_deals_create", {"title": "Sito web", "client_id": client["id"], "value": "2000"})
+    assert (call("crm_deals_get", {"deal_id": deal["id"]})["invoiced"]["cents"],
+            call("crm_deals_get", {"deal_id": deal["id"]})["paid"]["cents"]) == (0, 0)
+    by_number = {i["fattureincloud_id"]: i for i in call("crm_invoices_list")["items"]}
+    half_paid = call("crm_invoices_allocate", {"invoice_id": by_number[1]["id"], "deal_id": deal["id"], "amount": "1000"})
+    call("crm_invoices_allocate", {"invoice_id": by_number[2]["id"], "deal_id": deal["id"], "amount": "100"})
+    shown = call("crm_deals_get", {"deal_id": deal["id"]})
+    assert shown["invoiced"]["amount"] == "1100.00" and shown["paid"]["amount"] == "600.00"  # 1000 x 1/2 + 100 x 1
+    call("crm_invoices_unallocate", {"allocation_id": half_paid["allocations"][0]["id"]})
+    shown = call("crm_deals_get", {"deal_id": deal["id"]})
+    assert (shown["invoiced"]["amount"], shown["paid"]["amount"]) == ("100.00", "100.00")

@@ -525,3 +525,58 @@ def test_another_organizations_events_never_start_a_workflow(world, iso_runtime,
     assert world.runs(w["id"]) == [] and world.sql("SELECT * FROM workflow_pending") == []
     err = olga.error("crm_workflows_get", {"workflow_id": w["id"]})
     assert err.code == "not_found"
+
+
+# -- e-mail --------------------------------------------------------------------------------------------------------
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook
+        self.messages.append(envelope)
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp(monkeypatch):
+    from aiosmtpd.controller import Controller
+
+    from tests.conftest import free_port
+
+    inbox, port = Inbox(), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    monkeypatch.setenv("FLUSIA_SMTP_URL", f"smtp://127.0.0.1:{port}")
+    monkeypatch.setenv("FLUSIA_SMTP_FROM", "CRM <crm@rossi.example>")
+    yield inbox
+    controller.stop()
+
+
+def test_send_email_renders_a_settings_template_and_never_sends_twice_after_a_crash(world, smtp):
+    template = world.call("crm_settings_create_template", {
+        "kind": "email", "name": "Grazie", "entity": "deal", "subject": "Grazie {{client.business_name}}",
+        "text_body": "{{deal.title}} confermato da {{user.name}} ({{organization.name}})"})
+    w = world.workflow(WON, ("send_email", {"template_id": template["id"]}),
+                       ("wait", {"duration": "P1D"}), ("send_email", {"template_id": template["id"]}))
+    client = world.call("crm_clients_create_lead", {"business_name": "Bianchi", "email": "info@bianchi.example"})
+    deal = world.call("crm_deals_create", {"title": "Portale", "client_id": client["id"]})
+    world.call("crm_deals_set_status", {"deal_id": deal["id"], "status": "accepted"})
+    world.drain()
+    (message,) = smtp.messages
+    assert message.rcpt_tos == ["info@bianchi.example"]
+    content = message.content.decode()
+    assert "Subject: Grazie Bianchi" in content and "Portale confermato da Anna Admin (Rossi)" in content
+    (run,) = world.runs(w["id"])
+    assert run["status"] == "waiting"
+    # The process dies right after recording that the second e-mail is being sent:
+    aggregate = world.rt.store.repository.get(UUID(run["id"]))
+    aggregate.sending_step(w["added"][2]["step_id"])
+    world.rt.store.save(aggregate)
+    world.clock.advance(days=2)
+    world.drain()
+    assert len(smtp.messages) == 1  # not sent again: SMTP has no idempotency key, so at most once
+    (run,) = world.runs(w["id"])
+    assert run["status"] == "failed" and "not sent again" in run["error"]
+    err = world.call.error("crm_workflows_add_step", {"workflow_id": w["id"], "type": "send_email",
+                                                      "config": {"template_id": w["id"]}})
+    assert err.code == "not_found" and err.field == "config.template_id"
