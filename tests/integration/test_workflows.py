@@ -580,3 +580,17 @@ def test_send_email_renders_a_settings_template_and_never_sends_twice_after_a_cr
     err = world.call.error("crm_workflows_add_step", {"workflow_id": w["id"], "type": "send_email",
                                                       "config": {"template_id": w["id"]}})
     assert err.code == "not_found" and err.field == "config.template_id"
+
+
+def test_the_cli_shows_the_trigger_consumer_and_a_rebuild_keeps_it(world):
+    from tests.conftest import flusia
+
+    world.workflow(WON, KICKOFF)
+    world.won_deal()
+    world.rt.settle()
+    env = {"DATABASE_URL": world.url}
+    status = flusia("projections", "status", env=env)
+    assert status["projections"]["workflow_triggers"]["lag"] == 0
+    rebuilt = flusia("projections", "rebuild", "workflow_triggers", env=env)["rebuilt"]["workflow_triggers"]
+    assert rebuilt["events_applied"] == 0 and rebuilt["kept"].startswith("not rebuildable")
+    assert world.sql("SELECT count(*) AS n FROM workflow_pending")[0]["n"] == 1
