@@ -76,8 +76,31 @@ def listed(runtime, database_url) -> dict[str, Any]:
     pages = [do("crm_wiki_create_page", title=title, body="text") for title in ("Uno", "Due", "Tre")]
     for body in ("v2", "v3"):
         do("crm_wiki_update_page", page_id=pages[0]["id"], body=body)
+    ids_13 = seed_settings_and_invoice_lists(runtime, admin, do)
     ids = {"client_id": client_id, "deal_id": deals[3]["id"], "project_id": project_id, "page_id": pages[0]["id"]}
+    ids.update(ids_13)
     return {"runtime": runtime, "admin": admin, "ids": ids}
+
+
+def seed_settings_and_invoice_lists(runtime: Any, admin: Any, do: Any) -> dict[str, Any]:
+    """Three of every settings and invoices list: templates, API tokens, invoices (imported as the sync worker
+    imports them, none allocated) and sync queue items."""
+    from application.invoice_sync import import_documents
+    from tests.fic_stub import document
+
+    for name in ("Welcome", "Reminder", "Offer"):
+        do("crm_settings_create_template", kind="email", name=name, entity="client", subject=name, text_body="Hi")
+    for name in ("Zapier", "Make"):
+        do("crm_settings_create_api_token", name=name)
+    do("crm_settings_update_organization", fattureincloud={"company_id": 555, "access_token": "pages-token"})
+    day = date.today() - timedelta(days=20)
+    docs = [document(n, day=day - timedelta(days=n % 2), net=str(100 * n), instalments=1 + n % 2) for n in (1, 2, 3)]
+    with psycopg.connect(runtime.database_url, autocommit=True, row_factory=dict_row) as conn:
+        import_documents(runtime.store, conn, admin.organization_id, 555, docs, requested_by=admin.user_id)
+    runtime.settle()
+    for months in (1, 2, 3):
+        do("crm_invoices_sync", date_from=(day - timedelta(days=30 * months)).isoformat(), date_to=day.isoformat())
+    return {"crm_invoices_list.client_id": None, "crm_invoices_list.deal_id": None}
 
 
 def page(listed: dict[str, Any], op: Any, sort: str | None, limit: int, cursor: str | None = None) -> dict[str, Any]:
