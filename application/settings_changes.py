@@ -79,3 +79,12 @@ def admin_transaction(uow: UnitOfWork, tool: str, command: Any) -> Iterator[Admi
                 raise ToolError("a call with this idempotency_key was made at the same moment; nothing was changed by "
                                 "this one. Repeat it to get that call's result.", code="conflict",
                                 field="idempotency_key") from None
+
+
+def recent(conn: Any, org_id: UUID, limit: int = 50) -> list[dict[str, Any]]:
+    """The organization's latest settings changes, newest first, with the acting user's name beside the id."""
+    return conn.execute(
+        "SELECT c.id, c.occurred_at, c.actor_user_id, u.name AS actor_name, c.actor_token_id, c.actor_oauth_client_id,"
+        " c.correlation_id, c.tool, c.entity_type, c.entity_id, c.action, c.changes"
+        " FROM settings_changes c LEFT JOIN users u ON u.id = c.actor_user_id"
+        " WHERE c.organization_id = %s ORDER BY c.id DESC LIMIT %s", (org_id, limit)).fetchall()

@@ -105,6 +105,14 @@ def cmd_user_deactivate(args: argparse.Namespace, url: str) -> None:
         emit(identity.deactivate_user(conn, args.org, args.user))
 
 
+def cmd_settings_changes(args: argparse.Namespace, url: str) -> None:
+    """Who changed which setting (profile, connections, users, invitations, roles, API tokens) and when."""
+    from application.settings_changes import recent
+
+    with connect(url) as conn:
+        emit({"changes": recent(conn, args.org, args.limit)})
+
+
 def cmd_projections_status(args: argparse.Namespace, url: str) -> None:
     from interfaces.health import consumer_report
 
@@ -292,6 +300,13 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--org", required=True, type=UUID)
     tr.add_argument("--token-id", required=True, type=UUID)
     tr.set_defaults(func=cmd_token_revoke)
+
+    settings = sub.add_parser("settings", help="organization settings").add_subparsers(dest="settings_command",
+                                                                                   required=True)
+    sc = settings.add_parser("changes", help="the latest settings changes: who, when, what (never secrets)")
+    sc.add_argument("--org", required=True, type=UUID)
+    sc.add_argument("--limit", type=int, default=50)
+    sc.set_defaults(func=cmd_settings_changes)
 
     proj = sub.add_parser("projections", help="read models").add_subparsers(dest="projections_command", required=True)
     proj.add_parser("status", help="positions, lag and parked events per consumer").set_defaults(

@@ -308,3 +308,15 @@ def test_templates_of_every_kind_with_placeholder_checks(admin):
                                                                                  "task_checklist"}
     call("crm_settings_delete_template", {"template_id": quote["id"]})
     assert call.error("crm_settings_get_template", {"template_id": quote["id"]}).code == "not_found"
+
+
+def test_operators_see_settings_changes_from_the_command_line(admin, database_url):
+    from tests.conftest import flusia
+
+    org, call = admin
+    call("crm_settings_update_organization", {"name": "Renamed Srl"})
+    call("crm_settings_create_role", {"name": "Auditors", "permissions": {"audit": ["read"]}})
+    out = flusia("settings", "changes", "--org", str(org.organization_id), env={"DATABASE_URL": database_url})
+    latest, first = out["changes"]
+    assert (latest["entity_type"], latest["action"], latest["actor_name"]) == ("role", "created", "Admin")
+    assert first["changes"]["name"]["after"] == "Renamed Srl" and first["tool"] == "crm_settings_update_organization"
