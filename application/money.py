@@ -11,12 +11,11 @@ from application.values import decimal_range
 from domain.money import amount, format_money
 from domain.values import MAX_AMOUNT
 
-AmountArg = Annotated[Decimal, Meta(description="An amount in the organization's currency, as a decimal string or number, "
-                                                "e.g. \"45000\" or \"1250.50\", from 0 to 100000000000. Never more than "
-                                                "2 decimals are kept.", **decimal_range(0, MAX_AMOUNT))]
+AmountArg = Annotated[Decimal, Meta(description="In the organization's currency, e.g. \"1250.50\".",
+                                    **decimal_range(0, MAX_AMOUNT))]
 
 
-class Money(Struct, kw_only=True):
+class Money(Struct, kw_only=True, omit_defaults=True):
     """An exact amount: `cents` is the integer number of cents, `amount` the exact decimal, `formatted` for people."""
 
     cents: int

@@ -22,6 +22,7 @@ requiring the permission (`crm_activities_timeline` and its `omitted`).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -44,8 +45,12 @@ def resource_of(tool_name: str) -> str:
     return max(matches, key=len)
 
 
+DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+SIMPLE_TYPES = {"string", "integer", "number", "boolean", "array", "object"}
+
+
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
-    """msgspec emits `$ref`/`$defs`; many MCP clients want a self-contained object schema, so inline them."""
+    """msgspec emits `$ref`/`$defs`; clients fill in tool arguments from a self-contained schema, so inline them."""
     defs = schema.get("$defs", {})
 
     def resolve(node: Any) -> Any:
@@ -57,13 +62,77 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
             return [resolve(v) for v in node]
         return node
 
-    out = resolve(schema)
-    out.pop("title", None)
+    return resolve(schema)
+
+
+LEAN_DROPS = {"additionalProperties", "minLength", "maxLength", "pattern", "minItems", "maxItems"}
+"""Rules the published input schemas leave to the server: it enforces every one of them (the msgspec Struct is
+the validation; an unknown argument is refused too) and its error names the field and the limit. What an
+assistant needs to fill in arguments (types, formats, enums, required, defaults, ranges of numbers,
+descriptions) stays."""
+
+
+def compact(node: Any, *, prose: bool = True, lean: bool = False) -> Any:
+    """The same schema in fewer characters, with standard formats only: no titles, no `default: null`,
+    `anyOf [X, null]` folded into X's type, decimals as a string pattern (or a number) instead of the
+    non-standard `format: decimal`; without `prose` (output schemas: the model reads the input side,
+    validators read the output side), descriptions, defaults and formats go too."""
+    if isinstance(node, list):
+        return [compact(v, prose=prose, lean=lean) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    absent_is_null = node.get("default", ...) is None  # an optional argument: leaving it out says the same as null
+    for key, value in node.items():
+        if key in ("properties", "$defs"):
+            out[key] = {name: compact(sub, prose=prose, lean=lean) for name, sub in value.items()}
+        elif key == "title" or (key == "default" and value is None):
+            continue
+        elif not prose and key in ("description", "default", "format", "required"):
+            # An output schema is for validators and states each field's type; results leave absent values out,
+            # so presence is not asserted, and prose, defaults and formats do not constrain anything.
+            continue
+        elif (key == "required" and not value) or (lean and key in LEAN_DROPS):
+            continue
+        else:
+            out[key] = compact(value, prose=prose, lean=lean)
+    if node.get("format") == "decimal":
+        out.pop("format", None)
+        out["type"] = ["string", "number"] if prose else "string"  # results always write decimals as strings
+        if prose and not lean:
+            out["pattern"] = DECIMAL_PATTERN
+    variants = out.get("anyOf")
+    if isinstance(variants, list) and len(variants) == 2 and {"type": "null"} in variants:
+        other = next(v for v in variants if v != {"type": "null"})
+        # Where null only means "not given", the schema shows the type alone; where null means something (an
+        # update's "clear this field"), it stays.
+        merged = other if absent_is_null else _with_null(other)
+        if merged is not None:
+            del out["anyOf"]
+            out = {**merged, **out}
     return out
 
 
+def _with_null(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """`schema` also accepting null, without anyOf, where that is plain: a simple type or an enum."""
+    if "enum" in schema:
+        return {**schema, "enum": [*schema["enum"], None]}
+    kind = schema.get("type")
+    if isinstance(kind, str) and kind in SIMPLE_TYPES:
+        return {**schema, "type": [kind, "null"]}
+    if isinstance(kind, list) and "null" not in kind:
+        return {**schema, "type": [*kind, "null"]}
+    return None
+
+
 def json_schema(tp: type) -> dict[str, Any]:
-    return _inline_refs(msgspec.json.schema(tp))
+    """An input schema as published: self-contained (references inlined), compact and lean (see LEAN_DROPS)."""
+    return compact(_inline_refs(msgspec.json.schema(tp)), lean=True)
+
+
+def output_json_schema(tp: type) -> dict[str, Any]:
+    """An output schema: shared definitions kept as `$defs` (a deal's money object is written once), no prose."""
+    return compact(msgspec.json.schema(tp), prose=False)
 
 
 @dataclass(frozen=True)
@@ -78,6 +147,8 @@ class Operation:
     open_world: bool = False
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
+    own_id: str | None = None
+    """The toolset's entity id argument (deal_id for crm_deals_*): self-explanatory there, so shown without prose."""
 
     def __post_init__(self) -> None:
         for other in (*self.reads, *self.writes):
@@ -131,16 +202,23 @@ class Operation:
 
     @property
     def title(self) -> str:
-        return self.name.removeprefix("crm_").replace("_", " ").capitalize()
+        """For people: `crm_deals_set_status` -> "Deals: set status"."""
+        rest = self.name.removeprefix("crm_").removeprefix(self.toolset).strip("_").replace("_", " ")
+        return f"{self.toolset.replace('_', ' ').capitalize()}: {rest}" if rest else self.name
 
     def input_schema(self) -> dict[str, Any]:
         schema = json_schema(self.input)
         schema.pop("description", None)  # the description is the tool's, not repeated inside its schema
+        own = schema.get("properties", {}).get(self.own_id or "")
+        if own is not None:
+            own.pop("description", None)
         return schema
 
     def output_schema(self) -> dict[str, Any]:
-        schema = json_schema(self.output)
-        schema.pop("description", None)
+        schema = output_json_schema(self.output)
+        if "$ref" in schema:  # MCP wants an object schema at the top: the referenced definition, with the others
+            defs = schema.pop("$defs")
+            schema = {**defs.pop(schema["$ref"].rsplit("/", 1)[-1]), **({"$defs": defs} if defs else {})}
         return schema
 
     def annotations(self) -> dict[str, bool]:
@@ -173,6 +251,7 @@ class Registry:
             raise ValueError(f"{op.name}: the input Struct's docstring is the tool description and must be set")
         if op.toolset not in self.toolsets:
             raise ValueError(f"{op.name}: toolset {op.toolset} is not declared (application.toolset.Toolset)")
+        op = dataclasses.replace(op, own_id=self.toolsets[op.toolset].id_field)
         self._ops[op.name] = op
         return op
 

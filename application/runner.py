@@ -30,6 +30,7 @@ from application.errors import (InvalidArguments, PermissionDenied, ReadModelDeg
 from application.principal import Principal
 from application.registry import Operation, Registry
 from application.store import EventStore, SideWrite
+from application.shapes import without_unreadable_labels
 from application.values import check_storable, check_text
 from domain.base import TenantAggregate
 from domain.errors import DomainError, NotFound
@@ -235,7 +236,7 @@ class ToolRunner:
             out = await self._cancellable(self.run_query, op, params, principal)
         else:
             out = await self.run_command_async(op, params, principal)
-        return msgspec.to_builtins(out)
+        return without_unreadable_labels(msgspec.to_builtins(out), lambda resource: principal.can(resource, "read"))
 
     def _org_limiter(self, org_id: UUID) -> CapacityLimiter:
         limiter = self._org_limiters.get(org_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID
 
@@ -17,21 +17,19 @@ class Query(Struct, kw_only=True, forbid_unknown_fields=True):
 class Command(Struct, kw_only=True, forbid_unknown_fields=True):
     """Base of write-tool inputs: every write tool takes an optional idempotency key."""
 
-    idempotency_key: Annotated[str, Meta(
-            min_length=1,
-            max_length=200,
-            description="Optional. Repeat a call with the same key to get the first result back without doing it twice.",
-        )] | None = None
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    """Optional: a retried call with the same key returns the first result and does nothing twice (explained once
+    in the server's instructions rather than in every write tool's schema)."""
 
 
-Limit = Annotated[int, Meta(ge=1, le=100, description="Page size, 1-100 (default 25).")]
-CursorArg = Annotated[str, Meta(max_length=500, description="Opaque cursor from a previous page's next_cursor; omit for the first page.")] | None
+Limit = Annotated[int, Meta(ge=1, le=100, description="Page size (default 25).")]
+CursorArg = Annotated[str, Meta(max_length=500, description="next_cursor of the previous page.")] | None
 ShortText = Annotated[str, Meta(min_length=1, max_length=200)]
-Tag = Annotated[str, Meta(min_length=1, max_length=60, pattern=r"^\S(.*\S)?$", description="A tag, 1-60 characters.")]
-Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", description="An e-mail address.")]
-Phone = Annotated[str, Meta(max_length=40, pattern=r"^\+?[0-9 ().\-/]{3,40}$", description="A phone number.")]
-NoteBody = Annotated[str, Meta(min_length=1, max_length=20000, description="The note text (markdown allowed).")]
-SearchText = Annotated[str, Meta(min_length=1, max_length=200, description="What to look for.")]
+Tag = Annotated[str, Meta(min_length=1, max_length=60, pattern=r"^\S(.*\S)?$")]
+Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Phone = Annotated[str, Meta(max_length=40, pattern=r"^\+?[0-9 ().\-/]{3,40}$")]
+NoteBody = Annotated[str, Meta(min_length=1, max_length=20000, description="Markdown.")]
+SearchText = Annotated[str, Meta(min_length=1, max_length=200)]
 
 T = TypeVar("T")
 
@@ -48,7 +46,7 @@ def sent(struct: Struct, names: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-class Page(Struct, Generic[T]):
+class Page(Struct, Generic[T], kw_only=True, omit_defaults=True):
     items: list[T]
     next_cursor: str | None = None
 
@@ -58,9 +56,31 @@ class ListQuery(Query):
     cursor: CursorArg = None
 
 
-class Removed(Struct):
-    """What a destructive tool returns: which entity went away."""
+class Removed(Struct, kw_only=True):
+    """What a destructive tool returns: which entity went away (`removed` is always there, and true)."""
 
     id: UUID
     entity: str
     removed: bool = True
+
+
+FOREIGN_LABELS = {"client_name": "clients", "deal_title": "deals", "project_name": "projects",
+                  "pipeline_name": "pipelines", "stage_name": "pipelines", "previous_stage_name": "pipelines"}
+"""Names of other resources' entities shown beside their ids (a task's client_name). They appear only for a caller
+who may read that resource; the id stays, so the caller knows a link exists (see `without_unreadable_labels`)."""
+
+
+def without_unreadable_labels(result: Any, can_read: Callable[[str], bool]) -> Any:
+    """The result with every FOREIGN_LABELS field the caller may not read left out (results are plain JSON)."""
+    hidden = {key for key, resource in FOREIGN_LABELS.items() if not can_read(resource)}
+    if not hidden:
+        return result
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in hidden}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(result)

@@ -33,16 +33,16 @@ from domain.errors import NotFound
 from domain.notes import Note
 from projections import notes as notes_q
 
-UserId = Annotated[UUID, Meta(description="A user id of this organization (resolve names with crm_users_list).")]
+UserId = Annotated[UUID, Meta(description="From crm_users_list.")]
 Act = Callable[[Any, Any, UnitOfWork], Any]
 
 
-class NoteOut(Struct, kw_only=True):
+class NoteOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     subject_type: str
     subject_id: UUID
     body: str
-    author_id: UUID | None
+    author_id: UUID | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -62,6 +62,10 @@ class Toolset:
     id_type: Any = None
     output: type | None = None
     present: Callable[[QueryContext, UUID], Any] | None = None
+    """The entity in full, as `crm_<name>_get` shows it."""
+    row: type | None = None
+    present_row: Callable[[QueryContext, UUID], Any] | None = None
+    """The entity in brief, as lists show it: what a change that is not about its details answers with."""
     exists: Callable[[Any, UUID, UUID], bool] | None = None
     """The read-model check (conn, organization, id) behind `require`."""
     subject: str = ""
@@ -110,12 +114,14 @@ class Toolset:
 
     def act(self, suffix: str, input: type[Struct], act: Act, *, destructive: bool = False, output: type | None = None,
             present: Callable[..., Any] | None | bool = True, returns: type = UUID, presents_entity: bool = False,
-            reads: tuple[str, ...] = (), writes: tuple[str, ...] = ()) -> None:
+            row: bool = False, reads: tuple[str, ...] = (), writes: tuple[str, ...] = ()) -> None:
         """A tool that loads the entity by its id argument, calls `act(aggregate, command, uow)` and saves.
 
         It returns what `act` returns, or the entity's id when that is None (always the id with
-        `presents_entity`); `present` (default: the toolset's) renders that once the read models caught up;
-        `present=None` returns it as it is (then give `output` and `returns`)."""
+        `presents_entity`); `present` (default: the toolset's; with `row`, its brief form) renders that once
+        the read models caught up; `present=None` returns it as it is (then give `output` and `returns`)."""
+        if row and self.present_row is not None and present is True:
+            present, output = self.present_row, output or self.row
         chosen = self.present if present is True else present
 
         def handle(cmd: Any, uow: UnitOfWork) -> Any:
@@ -131,7 +137,7 @@ class Toolset:
         """`crm_<name>_update`: a partial update of an `Editable` aggregate with what `change` makes of the
         command (usually `sent(cmd, FIELDS)`: the fields that were sent)."""
         self.act(suffix, input, lambda agg, cmd, uow: agg.update(change(agg, cmd, uow)), presents_entity=True,
-                 reads=reads)
+                 row=True, reads=reads)
 
     def delete(self, input: type[Struct], *, suffix: str = "delete", entity: str | None = None,
                act: Act | None = None) -> None:
@@ -157,9 +163,9 @@ class Toolset:
         add = self._struct(f"Tag{label}", Command, f"Add a tag to {self.subject} (no effect if it already has it)."
                                                     f"{add_hint}", [("tag", Tag)])
         remove = self._struct(f"Untag{label}", Command, f"Remove a tag from {self.subject}.", [("tag", Tag)])
-        self.act("add_tag", add, lambda a, cmd, uow: a.add_tag(cmd.tag), presents_entity=True, reads=reads)
+        self.act("add_tag", add, lambda a, cmd, uow: a.add_tag(cmd.tag), presents_entity=True, row=True, reads=reads)
         self.act("remove_tag", remove, lambda a, cmd, uow: a.remove_tag(cmd.tag), destructive=True,
-                 presents_entity=True, reads=reads)
+                 presents_entity=True, row=True, reads=reads)
 
     def assignment(self, *, label: str, assign_doc: str, unassign_doc: str, reads: tuple[str, ...] = ()) -> None:
         """`crm_<name>_assign` (to an active user of the organization) and `_unassign`."""
@@ -170,9 +176,9 @@ class Toolset:
             ensure_user(uow.conn, uow.org_id, cmd.user_id, field="user_id")
             agg.assign(cmd.user_id)
 
-        self.act("assign", assign, do_assign, presents_entity=True, reads=reads)
+        self.act("assign", assign, do_assign, presents_entity=True, row=True, reads=reads)
         self.act("unassign", unassign, lambda a, cmd, uow: a.unassign(), destructive=True, presents_entity=True,
-                 reads=reads)
+                 row=True, reads=reads)
 
     def notes(self, *, subject_type: str, add_doc: str | None = None) -> None:
         """`crm_<name>_list_notes`, `_add_note`, `_update_note`, `_delete_note`: notes on the entity, kept as

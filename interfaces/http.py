@@ -245,6 +245,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
          download_route, *tracking_routes, *invite_routes(runtime)],
         lifespan=[lifespan],
         debug=False,
+        logging_config=None,  # our handler (interfaces/logs.py): value-free tracebacks, written at once
         # Browser-based clients (MCP Inspector) read the metadata and OAuth endpoints from another origin.
         cors_config=CORSConfig(allow_origins=["*"], allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                                allow_headers=["Authorization", "Content-Type", "Accept", "Mcp-Protocol-Version"],

@@ -55,8 +55,8 @@ def tool_of(op: Operation) -> types.Tool:
         description=op.description,
         inputSchema=op.input_schema(),
         outputSchema=op.output_schema(),
-        annotations=types.ToolAnnotations(title=op.title, **op.annotations()),
-        _meta={"io.flusia/toolset": op.toolset, "io.flusia/permission": op.permission},
+        annotations=types.ToolAnnotations(**op.annotations()),  # the title is the tool's own, not repeated here
+        _meta={"io.flusia/toolset": op.toolset},
     )
 
 

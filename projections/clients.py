@@ -164,7 +164,8 @@ class ClientsProjection(Projection):
 # -- queries ---------------------------------------------------------------------------------------------
 CLIENT_COLUMNS = (
     "id, kind, status, business_name, contact_name, vat_number, tax_code, email, phone, website, address, source,"
-    " assigned_to, tags, created_at, updated_at, converted_at"
+    " assigned_to, (SELECT name FROM users WHERE users.id = assigned_to) AS assigned_to_name, tags, created_by,"
+    " created_at, updated_at, converted_at"
 )
 CLIENT_COLUMNS += ", custom_fields"
 SORTS = {
@@ -332,12 +333,3 @@ def find_duplicates(conn: Any, org_id: UUID, *, by: str = "any", limit: int = 50
             ).fetchall()
             groups.append({"match": key, "value": r["value"], "clients": members})
     return groups[:limit]
-
-
-def list_client_deals(conn: Any, org_id: UUID, client_id: UUID, limit: int, cursor: str | None):
-    return paginate(
-        conn,
-        "id, title, status, pipeline_id, stage_id, value_cents, currency, owner_id, close_date, created_at",
-        "FROM deals WHERE organization_id = %s AND client_id = %s",
-        [org_id, client_id], NEWEST, limit, cursor,
-    )

@@ -16,7 +16,8 @@ from projections.pagination import BY_CREATION, RECENTLY_UPDATED, Sort, by_date,
 DEAL_COLUMNS = (
     "d.id, d.client_id, d.title, d.description, d.status, d.pipeline_id, d.stage_id, d.value_cents, d.explicit_value,"
     " d.currency, d.owner_id, d.close_date, d.expected_close_date, d.lost_reason, d.created_by, d.created_at, d.updated_at,"
-    " c.business_name AS client_name, p.name AS pipeline_name, s.name AS stage_name, s.probability AS stage_probability"
+    " c.business_name AS client_name, p.name AS pipeline_name, s.name AS stage_name, s.probability AS stage_probability,"
+    " (SELECT name FROM users u WHERE u.id = d.owner_id) AS owner_name"
 )
 DEAL_COLUMNS += ", d.custom_fields"
 DEAL_SEARCH_TEXT = ("UPDATE deals SET search_text = lower(f_unaccent(concat_ws(' ', title, f_custom_text(custom_fields))))"

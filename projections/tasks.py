@@ -16,7 +16,11 @@ from projections.pagination import BY_CREATION, Sort, by_date, paginate
 
 TASK_COLUMNS = (
     "id, title, description, status, priority, due_date, client_id, deal_id, project_id, assignee_id, tags,"
-    " created_by, created_at, updated_at, completed_at, checklist_total, checklist_done, attachments_count"
+    " created_by, created_at, updated_at, completed_at, checklist_total, checklist_done, attachments_count,"
+    " (SELECT business_name FROM clients c WHERE c.id = tasks.client_id) AS client_name,"
+    " (SELECT title FROM deals d WHERE d.id = tasks.deal_id) AS deal_title,"
+    " (SELECT name FROM projects p WHERE p.id = tasks.project_id) AS project_name,"
+    " (SELECT name FROM users u WHERE u.id = tasks.assignee_id) AS assignee_name"
 )
 TASK_COLUMNS += ", custom_fields"
 SORTS = {

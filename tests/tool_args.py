@@ -36,14 +36,14 @@ def filler(variants: list[dict[str, Any]]) -> Any:
     if any("enum" in v for v in variants):
         return next(v["enum"][0] for v in variants if "enum" in v)
     formats = {v.get("format") for v in variants}
-    types = {v.get("type") for v in variants}
+    types = {t for v in variants for t in (v.get("type") if isinstance(v.get("type"), list) else [v.get("type")])}
     if "uuid" in formats:
         return str(uuid.uuid4())
     if "date" in formats:
         return date.today().isoformat()
     if "date-time" in formats:
         return datetime.now(timezone.utc).isoformat()
-    if "decimal" in formats:
+    if "decimal" in formats or {"string", "number"} <= types:
         return "10"
     if "integer" in types:
         return 1

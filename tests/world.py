@@ -28,7 +28,7 @@ def seed(runtime: Any, admin: Any) -> dict[str, Any]:
                    duration_seconds=60, transcript="MARK-clients-transcript")
     deal = do("crm_deals_create", title="MARK-deals-open", client_id=client["id"], pipeline_id=pipeline["id"],
               description="MARK-deals-description")
-    line = do("crm_deals_add_service", deal_id=deal["id"], service_id=service["id"])["services"][0]
+    line = do("crm_deals_add_service", deal_id=deal["id"], service_id=service["id"])["items"][0]
     do("crm_deals_add_contact", deal_id=deal["id"], contact_id=contact["id"], role="MARK-deals-role")
     do("crm_deals_set_commission", deal_id=deal["id"], user_id=str(admin.user_id), percent="10")
     deal_note = do("crm_deals_add_note", deal_id=deal["id"], body="MARK-deals-note")

@@ -20,47 +20,47 @@ from domain.errors import DomainError
 from projections import activities as activities_q
 from projections import timeline as timeline_q
 
-ActivityId = Annotated[UUID, Meta(description="The activity id (from crm_activities_list or a crm_activities_log_* call).")]
+ActivityId = Annotated[UUID, Meta(description="From crm_activities_list.")]
 ActivityType = Literal[TYPES]  # type: ignore[valid-type]
-Subject = Annotated[str, Meta(max_length=300, description="Short summary, e.g. 'Discussed the offer'.")]
-Body = Annotated[str, Meta(max_length=20000, description="Details (markdown allowed).")]
-When = Annotated[datetime, Meta(description="When it happened or starts (ISO 8601 with timezone); default now.")]
+Subject = Annotated[str, Meta(max_length=300)]
+Body = Annotated[str, Meta(max_length=20000, description="Markdown.")]
+When = Annotated[datetime, Meta(description="ISO 8601 with offset; default now.")]
 Direction = Literal["inbound", "outbound"]
 
 
-class ActivityOut(Struct, kw_only=True):
+class ActivityOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     type: ActivityType
-    client_id: UUID | None
-    deal_id: UUID | None
-    user_id: UUID | None
+    client_id: UUID | None = None
+    deal_id: UUID | None = None
+    user_id: UUID | None = None
     occurred_at: datetime
-    subject: str | None
-    body: str | None
+    subject: str | None = None
+    body: str | None = None
     details: dict[str, Any]
-    created_by: UUID | None
+    created_by: UUID | None = None
     created_at: datetime
     updated_at: datetime
 
 
-class TimelineEntry(Struct, kw_only=True):
+class TimelineEntry(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     kind: Literal["activity", "note", "deal_created", "deal_status", "deal_stage"]
     ref_id: Annotated[UUID, Meta(description="The activity, note or deal this entry is about.")]
-    activity_type: str | None
-    client_id: UUID | None
-    deal_id: UUID | None
+    activity_type: str | None = None
+    client_id: UUID | None = None
+    deal_id: UUID | None = None
     occurred_at: datetime
-    user_id: UUID | None
-    user_name: str | None
+    user_id: UUID | None = None
+    user_name: str | None = None
     title: str
-    body: str | None
+    body: str | None = None
     data: dict[str, Any]
-    stage_name: str | None
-    previous_stage_name: str | None
+    stage_name: str | None = None
+    previous_stage_name: str | None = None
 
 
-class TimelinePage(Struct, kw_only=True):
+class TimelinePage(Struct, kw_only=True, omit_defaults=True):
     items: list[TimelineEntry]
     next_cursor: str | None = None
     omitted: Annotated[list[str], Meta(description=(
@@ -116,10 +116,9 @@ def get_activity(q: GetActivity, ctx: QueryContext) -> ActivityOut:
 
 
 class Timeline(ListQuery, kw_only=True):
-    """The merged history of a client or a deal, newest first: logged activities, notes, deal creation,
-    status changes (won/lost/reopened) and stage moves. A client's timeline includes its deals' entries.
-    Give client_id or deal_id. What the token may not read (notes on clients, deal entries, stage names) is left
-    out and listed in `omitted`."""
+    """History of a client or deal (give client_id or deal_id), newest first: activities, notes, tasks, deal
+    creation, status, stage, value and owner changes, deletions, with who did them. What the token may not read
+    is left out and listed in `omitted`."""
 
     client_id: UUID | None = None
     deal_id: UUID | None = None
@@ -145,9 +144,9 @@ def timeline(q: Timeline, ctx: QueryContext) -> TimelinePage:
 
 # -- logging ---------------------------------------------------------------------------------------------
 class LogBase(Command, kw_only=True):
-    client_id: Annotated[UUID | None, Meta(description="The lead/client it concerns (client_id and/or deal_id).")] = None
-    deal_id: Annotated[UUID | None, Meta(description="The deal it concerns.")] = None
-    user_id: Annotated[UUID | None, Meta(description="Who did it (crm_users_list); default: you.")] = None
+    client_id: Annotated[UUID | None, Meta(description="Give client_id and/or deal_id.")] = None
+    deal_id: UUID | None = None
+    user_id: Annotated[UUID | None, Meta(description="Who did it; default you.")] = None
     occurred_at: When | None = None
     subject: Subject | None = None
     body: Body | None = None

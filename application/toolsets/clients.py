@@ -17,61 +17,66 @@ from application.shapes import (
 )
 from application import custom_fields
 from application.toolset import Toolset
+from application.toolsets.deals import DealRow, deal_page
 from domain.clients import CLIENT_FIELDS, CONTACT_FIELDS, KINDS, LEAD_STATUSES, Client
 from domain.recordings import Recording
 from projections import clients as clients_q
 from projections import recordings as recordings_q
 
-ClientId = Annotated[UUID, Meta(description="The lead/client id (from crm_clients_search, _list or _create_lead).")]
-UserId = Annotated[UUID, Meta(description="A user id of this organization (resolve names with crm_users_list).")]
-BusinessName = Annotated[str, Meta(min_length=1, max_length=200, description="Company or business name, e.g. 'Studio Dentistico Bianchi'.")]
-PersonName = Annotated[str, Meta(min_length=1, max_length=200, description="Main contact person, e.g. 'Mario Rossi'.")]
-VatNumber = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9 .\-]+$", description="VAT number, e.g. '12345678901' or 'IT12345678901'.")]
-TaxCode = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9]+$", description="Tax code (codice fiscale).")]
-Url = Annotated[str, Meta(max_length=2000, pattern=r"^https?://\S+$", description="An http(s) URL.")]
-Source = Annotated[str, Meta(min_length=1, max_length=60, description="Where the lead came from, e.g. 'website', 'referral', 'fair'.")]
+ClientId = Annotated[UUID, Meta(description="From crm_clients_search or _list.")]
+UserId = Annotated[UUID, Meta(description="From crm_users_list.")]
+BusinessName = Annotated[str, Meta(min_length=1, max_length=200, description="E.g. 'Studio Bianchi Srl'.")]
+PersonName = Annotated[str, Meta(min_length=1, max_length=200, description="E.g. 'Mario Rossi'.")]
+VatNumber = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9 .\-]+$", description="E.g. 'IT12345678901'.")]
+TaxCode = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9]+$", description="Codice fiscale.")]
+Url = Annotated[str, Meta(max_length=2000, pattern=r"^https?://\S+$")]
+Source = Annotated[str, Meta(min_length=1, max_length=60, description="E.g. 'website', 'referral'.")]
 Status = Literal[LEAD_STATUSES]  # type: ignore[valid-type]
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 
 
 class Address(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    street: Annotated[str, Meta(max_length=200, description="Street and number, e.g. 'Via Roma 10'.")] | None = None
-    city: Annotated[str, Meta(max_length=100, description="City, e.g. 'Milano'.")] | None = None
+    street: Annotated[str, Meta(max_length=200)] | None = None
+    city: Annotated[str, Meta(max_length=100)] | None = None
     postal_code: Annotated[str, Meta(max_length=20)] | None = None
-    province: Annotated[str, Meta(max_length=60, description="Province or region code, e.g. 'MI'.")] | None = None
-    country: Annotated[str, Meta(max_length=60, description="Country, e.g. 'IT'.")] | None = None
+    province: Annotated[str, Meta(max_length=60)] | None = None
+    country: Annotated[str, Meta(max_length=60)] | None = None
 
 
-class ContactOut(Struct, kw_only=True):
+class ContactOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     name: str
-    role: str | None
-    email: str | None
-    phone: str | None
+    role: str | None = None
+    email: str | None = None
+    phone: str | None = None
 
 
-class ClientSummary(custom_fields.CustomFieldsShown, kw_only=True):
+class ClientRow(custom_fields.CustomFieldsShown, kw_only=True, omit_defaults=True):
+    """A lead/client in brief, as lists show it (crm_clients_get has everything)."""
+
     id: UUID
     kind: Kind
-    status: str | None
+    status: str | None = None
     business_name: str
-    contact_name: str | None
-    vat_number: str | None
-    tax_code: str | None
-    email: str | None
-    phone: str | None
-    website: str | None
-    address: Address | None
-    source: str | None
-    assigned_to: UUID | None
-    tags: list[str]
+    contact_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    vat_number: str | None = None
+    assigned_to: UUID | None = None
+    assigned_to_name: str | None = None
+    tags: list[str] = []
     created_at: datetime
+
+
+class ClientDetail(ClientRow, kw_only=True, omit_defaults=True):
+    tax_code: str | None = None
+    website: str | None = None
+    address: Address | None = None
+    source: str | None = None
+    created_by: UUID | None = None
     updated_at: datetime
-    converted_at: datetime | None
-
-
-class ClientDetail(ClientSummary, kw_only=True):
-    contacts: list[ContactOut]
+    converted_at: datetime | None = None
+    contacts: list[ContactOut] = []
     notes_count: int
     tasks_count: int
     open_tasks_count: int
@@ -79,61 +84,52 @@ class ClientDetail(ClientSummary, kw_only=True):
     recordings_count: int
 
 
-class SearchHit(ClientSummary, kw_only=True):
+class SearchHit(ClientRow, kw_only=True, omit_defaults=True):
     score: Annotated[float, Meta(description="Relevance; higher is better. Exact VAT/e-mail/phone matches score above 2.")]
 
 
-class SearchResult(Struct):
+class SearchResult(Struct, kw_only=True, omit_defaults=True):
     items: list[SearchHit]
 
 
-class DuplicateGroup(Struct):
+class DuplicateGroup(Struct, kw_only=True, omit_defaults=True):
     match: Literal["vat", "email", "phone"]
     value: str
-    clients: list[ClientSummary]
+    clients: list[ClientRow]
 
 
-class DuplicateGroups(Struct):
+class DuplicateGroups(Struct, kw_only=True, omit_defaults=True):
     groups: list[DuplicateGroup]
 
 
-class ContactList(Struct):
+class ContactList(Struct, kw_only=True, omit_defaults=True):
     items: list[ContactOut]
 
 
-class DealSummary(Struct, kw_only=True):
-    id: UUID
-    title: str
-    status: str
-    pipeline_id: UUID | None
-    stage_id: UUID | None
-    value_cents: int
-    currency: str
-    owner_id: UUID | None
-    close_date: date | None
-    created_at: datetime
-
-
-class RecordingSummary(Struct, kw_only=True):
+class RecordingSummary(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     client_id: UUID
-    title: str | None
+    title: str | None = None
     media_url: str
     duration_seconds: int
-    direction: str | None
-    recorded_at: datetime | None
-    created_by: UUID | None
+    direction: str | None = None
+    recorded_at: datetime | None = None
+    created_by: UUID | None = None
     created_at: datetime
     has_transcript: bool
-    transcript_excerpt: str | None
+    transcript_excerpt: str | None = None
 
 
-class RecordingDetail(RecordingSummary, kw_only=True):
-    transcript: str | None
+class RecordingDetail(RecordingSummary, kw_only=True, omit_defaults=True):
+    transcript: str | None = None
 
 
 def present_client(ctx: QueryContext, client_id: UUID) -> ClientDetail:
     return msgspec.convert(clients_q.get_client(ctx.conn, ctx.org_id, client_id), ClientDetail)
+
+
+def present_client_row(ctx: QueryContext, client_id: UUID) -> ClientRow:
+    return msgspec.convert(clients_q.get_client(ctx.conn, ctx.org_id, client_id), ClientRow)
 
 
 def present_recording(ctx: QueryContext, recording_id: UUID) -> RecordingDetail:
@@ -145,6 +141,7 @@ clients = Toolset(
     description="Leads and clients: CRUD, funnel status, conversion, assignment, tags, fuzzy search, duplicates "
                 "and merge, contacts, notes, call recordings, related deals",
     aggregate=Client, id_field="client_id", id_type=ClientId, output=ClientDetail, present=present_client,
+    row=ClientRow, present_row=present_client_row,
     exists=clients_q.client_exists, subject="a lead/client",
 )
 
@@ -154,26 +151,26 @@ class ListClients(custom_fields.FiltersCustomFields, kw_only=True):
     """List leads and clients, newest first by default. Filter by type (lead or client), funnel status,
     assignee, tag, source and creation date range. Pages with `cursor`/`next_cursor`."""
 
-    type: Annotated[Kind | None, Meta(description="Only leads or only clients.")] = None
+    type: Kind | None = None
     status: Annotated[Status | None, Meta(description="Lead funnel status.")] = None
     assigned_to: Annotated[UUID | None, Meta(description="Only those assigned to this user id.")] = None
     unassigned: Annotated[bool, Meta(description="Only those with nobody assigned.")] = False
     tag: Tag | None = None
     source: Source | None = None
-    created_from: Annotated[datetime | None, Meta(description="Created at or after (ISO 8601).")] = None
-    created_to: Annotated[datetime | None, Meta(description="Created before (ISO 8601).")] = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
     sort: Literal["created_desc", "created_asc", "updated_desc", "name_asc", "name_desc"] = "created_desc"
 
 
-@clients.query("list", output=Page[ClientSummary])
-def list_clients(q: ListClients, ctx: QueryContext) -> Page[ClientSummary]:
+@clients.query("list", output=Page[ClientRow])
+def list_clients(q: ListClients, ctx: QueryContext) -> Page[ClientRow]:
     rows, cursor = clients_q.list_clients(
         ctx.conn, ctx.org_id, kind=q.type, status=q.status, assigned_to=q.assigned_to, unassigned=q.unassigned,
         tag=q.tag, source=q.source, created_from=q.created_from, created_to=q.created_to, sort=q.sort,
         custom=custom_fields.list_filter(ctx.conn, ctx.org_id, "client", q.custom_field, q.custom_value),
         limit=q.limit, cursor=q.cursor,
     )
-    return Page(items=[msgspec.convert(r, ClientSummary) for r in rows], next_cursor=cursor)
+    return Page(items=[msgspec.convert(r, ClientRow) for r in rows], next_cursor=cursor)
 
 
 class GetClient(Query, kw_only=True):
@@ -192,7 +189,7 @@ class SearchClients(Query, kw_only=True):
     Tolerates typos, accents and letter case; best match first. Use it to find an id from a name."""
 
     q: SearchText
-    type: Annotated[Kind | None, Meta(description="Only leads or only clients.")] = None
+    type: Kind | None = None
     limit: Limit = 25
 
 
@@ -224,11 +221,10 @@ class ListClientDeals(ClientPageQuery, kw_only=True):
     """Deals of a lead/client, newest first."""
 
 
-@clients.query("list_deals", output=Page[DealSummary], reads=("deals",))
-def list_client_deals(q: ListClientDeals, ctx: QueryContext) -> Page[DealSummary]:
+@clients.query("list_deals", output=Page[DealRow], reads=("deals",))
+def list_client_deals(q: ListClientDeals, ctx: QueryContext) -> Page[DealRow]:
     clients.require(ctx, q.client_id)
-    rows, cursor = clients_q.list_client_deals(ctx.conn, ctx.org_id, q.client_id, q.limit, q.cursor)
-    return Page(items=[msgspec.convert(r, DealSummary) for r in rows], next_cursor=cursor)
+    return deal_page(ctx, {"client_id": q.client_id}, "created_desc", q.limit, q.cursor)
 
 
 class ListContacts(Query, kw_only=True):
@@ -274,9 +270,9 @@ class NewClientFields(custom_fields.WithCustomFields, kw_only=True):
     email: Email | None = None
     phone: Phone | None = None
     website: Url | None = None
-    address: Annotated[Address | None, Meta(description="Postal address; give at least street and city.")] = None
+    address: Address | None = None
     source: Source | None = None
-    assigned_to: Annotated[UUID | None, Meta(description="User id to assign (resolve names with crm_users_list).")] = None
+    assigned_to: Annotated[UUID | None, Meta(description="From crm_users_list.")] = None
     tags: Annotated[list[Tag], Meta(max_length=20, description="Tags to attach.")] = []
 
 
@@ -303,10 +299,10 @@ def _create(factory: Callable[..., Client]) -> Callable[[NewClientFields, UnitOf
     return handle
 
 
-clients.command("create_lead", input=CreateLead, output=ClientDetail, returns=UUID,
-                present=present_client)(_create(Client.create_lead))
-clients.command("create", input=CreateClient, output=ClientDetail, returns=UUID,
-                present=present_client)(_create(Client.create_client))
+clients.command("create_lead", input=CreateLead, output=ClientRow, returns=UUID,
+                present=present_client_row)(_create(Client.create_lead))
+clients.command("create", input=CreateClient, output=ClientRow, returns=UUID,
+                present=present_client_row)(_create(Client.create_client))
 
 
 # -- changing one client: load, call the domain, save --------------------------------------------------------
@@ -340,7 +336,8 @@ class UpdateStatus(Command, kw_only=True):
     status: Status
 
 
-clients.act("update_status", UpdateStatus, lambda c, cmd, uow: c.set_status(cmd.status), presents_entity=True)
+clients.act("update_status", UpdateStatus, lambda c, cmd, uow: c.set_status(cmd.status), presents_entity=True,
+            row=True)
 
 
 class ConvertToClient(Command, kw_only=True):
@@ -349,7 +346,8 @@ class ConvertToClient(Command, kw_only=True):
     client_id: ClientId
 
 
-clients.act("convert_to_client", ConvertToClient, lambda c, cmd, uow: c.convert_to_client(), presents_entity=True)
+clients.act("convert_to_client", ConvertToClient, lambda c, cmd, uow: c.convert_to_client(), presents_entity=True,
+            row=True)
 
 
 clients.assignment(label="Client",
@@ -399,15 +397,14 @@ clients.act("remove_contact", RemoveContact, lambda c, cmd, uow: c.remove_contac
 
 
 class MergeClients(Command, kw_only=True):
-    """Merge duplicate leads/clients into one survivor. The survivor keeps its own fields, fills empty ones
-    from the duplicates and gains their tags and contacts; their deals, notes, tasks and recordings move
-    over; the duplicates disappear. Find candidates with crm_clients_find_duplicates."""
+    """Merge duplicates (crm_clients_find_duplicates) into a survivor: it keeps its fields, fills empty ones,
+    gains their tags and contacts; their deals, notes, tasks and recordings move to it; the duplicates go."""
 
     survivor_id: Annotated[UUID, Meta(description="The lead/client that remains.")]
     duplicate_ids: Annotated[list[UUID], Meta(min_length=1, max_length=20, description="Leads/clients merged into the survivor.")]
 
 
-@clients.command("merge", output=ClientDetail, returns=UUID, present=present_client, destructive=True,
+@clients.command("merge", output=ClientRow, returns=UUID, present=present_client_row, destructive=True,
                   writes=("deals", "tasks", "activities"))  # their read models follow the duplicates to the survivor
 def merge_clients(cmd: MergeClients, uow: UnitOfWork) -> UUID:
     survivor = uow.get(Client, cmd.survivor_id, field="survivor_id")
@@ -436,7 +433,7 @@ class AddRecording(Command, kw_only=True):
 
     client_id: ClientId
     media_url: Annotated[str, Meta(max_length=2000, pattern=r"^(https?|s3|storage)://\S+$",
-                                   description="Where the audio lives: an https URL or an uploaded reference (storage://...).")]
+                                   description="https://... or storage://...")]
     duration_seconds: Annotated[int, Meta(ge=0, le=86400, description="Length of the call in seconds.")]
     transcript: Annotated[str, Meta(max_length=500_000, description="Full transcript text.")] | None = None
     title: Annotated[str, Meta(max_length=200)] | None = None

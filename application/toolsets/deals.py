@@ -30,51 +30,59 @@ from domain.services import CatalogService
 from projections import deals as deals_q
 from projections import invoices as invoices_q
 
-DealId = Annotated[UUID, Meta(description="The deal id (from crm_deals_list, crm_deals_search or crm_deals_create).")]
-Title = Annotated[str, Meta(min_length=1, max_length=300, description="Short name of the deal, e.g. 'ACME website redesign'.")]
+DealId = Annotated[UUID, Meta(description="From crm_deals_list or _search.")]
+Title = Annotated[str, Meta(min_length=1, max_length=300, description="E.g. 'ACME website redesign'.")]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
-Percent = Annotated[Decimal, Meta(description="A percentage 0-100 as a decimal, e.g. \"10\" or \"12.5\".",
+Percent = Annotated[Decimal, Meta(description="Percent, e.g. \"12.5\".",
                                   **decimal_range(0, 100))]
-Quantity = Annotated[Decimal, Meta(description="Quantity as a decimal, e.g. \"1\", \"2.5\" (hours), up to 1000000000.",
+Quantity = Annotated[Decimal, Meta(description="E.g. \"2.5\" (hours).",
                                    **decimal_range(0, 10**9))]
-LineId = Annotated[UUID, Meta(description="The line id (from crm_deals_list_services or crm_deals_get).")]
+LineId = Annotated[UUID, Meta(description="From crm_deals_list_services.")]
 
 
-# What deal results show beyond the deal: its client's name (and, in a deal's details, the client's contact persons),
-# its pipeline's and stage's names and win probability, and whether each line's catalog service is still sellable.
-DEAL_READS = ("clients", "pipelines")
-DETAIL_READS = (*DEAL_READS, "services")
+# A deal in brief shows its client's and stage's names only to callers who may read them (shapes.FOREIGN_LABELS);
+# a deal's details also show the client's contact persons, the stage's win probability and whether each line's
+# catalog service is still sellable.
+DEAL_READS: tuple[str, ...] = ()
+DETAIL_READS = ("clients", "pipelines", "services")
 
 
-class DealOut(custom_fields.CustomFieldsShown, kw_only=True):
+class DealRow(custom_fields.CustomFieldsShown, kw_only=True, omit_defaults=True):
+    """A deal in brief, as lists show it (crm_deals_get has everything)."""
+
     id: UUID
     title: str
-    description: str | None
-    client_id: UUID | None
-    client_name: str | None
     status: Status
-    pipeline_id: UUID
-    pipeline_name: str | None
+    client_id: UUID | None = None
+    client_name: str | None = None
     stage_id: UUID
-    stage_name: str | None
-    stage_probability: int | None
+    stage_name: str | None = None
     value: Money
-    value_is_explicit: Annotated[bool, Meta(description="true: value set by hand; false: the sum of the service lines.")]
-    currency: str
-    owner_id: UUID | None
-    close_date: date | None
-    expected_close_date: date | None
-    lost_reason: str | None
+    owner_id: UUID | None = None
+    owner_name: str | None = None
+    close_date: date | None = None
+    expected_close_date: date | None = None
     created_at: datetime
+
+
+class DealOut(DealRow, kw_only=True, omit_defaults=True):
+    description: str | None = None
+    pipeline_id: UUID
+    pipeline_name: str | None = None
+    stage_probability: int | None = None
+    value_is_explicit: bool
+    """true: the value was set by hand; false: it is the sum of the service lines."""
+    currency: str
+    lost_reason: str | None = None
     updated_at: datetime
 
 
-class LineOut(Struct, kw_only=True):
+class LineOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     service_id: UUID
     name: str
-    code: str | None
-    unit: str | None
+    code: str | None = None
+    unit: str | None = None
     vat_rate: Decimal
     quantity: Decimal
     unit_price: Money
@@ -83,24 +91,24 @@ class LineOut(Struct, kw_only=True):
     service_active: bool
 
 
-class DealContactOut(Struct, kw_only=True):
+class DealContactOut(Struct, kw_only=True, omit_defaults=True):
     contact_id: UUID
-    name: str | None
-    role: str | None
-    job_title: str | None
-    email: str | None
-    phone: str | None
+    name: str | None = None
+    role: str | None = None
+    job_title: str | None = None
+    email: str | None = None
+    phone: str | None = None
 
 
-class CommissionOut(Struct, kw_only=True):
+class CommissionOut(Struct, kw_only=True, omit_defaults=True):
     user_id: UUID
-    user_name: str | None
-    percent: Decimal | None
-    fixed_amount: Money | None
+    user_name: str | None = None
+    percent: Decimal | None = None
+    fixed_amount: Money | None = None
     amount: Annotated[Money, Meta(description="The commission on the deal's current value.")]
 
 
-class DealTotals(Struct, kw_only=True):
+class DealTotals(Struct, kw_only=True, omit_defaults=True):
     services_total: Money
     value: Money
     weighted_value: Annotated[Money, Meta(description="value x the stage's win probability.")]
@@ -108,7 +116,7 @@ class DealTotals(Struct, kw_only=True):
     commissions_total: Money
 
 
-class DealDetail(DealOut, kw_only=True):
+class DealDetail(DealOut, kw_only=True, omit_defaults=True):
     services: list[LineOut]
     contacts: list[DealContactOut]
     commissions: list[CommissionOut]
@@ -117,29 +125,37 @@ class DealDetail(DealOut, kw_only=True):
     paid: Annotated[Money | None, Meta(description="The paid share of those invoice amounts.")] = None
 
 
-class LineList(Struct):
+class LineList(Struct, kw_only=True, omit_defaults=True):
     items: list[LineOut]
     total: Money
+    deal_value: Money | None = None
+    """The deal's value now (the lines' total unless set by hand)."""
 
 
-class DealContactList(Struct):
+class DealContactList(Struct, kw_only=True, omit_defaults=True):
     items: list[DealContactOut]
 
 
-class CommissionList(Struct):
+class CommissionList(Struct, kw_only=True, omit_defaults=True):
     items: list[CommissionOut]
     total: Money
 
 
-class DealSearchHit(DealOut, kw_only=True):
+class DealSearchHit(DealRow, kw_only=True, omit_defaults=True):
     score: float
 
 
-class DealSearchResult(Struct):
+class DealSearchResult(Struct, kw_only=True, omit_defaults=True):
     items: list[DealSearchHit]
 
 
-def _deal_out(row: dict[str, Any], tp: type = DealOut) -> Any:
+def deal_page(ctx: QueryContext, filters: dict[str, Any], sort: str, limit: int, cursor: str | None) -> Page[DealRow]:
+    """A page of deals in brief: crm_deals_list and a client's deals (crm_clients_list_deals) alike."""
+    rows, next_cursor = deals_q.list_deals(ctx.conn, ctx.org_id, filters=filters, sort=sort, limit=limit, cursor=cursor)
+    return Page(items=[_deal_out(r) for r in rows], next_cursor=next_cursor)
+
+
+def _deal_out(row: dict[str, Any], tp: type = DealRow) -> Any:
     row = dict(row)
     row["value"] = money(row.pop("value_cents"), row["currency"])
     row["value_is_explicit"] = row.pop("explicit_value")
@@ -174,7 +190,7 @@ def _invoicing(ctx: QueryContext, deal_id: UUID, currency: str) -> dict[str, Mon
 
 def present_deal(ctx: QueryContext, deal_id: UUID) -> DealDetail:
     row = deals_q.get_deal(ctx.conn, ctx.org_id, deal_id)
-    base = _deal_out(row)
+    base = _deal_out(row, DealOut)
     cur = base.currency
     lines = _lines(ctx, deal_id, cur)
     commissions = _commissions(ctx, deal_id, base.value.cents, cur)
@@ -193,16 +209,15 @@ deals = Toolset(
     "deals", title="Deals", description="Deals, status (open/accepted/rejected), stages, services, contacts, "
                                        "commissions, notes",
     aggregate=Deal, id_field="deal_id", id_type=DealId, output=DealDetail, present=present_deal,
+    row=DealRow, present_row=lambda ctx, deal_id: _deal_out(deals_q.get_deal(ctx.conn, ctx.org_id, deal_id)),
     exists=deals_q.deal_exists, subject="a deal",
 )
 
 
 # -- queries ---------------------------------------------------------------------------------------------
 class ListDeals(custom_fields.FiltersCustomFields, kw_only=True):
-    """List deals. Filter by status ('accepted' = won, 'rejected' = lost, 'open'), pipeline, stage, client,
-    owner, value range and close/creation date range; sort by value, close date, creation or update.
-    E.g. deals won last month, largest first: status='accepted', closed_from/closed_to, sort='value_desc'.
-    Pages with cursor/next_cursor (limit up to 100)."""
+    """List deals by status ('accepted' = won, 'rejected' = lost), pipeline, stage, client, owner, value and
+    dates. E.g. won last month, largest first: status='accepted', closed_from, closed_to, sort='value_desc'."""
 
     status: Annotated[Status | None, Meta(description="open, accepted (won) or rejected (lost).")] = None
     pipeline_id: UUID | None = None
@@ -215,22 +230,21 @@ class ListDeals(custom_fields.FiltersCustomFields, kw_only=True):
     value_max: Annotated[Decimal | None, Meta(description="Maximum value (inclusive).", **decimal_range(0, MAX_AMOUNT))] = None
     closed_from: Annotated[date | None, Meta(description="Close date on or after (YYYY-MM-DD).")] = None
     closed_to: Annotated[date | None, Meta(description="Close date on or before (YYYY-MM-DD).")] = None
-    created_from: Annotated[datetime | None, Meta(description="Created at or after (ISO 8601).")] = None
-    created_to: Annotated[datetime | None, Meta(description="Created before (ISO 8601).")] = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
     sort: Literal["created_desc", "created_asc", "updated_desc", "value_desc", "value_asc", "close_date_desc",
                   "close_date_asc"] = "created_desc"
 
 
-@deals.query("list", output=Page[DealOut], reads=DEAL_READS)
-def list_deals(q: ListDeals, ctx: QueryContext) -> Page[DealOut]:
+@deals.query("list", output=Page[DealRow], reads=DEAL_READS)
+def list_deals(q: ListDeals, ctx: QueryContext) -> Page[DealRow]:
     filters = {"status": q.status, "pipeline_id": q.pipeline_id, "stage_id": q.stage_id, "client_id": q.client_id,
                "owner_id": q.owner_id, "unassigned": q.unassigned, "closed_from": q.closed_from, "closed_to": q.closed_to,
                "created_from": q.created_from, "created_to": q.created_to,
                "value_min_cents": None if q.value_min is None else to_cents(q.value_min, field="value_min"),
                "value_max_cents": None if q.value_max is None else to_cents(q.value_max, field="value_max"),
                "custom": custom_fields.list_filter(ctx.conn, ctx.org_id, "deal", q.custom_field, q.custom_value)}
-    rows, cursor = deals_q.list_deals(ctx.conn, ctx.org_id, filters=filters, sort=q.sort, limit=q.limit, cursor=q.cursor)
-    return Page(items=[_deal_out(r) for r in rows], next_cursor=cursor)
+    return deal_page(ctx, filters, q.sort, q.limit, q.cursor)
 
 
 class GetDeal(Query, kw_only=True):
@@ -266,9 +280,14 @@ class ListDealServices(DealQuery, kw_only=True):
 
 @deals.query("list_services", output=LineList, reads=("services",))
 def list_deal_services(q: ListDealServices, ctx: QueryContext) -> LineList:
-    row = deals_q.get_deal(ctx.conn, ctx.org_id, q.deal_id)
-    lines = _lines(ctx, q.deal_id, row["currency"])
-    return LineList(items=lines, total=money(sum(line.total.cents for line in lines), row["currency"]))
+    return present_lines(ctx, q.deal_id)
+
+
+def present_lines(ctx: QueryContext, deal_id: UUID) -> LineList:
+    row = deals_q.get_deal(ctx.conn, ctx.org_id, deal_id)
+    lines = _lines(ctx, deal_id, row["currency"])
+    return LineList(items=lines, total=money(sum(line.total.cents for line in lines), row["currency"]),
+                    deal_value=money(row["value_cents"], row["currency"]))
 
 
 class ListDealContacts(DealQuery, kw_only=True):
@@ -278,7 +297,11 @@ class ListDealContacts(DealQuery, kw_only=True):
 @deals.query("list_contacts", output=DealContactList, reads=("clients",))
 def list_deal_contacts(q: ListDealContacts, ctx: QueryContext) -> DealContactList:
     deals.require(ctx, q.deal_id)
-    return DealContactList(items=[msgspec.convert(r, DealContactOut) for r in deals_q.list_contacts(ctx.conn, ctx.org_id, q.deal_id)])
+    return present_contacts(ctx, q.deal_id)
+
+
+def present_contacts(ctx: QueryContext, deal_id: UUID) -> DealContactList:
+    return DealContactList(items=[msgspec.convert(r, DealContactOut) for r in deals_q.list_contacts(ctx.conn, ctx.org_id, deal_id)])
 
 
 class ListDealCommissions(DealQuery, kw_only=True):
@@ -287,17 +310,19 @@ class ListDealCommissions(DealQuery, kw_only=True):
 
 @deals.query("list_commissions", output=CommissionList)
 def list_deal_commissions(q: ListDealCommissions, ctx: QueryContext) -> CommissionList:
-    row = deals_q.get_deal(ctx.conn, ctx.org_id, q.deal_id)
-    items = _commissions(ctx, q.deal_id, row["value_cents"], row["currency"])
+    return present_commissions(ctx, q.deal_id)
+
+
+def present_commissions(ctx: QueryContext, deal_id: UUID) -> CommissionList:
+    row = deals_q.get_deal(ctx.conn, ctx.org_id, deal_id)
+    items = _commissions(ctx, deal_id, row["value_cents"], row["currency"])
     return CommissionList(items=items, total=money(sum(c.amount.cents for c in items), row["currency"]))
 
 
 # -- creating --------------------------------------------------------------------------------------------
 class CreateDeal(custom_fields.WithCustomFields, kw_only=True):
-    """Create a deal for a lead/client. Without pipeline_id it goes to the default pipeline; without stage_id
-    into the pipeline's first stage (see crm_pipelines_list). Give `value` to fix the amount, or leave it out
-    and add service lines (crm_deals_add_service) so the value is their sum. Amounts use the organization's
-    currency."""
+    """Create a deal for a lead/client, in the default pipeline's first stage unless pipeline_id/stage_id
+    (crm_pipelines_list) say otherwise. Give `value`, or add lines with crm_deals_add_service to sum them."""
 
     title: Title
     client_id: Annotated[UUID, Meta(description="Lead/client id (crm_clients_search).")]
@@ -310,7 +335,7 @@ class CreateDeal(custom_fields.WithCustomFields, kw_only=True):
     description: Annotated[str, Meta(max_length=20000)] | None = None
 
 
-@deals.command("create", output=DealDetail, returns=UUID, present=present_deal, reads=DETAIL_READS)
+@deals.command("create", output=DealRow, returns=UUID, present=deals.present_row, reads=DEAL_READS)
 def create_deal(cmd: CreateDeal, uow: UnitOfWork) -> UUID:
     uow.get(Client, cmd.client_id, field="client_id")
     pipeline = load_pipeline(uow, cmd.pipeline_id or default_pipeline_id(uow.org_id))
@@ -330,14 +355,27 @@ def create_deal(cmd: CreateDeal, uow: UnitOfWork) -> UUID:
 
 
 # -- changing one deal -----------------------------------------------------------------------------------
-def deal_command(suffix: str, input: type[Struct], act, *, destructive: bool = False) -> None:
-    """A tool that changes one deal and answers with the deal as crm_deals_get shows it."""
-    deals.act(suffix, input, act, destructive=destructive, presents_entity=True, reads=DETAIL_READS)
+def deal_command(suffix: str, input: type[Struct], act, *, destructive: bool = False, row: bool = False,
+                 shows: tuple[type, Any, tuple[str, ...]] | None = None) -> None:
+    """A tool that changes one deal and answers with the deal in brief (`row`), or with the part of it the tool is
+    about (`shows`: output, presenter and what it reads: the deal's service lines, contacts or commissions)."""
+    if shows is not None:
+        output, present, reads = shows
+        deals.act(suffix, input, act, destructive=destructive, presents_entity=True, output=output, present=present,
+                  reads=reads)
+    else:
+        deals.act(suffix, input, act, destructive=destructive, presents_entity=True, row=row,
+                  reads=DEAL_READS if row else DETAIL_READS)
+
+
+SHOWS_LINES = (LineList, present_lines, ("services",))
+SHOWS_CONTACTS = (DealContactList, present_contacts, ("clients",))
+SHOWS_COMMISSIONS = (CommissionList, present_commissions, ())
 
 
 class UpdateDeal(custom_fields.ChangesCustomFields, kw_only=True):
-    """Change a deal's fields; only what you send changes. `value`: a fixed amount, or null to go back to the sum
-    of the service lines. Use crm_deals_set_status, _move_stage and _assign for status, stage and owner."""
+    """Change a deal's fields; only what you send changes (value null: back to the lines' sum). Status, stage
+    and owner have their own tools (_set_status, _move_stage, _assign)."""
 
     deal_id: DealId
     title: Title | UnsetType = UNSET
@@ -357,13 +395,12 @@ def _update(deal: Deal, cmd: UpdateDeal, uow: UnitOfWork) -> None:
         deal.set_value(None if cmd.value is None else to_cents(cmd.value, field="value"))
 
 
-deal_command("update", UpdateDeal, _update)
+deal_command("update", UpdateDeal, _update, row=True)
 
 
 class SetStatus(Command, kw_only=True):
-    """Set a deal's status: 'accepted' (won), 'rejected' (lost, optionally with a reason) or 'open' (reopen).
-    Closing records the close date: today in the organization's timezone, or an earlier `close_date` to enter
-    history. Reopening clears the close date."""
+    """Set a deal's status: 'accepted' (won), 'rejected' (lost, with an optional reason) or 'open' (reopen).
+    Closing records close_date (default today)."""
 
     deal_id: DealId
     status: Status
@@ -372,7 +409,7 @@ class SetStatus(Command, kw_only=True):
 
 
 deal_command("set_status", SetStatus, lambda d, cmd, uow: d.set_status(
-    cmd.status, today=org_today(uow.conn, uow.org_id), reason=cmd.reason, close_date=cmd.close_date))
+    cmd.status, today=org_today(uow.conn, uow.org_id), reason=cmd.reason, close_date=cmd.close_date), row=True)
 
 
 class MoveStage(Command, kw_only=True):
@@ -388,11 +425,11 @@ def _move(deal: Deal, cmd: MoveStage, uow: UnitOfWork) -> None:
     deal.move_to(load_pipeline(uow, cmd.pipeline_id or deal.pipeline_id), cmd.stage_id)
 
 
-deal_command("move_stage", MoveStage, _move)
+deal_command("move_stage", MoveStage, _move, row=True)
 
 
 deals.assignment(label="Deal", assign_doc="Make a user the owner of the deal (find the user_id with crm_users_list).",
-                 unassign_doc="Remove the deal's owner, leaving nobody responsible for it.", reads=DETAIL_READS)
+                 unassign_doc="Remove the deal's owner, leaving nobody responsible for it.", reads=DEAL_READS)
 
 
 class DeleteDeal(Command, kw_only=True):
@@ -406,8 +443,8 @@ deals.delete(DeleteDeal)
 
 # -- service lines ---------------------------------------------------------------------------------------
 class AddService(Command, kw_only=True):
-    """Add a catalog service to a deal as a line: quantity, unit price (default: the catalog price) and discount
-    percent. Unless the deal's value was set by hand, the value becomes the sum of its lines."""
+    """Add a catalog service (crm_services_search) to a deal as a line with quantity, price (default the
+    catalog's) and discount; the deal's value follows its lines unless set by hand."""
 
     deal_id: DealId
     service_id: Annotated[UUID, Meta(description="Catalog service id (crm_services_search).")]
@@ -423,7 +460,7 @@ def _add_service(deal: Deal, cmd: AddService, uow: UnitOfWork) -> None:
     deal.add_service(service, cmd.quantity, price, cmd.discount_percent)
 
 
-deal_command("add_service", AddService, _add_service)
+deal_command("add_service", AddService, _add_service, shows=SHOWS_LINES)
 
 
 class UpdateService(Command, kw_only=True):
@@ -444,7 +481,7 @@ def _update_service(deal: Deal, cmd: UpdateService, uow: UnitOfWork) -> None:
     )
 
 
-deal_command("update_service", UpdateService, _update_service)
+deal_command("update_service", UpdateService, _update_service, shows=SHOWS_LINES)
 
 
 class RemoveService(Command, kw_only=True):
@@ -454,7 +491,8 @@ class RemoveService(Command, kw_only=True):
     line_id: LineId
 
 
-deal_command("remove_service", RemoveService, lambda d, cmd, uow: d.remove_service(cmd.line_id), destructive=True)
+deal_command("remove_service", RemoveService, lambda d, cmd, uow: d.remove_service(cmd.line_id), destructive=True,
+             shows=SHOWS_LINES)
 
 
 # -- contacts --------------------------------------------------------------------------------------------
@@ -491,7 +529,7 @@ def _add_contact(deal: Deal, cmd: AddDealContact, uow: UnitOfWork) -> None:
     deal.add_contact(deal.client_id, contact, cmd.role)
 
 
-deal_command("add_contact", AddDealContact, _add_contact)
+deal_command("add_contact", AddDealContact, _add_contact, shows=SHOWS_CONTACTS)
 
 
 class RemoveDealContact(Command, kw_only=True):
@@ -502,7 +540,7 @@ class RemoveDealContact(Command, kw_only=True):
 
 
 deal_command("remove_contact", RemoveDealContact, lambda d, cmd, uow: d.remove_contact(cmd.contact_id),
-             destructive=True)
+             destructive=True, shows=SHOWS_CONTACTS)
 
 
 # -- commissions -----------------------------------------------------------------------------------------
@@ -523,7 +561,7 @@ def _set_commission(deal: Deal, cmd: SetCommission, uow: UnitOfWork) -> None:
                         amount_cents=None if cmd.amount is None else to_cents(cmd.amount, field="amount"))
 
 
-deal_command("set_commission", SetCommission, _set_commission)
+deal_command("set_commission", SetCommission, _set_commission, shows=SHOWS_COMMISSIONS)
 
 
 class RemoveCommission(Command, kw_only=True):
@@ -534,7 +572,7 @@ class RemoveCommission(Command, kw_only=True):
 
 
 deal_command("remove_commission", RemoveCommission, lambda d, cmd, uow: d.remove_commission(cmd.user_id),
-             destructive=True)
+             destructive=True, shows=SHOWS_COMMISSIONS)
 
 
 # -- notes -----------------------------------------------------------------------------------------------

@@ -25,21 +25,21 @@ from domain.pipelines import Pipeline, default_pipeline_id
 from projections import deals as deals_q
 from projections import pipelines as pipelines_q
 
-PipelineId = Annotated[UUID, Meta(description="The pipeline id (from crm_pipelines_list).")]
-StageId = Annotated[UUID, Meta(description="A stage id of the pipeline (from crm_pipelines_get or _list_stages).")]
-PipelineName = Annotated[str, Meta(min_length=1, max_length=100, description="Pipeline name, e.g. 'Enterprise sales'.")]
-StageName = Annotated[str, Meta(min_length=1, max_length=100, description="Stage name, e.g. 'Proposal sent'.")]
-Probability = Annotated[int, Meta(ge=0, le=100, description="Win probability of deals in this stage, percent 0-100.")]
+PipelineId = Annotated[UUID, Meta(description="From crm_pipelines_list.")]
+StageId = Annotated[UUID, Meta(description="From crm_pipelines_get.")]
+PipelineName = Annotated[str, Meta(min_length=1, max_length=100)]
+StageName = Annotated[str, Meta(min_length=1, max_length=100)]
+Probability = Annotated[int, Meta(ge=0, le=100, description="Win probability, percent.")]
 
 
-class StageOut(Struct, kw_only=True):
+class StageOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     name: str
     position: int
     probability: int
 
 
-class PipelineOut(Struct, kw_only=True):
+class PipelineOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     name: str
     is_default: bool
@@ -48,11 +48,11 @@ class PipelineOut(Struct, kw_only=True):
     updated_at: datetime
 
 
-class PipelineList(Struct):
+class PipelineList(Struct, kw_only=True, omit_defaults=True):
     items: list[PipelineOut]
 
 
-class StageList(Struct):
+class StageList(Struct, kw_only=True, omit_defaults=True):
     pipeline_id: UUID
     items: list[StageOut]
 
@@ -114,16 +114,16 @@ def list_stages(q: ListStages, ctx: QueryContext) -> StageList:
     return StageList(pipeline_id=p.id, items=p.stages)
 
 
-class BoardDeal(Struct, kw_only=True):
+class BoardDeal(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     title: str
-    client_id: UUID | None
+    client_id: UUID | None = None
     value: Money
-    owner_id: UUID | None
-    expected_close_date: str | None
+    owner_id: UUID | None = None
+    expected_close_date: str | None = None
 
 
-class BoardColumn(Struct, kw_only=True):
+class BoardColumn(Struct, kw_only=True, omit_defaults=True):
     stage_id: UUID
     name: str
     position: int
@@ -134,7 +134,7 @@ class BoardColumn(Struct, kw_only=True):
     deals: list[BoardDeal]
 
 
-class Board(Struct, kw_only=True):
+class Board(Struct, kw_only=True, omit_defaults=True):
     pipeline_id: UUID
     pipeline_name: str
     currency: str
@@ -149,7 +149,7 @@ class GetBoard(Query, kw_only=True):
     probability-weighted value per stage, and the largest deals of each stage (deals_per_stage)."""
 
     pipeline_id: Annotated[UUID | None, Meta(description="Pipeline id; default: the organization's default pipeline.")] = None
-    owner_id: Annotated[UUID | None, Meta(description="Only deals owned by this user.")] = None
+    owner_id: UUID | None = None
     deals_per_stage: Annotated[int, Meta(ge=0, le=100, description="How many deals to list per stage (largest first), 0-100.")] = 10
 
 
@@ -177,7 +177,7 @@ def board(q: GetBoard, ctx: QueryContext) -> Board:
 
 
 # -- commands --------------------------------------------------------------------------------------------
-class NewStage(Struct, kw_only=True, forbid_unknown_fields=True):
+class NewStage(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     name: StageName
     probability: Probability = 0
 

@@ -16,45 +16,45 @@ from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, sent
 from application import custom_fields
 from application.toolset import Toolset
-from application.toolsets.tasks import TaskFilters, TaskOut, _task_page
+from application.toolsets.tasks import TaskFilters, TaskRow, _task_page
 from domain.values import MAX_MINOR_UNITS
 from domain.projects import BRIEF_SECTIONS, LOG_KINDS, MEMBER_ROLES, PROJECT_FIELDS, STATUSES, Project
 from projections import projects as projects_q
 
-ProjectId = Annotated[UUID, Meta(description="The project id (from crm_projects_list or crm_projects_create).")]
-Name = Annotated[str, Meta(min_length=1, max_length=200, description="Project name, e.g. 'Website Studio Bianchi'.")]
+ProjectId = Annotated[UUID, Meta(description="From crm_projects_list.")]
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 Role = Annotated[Literal[MEMBER_ROLES], Meta(description="manager, member or viewer.")]  # type: ignore[valid-type]
 LogKind = Literal[LOG_KINDS]  # type: ignore[valid-type]
 ShownLogKind = Literal[(*LOG_KINDS, "system")]  # type: ignore[valid-type]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. 'EUR'.")]
-Budget = Annotated[int, Meta(ge=0, le=MAX_MINOR_UNITS, description="Budget in cents, e.g. 150000 for 1,500.00.")]
+Budget = Annotated[int, Meta(ge=0, le=MAX_MINOR_UNITS, description="In cents: 150000 = 1,500.00.")]
 BriefText = Annotated[str, Meta(max_length=20000, description="Markdown text.")]
 BriefList = Annotated[list[Annotated[str, Meta(min_length=1, max_length=1000)]], Meta(max_length=100)]
 
 
-class Member(Struct, kw_only=True):
+class Member(Struct, kw_only=True, omit_defaults=True):
     user_id: UUID
     role: str
-    name: str | None
-    email: str | None
+    name: str | None = None
+    email: str | None = None
     added_at: datetime
 
 
-class ProjectSummary(custom_fields.CustomFieldsShown, kw_only=True):
+class ProjectSummary(custom_fields.CustomFieldsShown, kw_only=True, omit_defaults=True):
     id: UUID
     name: str
-    description: str | None
-    client_id: UUID | None
-    deal_id: UUID | None
+    description: str | None = None
+    client_id: UUID | None = None
+    deal_id: UUID | None = None
     status: str
     archived: bool
-    archived_at: datetime | None
-    start_date: date | None
-    end_date: date | None
-    budget_cents: int | None
-    currency: str | None
-    created_by: UUID | None
+    archived_at: datetime | None = None
+    start_date: date | None = None
+    end_date: date | None = None
+    budget_cents: int | None = None
+    currency: str | None = None
+    created_by: UUID | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -66,13 +66,13 @@ class Brief(Struct, kw_only=True, omit_defaults=True):
     constraints: list[str] | None = None
 
 
-class BriefOut(Struct, kw_only=True):
+class BriefOut(Struct, kw_only=True, omit_defaults=True):
     project_id: UUID
     brief: Brief
-    brief_updated_at: datetime | None
+    brief_updated_at: datetime | None = None
 
 
-class ProjectDetail(ProjectSummary, kw_only=True):
+class ProjectDetail(ProjectSummary, kw_only=True, omit_defaults=True):
     members: list[Member]
     tasks_count: int
     open_tasks_count: int
@@ -82,18 +82,18 @@ class ProjectDetail(ProjectSummary, kw_only=True):
     brief_summary: Annotated[str | None, Meta(description="One line per brief section; the full text is in crm_projects_get_brief.")]
 
 
-class LogEntryOut(Struct, kw_only=True):
+class LogEntryOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     project_id: UUID
     kind: ShownLogKind
     text: str
-    minutes: int | None
-    occurred_on: date | None
-    author_id: UUID | None
+    minutes: int | None = None
+    occurred_on: date | None = None
+    author_id: UUID | None = None
     created_at: datetime
 
 
-class MemberList(Struct):
+class MemberList(Struct, kw_only=True, omit_defaults=True):
     items: list[Member]
 
 
@@ -113,6 +113,15 @@ def present_project(ctx: QueryContext, project_id: UUID) -> ProjectDetail:
     return msgspec.convert(row, ProjectDetail)
 
 
+def present_project_row(ctx: QueryContext, project_id: UUID) -> ProjectSummary:
+    return msgspec.convert(projects_q.get_project(ctx.conn, ctx.org_id, project_id, today=org_today(ctx.conn, ctx.org_id)),
+                           ProjectSummary)
+
+
+def present_members(ctx: QueryContext, project_id: UUID) -> MemberList:
+    return MemberList(items=[msgspec.convert(r, Member) for r in projects_q.list_members(ctx.conn, ctx.org_id, project_id)])
+
+
 def present_brief(ctx: QueryContext, project_id: UUID) -> BriefOut:
     return msgspec.convert(projects_q.get_brief(ctx.conn, ctx.org_id, project_id), BriefOut)
 
@@ -120,6 +129,7 @@ def present_brief(ctx: QueryContext, project_id: UUID) -> BriefOut:
 projects = Toolset(
     "projects", title="Projects", description="Projects, brief, members, activity log, archive",
     aggregate=Project, id_field="project_id", id_type=ProjectId, output=ProjectDetail, present=present_project,
+    row=ProjectSummary, present_row=present_project_row,
     exists=projects_q.project_exists, subject="a project",
 )
 
@@ -190,8 +200,8 @@ class ListProjectTasks(TaskFilters, kw_only=True):
     project_id: ProjectId
 
 
-@projects.query("list_tasks", output=Page[TaskOut], reads=("tasks",))
-def list_project_tasks(q: ListProjectTasks, ctx: QueryContext) -> Page[TaskOut]:
+@projects.query("list_tasks", output=Page[TaskRow], reads=("tasks",))
+def list_project_tasks(q: ListProjectTasks, ctx: QueryContext) -> Page[TaskRow]:
     projects.require(ctx, q.project_id)
     return _task_page(ctx, q, q.project_id)
 
@@ -205,7 +215,7 @@ class ListAssignments(Query, kw_only=True):
 @projects.query("list_assignments", output=MemberList)
 def list_assignments(q: ListAssignments, ctx: QueryContext) -> MemberList:
     projects.require(ctx, q.project_id)
-    return MemberList(items=[msgspec.convert(r, Member) for r in projects_q.list_members(ctx.conn, ctx.org_id, q.project_id)])
+    return present_members(ctx, q.project_id)
 
 
 # -- commands --------------------------------------------------------------------------------------------
@@ -213,9 +223,8 @@ LINK_READS = link_reads("client_id", "deal_id")
 
 
 class CreateProject(custom_fields.WithCustomFields, kw_only=True):
-    """Create a project, e.g. for a won deal: name, client, dates, budget. Add people with
-    crm_projects_assign_user, write the brief with crm_projects_update_brief, add tasks with
-    crm_tasks_create(project_id=...)."""
+    """Create a project, e.g. for a won deal. Then: crm_projects_assign_user, _update_brief, and
+    crm_tasks_create(project_id)."""
 
     name: Name
     description: Annotated[str, Meta(max_length=20000)] | None = None
@@ -228,7 +237,7 @@ class CreateProject(custom_fields.WithCustomFields, kw_only=True):
     currency: Currency | None = None
 
 
-@projects.command("create", output=ProjectDetail, returns=UUID, present=present_project, reads=LINK_READS)
+@projects.command("create", output=ProjectSummary, returns=UUID, present=present_project_row, reads=LINK_READS)
 def create_project(cmd: CreateProject, uow: UnitOfWork) -> UUID:
     check_links(uow, {"client_id": cmd.client_id, "deal_id": cmd.deal_id})
     project = Project.create(uow.org_id, sent(cmd, PROJECT_FIELDS), uow.principal.user_id)
@@ -262,12 +271,11 @@ def _update(project: Project, cmd: UpdateProject, uow: UnitOfWork) -> None:
     project.update(changes)
 
 
-projects.act("update", UpdateProject, _update, reads=LINK_READS)
+projects.act("update", UpdateProject, _update, row=True, reads=LINK_READS)
 
 
 class DeleteProject(Command, kw_only=True):
-    """Delete a project. It disappears from lists and reads; its tasks stay (unlinked in lists by project) and its
-    history stays in the audit trail. Prefer crm_projects_archive to keep it for reference."""
+    """Delete a project (its tasks stay). Prefer crm_projects_archive to keep it for reference."""
 
     project_id: ProjectId
 
@@ -321,7 +329,7 @@ class ArchiveProject(Command, kw_only=True):
     project_id: ProjectId
 
 
-projects.act("archive", ArchiveProject, lambda p, cmd, uow: p.archive(), destructive=True)
+projects.act("archive", ArchiveProject, lambda p, cmd, uow: p.archive(), destructive=True, row=True)
 
 
 class UnarchiveProject(Command, kw_only=True):
@@ -330,7 +338,7 @@ class UnarchiveProject(Command, kw_only=True):
     project_id: ProjectId
 
 
-projects.act("unarchive", UnarchiveProject, lambda p, cmd, uow: p.unarchive())
+projects.act("unarchive", UnarchiveProject, lambda p, cmd, uow: p.unarchive(), row=True)
 
 
 class AssignUser(Command, kw_only=True):
@@ -346,7 +354,7 @@ def _assign(project: Project, cmd: AssignUser, uow: UnitOfWork) -> None:
     project.assign_user(cmd.user_id, cmd.role)
 
 
-projects.act("assign_user", AssignUser, _assign)
+projects.act("assign_user", AssignUser, _assign, presents_entity=True, output=MemberList, present=present_members)
 
 
 class UnassignUser(Command, kw_only=True):
@@ -357,4 +365,5 @@ class UnassignUser(Command, kw_only=True):
 
 
 projects.act("unassign_user", UnassignUser, lambda p, cmd, uow: p.unassign_user(cmd.user_id),
+             presents_entity=True, output=MemberList, present=present_members,
                 destructive=True)

@@ -22,43 +22,43 @@ from domain.services import CatalogService, ServiceCategory
 from projections import deals as deals_q
 from projections import services as services_q
 
-ServiceId = Annotated[UUID, Meta(description="The service id (from crm_services_list or crm_services_search).")]
+ServiceId = Annotated[UUID, Meta(description="From crm_services_search or _list.")]
 CategoryId = Annotated[UUID, Meta(description="A catalog category id (from crm_services_list_categories).")]
-ServiceName = Annotated[str, Meta(min_length=1, max_length=200, description="Service/product name, e.g. 'Website design'.")]
-Code = Annotated[str, Meta(min_length=1, max_length=60, description="Your internal code/SKU, e.g. 'WEB-01'.")]
-VatRate = Annotated[Decimal, Meta(description="VAT rate in percent as a decimal, e.g. \"22\" or \"10\".",
+ServiceName = Annotated[str, Meta(min_length=1, max_length=200)]
+Code = Annotated[str, Meta(min_length=1, max_length=60, description="SKU, e.g. 'WEB-01'.")]
+VatRate = Annotated[Decimal, Meta(description="Percent, e.g. \"22\".",
                                   **decimal_range(0, 100))]
 Unit = Annotated[str, Meta(min_length=1, max_length=30, description="Unit of sale, e.g. 'hour', 'piece', 'month'.")]
 
 
-class ServiceOut(Struct, kw_only=True):
+class ServiceOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     name: str
-    code: str | None
-    description: str | None
+    code: str | None = None
+    description: str | None = None
     unit_price: Money
     vat_rate: Decimal
-    unit: str | None
-    category_id: UUID | None
-    category_name: str | None
+    unit: str | None = None
+    category_id: UUID | None = None
+    category_name: str | None = None
     active: bool
     created_at: datetime
     updated_at: datetime
 
 
-class CategoryOut(Struct, kw_only=True):
+class CategoryOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     name: str
-    description: str | None
+    description: str | None = None
     services_count: int
     created_at: datetime
 
 
-class CategoryList(Struct):
+class CategoryList(Struct, kw_only=True, omit_defaults=True):
     items: list[CategoryOut]
 
 
-class ServiceSearchResult(Struct):
+class ServiceSearchResult(Struct, kw_only=True, omit_defaults=True):
     items: list[ServiceOut]
 
 

@@ -21,14 +21,14 @@ from projections import pipelines as pipelines_q
 from projections import newsletter as newsletter_q
 from projections import stats as stats_q
 
-StartDate = Annotated[date, Meta(description="First day of the period, inclusive (YYYY-MM-DD).")]
-EndDate = Annotated[date, Meta(description="Last day of the period, inclusive (YYYY-MM-DD).")]
+StartDate = Annotated[date, Meta(description="First day, inclusive.")]
+EndDate = Annotated[date, Meta(description="Last day, inclusive.")]
 
 stats = Toolset("stats", title="Statistics", description="KPI snapshot, revenue, conversion, forecast")
 
 
 
-class Rate(Struct, kw_only=True):
+class Rate(Struct, kw_only=True, omit_defaults=True):
     fraction: Annotated[float, Meta(description="0..1, e.g. 0.34")]
     percent: Annotated[float, Meta(description="0..100, e.g. 34.0")]
 
@@ -52,16 +52,16 @@ def _month_bounds(today: date) -> tuple[date, date]:
 
 
 # -- revenue ---------------------------------------------------------------------------------------------
-class RevenueGroup(Struct, kw_only=True):
-    key: str | None
-    name: str | None
+class RevenueGroup(Struct, kw_only=True, omit_defaults=True):
+    key: str | None = None
+    name: str | None = None
     revenue: Money
     won: int
     lost: int
     win_rate: Rate
 
 
-class Revenue(Struct, kw_only=True):
+class Revenue(Struct, kw_only=True, omit_defaults=True):
     start_date: date
     end_date: date
     currency: str
@@ -76,15 +76,13 @@ class Revenue(Struct, kw_only=True):
 
 
 class GetRevenue(Query, kw_only=True):
-    """Revenue analytics for start_date..end_date (inclusive): total_revenue (won deals closed in the period),
-    win_rate (won / (won + lost) closed in the period, as fraction and percent), deals won and lost, average won
-    value, and breakdowns by pipeline, by owner and by month. Optionally narrowed to one pipeline or one owner.
-    For the deals themselves use crm_deals_list(status='accepted', closed_from, closed_to, sort='value_desc')."""
+    """Revenue of deals won in start_date..end_date: total, win rate, won/lost counts, average won value, by
+    pipeline, owner and month. For the deals themselves: crm_deals_list(status='accepted', closed_from, closed_to)."""
 
     start_date: StartDate
     end_date: EndDate
     pipeline_id: Annotated[UUID | None, Meta(description="Only this pipeline.")] = None
-    user_id: Annotated[UUID | None, Meta(description="Only deals owned by this user.")] = None
+    user_id: UUID | None = None
 
 
 def _group(rows: list[dict], key: str, currency: str, name=None) -> list[RevenueGroup]:
@@ -114,7 +112,7 @@ def revenue(q: GetRevenue, ctx: QueryContext) -> Revenue:
 
 
 # -- KPI snapshot ----------------------------------------------------------------------------------------
-class KpiSnapshot(Struct, kw_only=True):
+class KpiSnapshot(Struct, kw_only=True, omit_defaults=True):
     start_date: date
     end_date: date
     currency: str
@@ -132,8 +130,8 @@ class KpiSnapshot(Struct, kw_only=True):
 
 
 class GetKpis(Query, kw_only=True):
-    """A KPI snapshot: open deals and their (weighted) value now; deals won/lost, new leads and lead conversion
-    in the period (default: the current month in the organization's timezone); tasks overdue today."""
+    """KPIs: open deals and (weighted) value now; won/lost, new leads and conversion in the period (default this
+    month); overdue tasks."""
 
     start_date: StartDate | None = None
     end_date: EndDate | None = None
@@ -160,7 +158,7 @@ def kpi_snapshot(q: GetKpis, ctx: QueryContext) -> KpiSnapshot:
 
 
 # -- pipeline conversion ---------------------------------------------------------------------------------
-class StageConversion(Struct, kw_only=True):
+class StageConversion(Struct, kw_only=True, omit_defaults=True):
     stage_id: UUID
     name: str
     position: int
@@ -171,7 +169,7 @@ class StageConversion(Struct, kw_only=True):
     avg_days_in_stage: Annotated[float | None, Meta(description="Average days deals stayed here (finished stays only).")]
 
 
-class PipelineConversion(Struct, kw_only=True):
+class PipelineConversion(Struct, kw_only=True, omit_defaults=True):
     pipeline_id: UUID
     pipeline_name: str
     won: int
@@ -209,14 +207,14 @@ def pipeline_conversion(q: GetConversion, ctx: QueryContext) -> PipelineConversi
 
 
 # -- leads by source -------------------------------------------------------------------------------------
-class SourceRow(Struct, kw_only=True):
+class SourceRow(Struct, kw_only=True, omit_defaults=True):
     source: str
     new_leads: int
     converted: int
     conversion_rate: Rate
 
 
-class LeadsBySource(Struct, kw_only=True):
+class LeadsBySource(Struct, kw_only=True, omit_defaults=True):
     start_date: date
     end_date: date
     total_new_leads: int
@@ -241,9 +239,9 @@ def leads_by_source(q: GetLeadsBySource, ctx: QueryContext) -> LeadsBySource:
 
 
 # -- activity by user ------------------------------------------------------------------------------------
-class UserActivity(Struct, kw_only=True):
-    user_id: UUID | None
-    user_name: str | None
+class UserActivity(Struct, kw_only=True, omit_defaults=True):
+    user_id: UUID | None = None
+    user_name: str | None = None
     calls: int
     meetings: int
     emails: int
@@ -251,7 +249,7 @@ class UserActivity(Struct, kw_only=True):
     tasks_done: int
 
 
-class ActivityByUser(Struct, kw_only=True):
+class ActivityByUser(Struct, kw_only=True, omit_defaults=True):
     start_date: date
     end_date: date
     users: list[UserActivity]
@@ -272,16 +270,16 @@ def activity_by_user(q: GetActivityByUser, ctx: QueryContext) -> ActivityByUser:
 
 
 # -- tasks overview --------------------------------------------------------------------------------------
-class AssigneeTasks(Struct, kw_only=True):
-    user_id: UUID | None
-    user_name: str | None
+class AssigneeTasks(Struct, kw_only=True, omit_defaults=True):
+    user_id: UUID | None = None
+    user_name: str | None = None
     open: int
     overdue: int
     due_today: int
     done: int
 
 
-class TasksOverview(Struct, kw_only=True):
+class TasksOverview(Struct, kw_only=True, omit_defaults=True):
     today: date
     open: int
     overdue: int
@@ -302,14 +300,14 @@ def tasks_overview(q: GetTasksOverview, ctx: QueryContext) -> TasksOverview:
 
 
 # -- forecast --------------------------------------------------------------------------------------------
-class ForecastMonth(Struct, kw_only=True):
+class ForecastMonth(Struct, kw_only=True, omit_defaults=True):
     month: Annotated[str | None, Meta(description="YYYY-MM of the expected close date; null: no expected date.")]
     deals: int
     value: Money
     weighted_value: Annotated[Money, Meta(description="Sum of value x stage win probability.")]
 
 
-class Forecast(Struct, kw_only=True):
+class Forecast(Struct, kw_only=True, omit_defaults=True):
     currency: str
     total_value: Money
     total_weighted_value: Money
@@ -321,7 +319,7 @@ class GetForecast(Query, kw_only=True):
     by each stage's win probability. Optionally for one pipeline or owner."""
 
     pipeline_id: UUID | None = None
-    user_id: Annotated[UUID | None, Meta(description="Only deals owned by this user.")] = None
+    user_id: UUID | None = None
 
 
 @stats.query("forecast", output=Forecast)

@@ -25,88 +25,97 @@ from projections import tasks as tasks_q
 
 Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
-TaskId = Annotated[UUID, Meta(description="The task id (from crm_tasks_list, crm_tasks_search or crm_tasks_create).")]
-ItemId = Annotated[UUID, Meta(description="The checklist item id (from crm_tasks_list_checklist or crm_tasks_get).")]
+TaskId = Annotated[UUID, Meta(description="From crm_tasks_list or _search.")]
+ItemId = Annotated[UUID, Meta(description="From crm_tasks_get.")]
 AttachmentId = Annotated[UUID, Meta(description="The attachment id (from crm_tasks_list_attachments or crm_tasks_get).")]
-Title = Annotated[str, Meta(min_length=1, max_length=300, description="What to do, e.g. 'Call Mario Rossi'.")]
-Description = Annotated[str, Meta(max_length=20000, description="Details (markdown allowed).")]
-ItemText = Annotated[str, Meta(min_length=1, max_length=500, description="The checklist item, e.g. 'Send the contract'.")]
-DueDate = Annotated[date, Meta(description="Due date, YYYY-MM-DD, a day in the organization's timezone.")]
+Title = Annotated[str, Meta(min_length=1, max_length=300)]
+Description = Annotated[str, Meta(max_length=20000, description="Markdown.")]
+ItemText = Annotated[str, Meta(min_length=1, max_length=500)]
+DueDate = Annotated[date, Meta(description="YYYY-MM-DD, organization's timezone.")]
 
 
-class TaskOut(custom_fields.CustomFieldsShown, kw_only=True):
+class TaskRow(custom_fields.CustomFieldsShown, kw_only=True, omit_defaults=True):
+    """A task in brief, as lists show it (crm_tasks_get has everything)."""
+
     id: UUID
     title: str
-    description: str | None
     status: Status
     priority: Priority
-    due_date: date | None
-    client_id: UUID | None
-    deal_id: UUID | None
-    project_id: UUID | None
-    assignee_id: UUID | None
-    tags: list[str]
-    created_by: UUID | None
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
+    due_date: date | None = None
+    client_id: UUID | None = None
+    client_name: str | None = None
+    deal_id: UUID | None = None
+    project_id: UUID | None = None
+    assignee_id: UUID | None = None
+    assignee_name: str | None = None
+    tags: list[str] = []
     checklist_total: int = 0
     checklist_done: int = 0
+    created_at: datetime
+
+
+class TaskOut(TaskRow, kw_only=True, omit_defaults=True):
+    description: str | None = None
+    deal_title: str | None = None
+    project_name: str | None = None
+    created_by: UUID | None = None
+    updated_at: datetime
+    completed_at: datetime | None = None
     attachments_count: int = 0
 
 
-class ChecklistItemOut(Struct, kw_only=True):
+class ChecklistItemOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     task_id: UUID
     position: int
     text: str
     done: bool
-    done_at: datetime | None
+    done_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
 
 
-class AttachmentOut(Struct, kw_only=True):
+class AttachmentOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     task_id: UUID
     name: str
     url: Annotated[str | None, Meta(description="The external reference, for URL attachments.")]
-    size_bytes: int | None
-    mime_type: str | None
-    sha256: str | None
-    created_by: UUID | None
+    size_bytes: int | None = None
+    mime_type: str | None = None
+    sha256: str | None = None
+    created_by: UUID | None = None
     created_at: datetime
     download_url: Annotated[str | None, Meta(description="For stored content: a signed link, valid until download_expires_at.")] = None
     download_expires_at: datetime | None = None
 
 
-class TaskDetail(TaskOut, kw_only=True):
+class TaskDetail(TaskOut, kw_only=True, omit_defaults=True):
     checklist: list[ChecklistItemOut]
     attachments: list[AttachmentOut]
 
 
-class TaskHit(TaskOut, kw_only=True):
+class TaskHit(TaskRow, kw_only=True, omit_defaults=True):
     score: float
 
 
-class TaskSearchResult(Struct):
+class TaskSearchResult(Struct, kw_only=True, omit_defaults=True):
     items: list[TaskHit]
 
 
-class ChecklistOut(Struct):
+class ChecklistOut(Struct, kw_only=True, omit_defaults=True):
     items: list[ChecklistItemOut]
 
 
-class AttachmentList(Struct):
+class AttachmentList(Struct, kw_only=True, omit_defaults=True):
     items: list[AttachmentOut]
 
 
-class TagCount(Struct):
+class TagCount(Struct, kw_only=True, omit_defaults=True):
     tag: str
     count: int
 
 
-class TagCounts(Struct):
+class TagCounts(Struct, kw_only=True, omit_defaults=True):
     items: list[TagCount]
 
 
@@ -149,6 +158,7 @@ tasks = Toolset(
     "tasks", title="Tasks", description="Tasks with due dates in the organization's timezone, priority, assignee, "
                                        "links to client/deal/project",
     aggregate=Task, id_field="task_id", id_type=TaskId, output=TaskDetail, present=present_task,
+    row=TaskRow, present_row=lambda ctx, task_id: msgspec.convert(tasks_q.get_task(ctx.conn, ctx.org_id, task_id), TaskRow),
     exists=tasks_q.task_exists, subject="a task",
 )
 
@@ -167,40 +177,38 @@ def get_task(q: GetTask, ctx: QueryContext) -> TaskDetail:
 
 
 class TaskFilters(custom_fields.FiltersCustomFields, kw_only=True):
-    assignee_id: Annotated[UUID | None, Meta(description="Only tasks assigned to this user id (crm_users_list).")] = None
-    unassigned: Annotated[bool, Meta(description="Only tasks nobody is assigned to.")] = False
-    client_id: Annotated[UUID | None, Meta(description="Only tasks for this lead/client.")] = None
-    deal_id: Annotated[UUID | None, Meta(description="Only tasks for this deal.")] = None
-    status: Annotated[Status | None, Meta(description="open or done; default both.")] = None
+    assignee_id: Annotated[UUID | None, Meta(description="User id (crm_users_list).")] = None
+    unassigned: bool = False
+    client_id: UUID | None = None
+    deal_id: UUID | None = None
+    status: Status | None = None
     tag: Tag | None = None
     due: Annotated[Literal["overdue", "today", "due_soon", "none"] | None, Meta(
-        description="overdue (open, due before today), today, due_soon (open, due in the next 7 days) or none "
-                    "(no due date); 'today' is the organization's today, in its timezone.")] = None
-    due_from: Annotated[date | None, Meta(description="Due on or after (YYYY-MM-DD).")] = None
-    due_to: Annotated[date | None, Meta(description="Due on or before (YYYY-MM-DD).")] = None
+        description="due_soon: in the next 7 days; none: no due date (days in the organization's timezone).")] = None
+    due_from: date | None = None
+    due_to: date | None = None
     sort: Literal["due_asc", "due_desc", "created_desc", "created_asc", "priority_desc"] = "due_asc"
 
 
 class ListTasks(TaskFilters, kw_only=True):
-    """List tasks, soonest due first by default. Filter by assignee, client, deal, project, status, tag and due
-    date: due='overdue' (open and past due) or 'today' use the organization's timezone. E.g. "my overdue
-    tasks": assignee_id=<me>, due='overdue'. Pages with `cursor`/`next_cursor`."""
+    """List tasks, soonest due first, by assignee, client, deal, project, status, tag and due date. E.g. my
+    overdue tasks: assignee_id=<crm_users_me>, due='overdue'."""
 
     project_id: Annotated[UUID | None, Meta(description="Only tasks of this project.")] = None
 
 
-def _task_page(ctx: QueryContext, q: TaskFilters, project_id: UUID | None) -> Page[TaskOut]:
+def _task_page(ctx: QueryContext, q: TaskFilters, project_id: UUID | None) -> Page[TaskRow]:
     rows, cursor = tasks_q.list_tasks(
         ctx.conn, ctx.org_id, today=org_today(ctx.conn, ctx.org_id), assignee_id=q.assignee_id,
         unassigned=q.unassigned, client_id=q.client_id, deal_id=q.deal_id, project_id=project_id, status=q.status,
         tag=q.tag, due=q.due, due_from=q.due_from, due_to=q.due_to, sort=q.sort, limit=q.limit, cursor=q.cursor,
         custom=custom_fields.list_filter(ctx.conn, ctx.org_id, "task", q.custom_field, q.custom_value),
     )
-    return Page(items=[msgspec.convert(r, TaskOut) for r in rows], next_cursor=cursor)
+    return Page(items=[msgspec.convert(r, TaskRow) for r in rows], next_cursor=cursor)
 
 
-@tasks.query("list", output=Page[TaskOut])
-def list_tasks(q: ListTasks, ctx: QueryContext) -> Page[TaskOut]:
+@tasks.query("list", output=Page[TaskRow])
+def list_tasks(q: ListTasks, ctx: QueryContext) -> Page[TaskRow]:
     return _task_page(ctx, q, q.project_id)
 
 
@@ -258,9 +266,8 @@ def list_tags(q: ListTags, ctx: QueryContext) -> TagCounts:
 
 # -- creating and changing -------------------------------------------------------------------------------
 class CreateTask(custom_fields.WithCustomFields, kw_only=True):
-    """Create a task, e.g. a follow-up call. Link it to a lead/client (client_id), a deal or a project, give a
-    due_date (YYYY-MM-DD, in the organization's timezone) and an assignee (user id from crm_users_list).
-    Checklist items can be given at once. Archived projects accept no new tasks."""
+    """Create a task, e.g. a follow-up call, linked to a client, deal or project, with due_date, assignee
+    (crm_users_list) and checklist. Archived projects accept no new tasks."""
 
     title: Title
     description: Description | None = None
@@ -311,7 +318,7 @@ def _update(task: Task, cmd: UpdateTask, uow: UnitOfWork) -> None:
     task.update(changes)
 
 
-tasks.act("update", UpdateTask, _update, reads=LINK_READS)
+tasks.act("update", UpdateTask, _update, row=True, reads=LINK_READS)
 
 
 class CompleteTask(Command, kw_only=True):
@@ -320,7 +327,7 @@ class CompleteTask(Command, kw_only=True):
     task_id: TaskId
 
 
-tasks.act("complete", CompleteTask, lambda t, cmd, uow: t.complete())
+tasks.act("complete", CompleteTask, lambda t, cmd, uow: t.complete(), row=True)
 
 
 class ReopenTask(Command, kw_only=True):
@@ -329,7 +336,7 @@ class ReopenTask(Command, kw_only=True):
     task_id: TaskId
 
 
-tasks.act("reopen", ReopenTask, lambda t, cmd, uow: t.reopen())
+tasks.act("reopen", ReopenTask, lambda t, cmd, uow: t.reopen(), row=True)
 
 
 tasks.assignment(label="Task", assign_doc="Assign a task to a user of the organization (find the user_id with crm_users_list).",
@@ -403,9 +410,8 @@ tasks.act("remove_checklist_item", RemoveChecklistItem, _remove_item, destructiv
 
 # -- attachments -----------------------------------------------------------------------------------------
 class AddAttachment(Command, kw_only=True):
-    """Attach a file to a task: either a reference (url) or the file itself as base64 (content_base64, at most
-    2 MiB decoded), which is stored in the CRM and served by a signed download link that expires after 15 minutes.
-    size_bytes, if given, must match the content, and the content must be of the declared mime_type."""
+    """Attach a file to a task: a url, or the file as content_base64 (at most 2 MiB), stored and served by a
+    signed download link valid 15 minutes. The content must match mime_type (and size_bytes, if given)."""
 
     task_id: TaskId
     name: Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[^/\\\x00]+$",

@@ -23,7 +23,7 @@ users = Toolset("users", title="Users", description="Organization users; resolve
 USER_SELECT = "u.id, u.email, u.name, r.name AS role, u.status, u.created_at"
 
 
-class UserOut(Struct, kw_only=True):
+class UserOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     name: str
     email: str
@@ -32,11 +32,11 @@ class UserOut(Struct, kw_only=True):
     created_at: datetime
 
 
-class UserDetail(UserOut, kw_only=True):
+class UserDetail(UserOut, kw_only=True, omit_defaults=True):
     permissions: Annotated[list[str], Meta(description="What the user's role allows, e.g. 'clients:write'.")]
 
 
-class OrganizationOut(Struct, kw_only=True):
+class OrganizationOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     name: str
     currency: str
@@ -44,7 +44,7 @@ class OrganizationOut(Struct, kw_only=True):
     locale: str
 
 
-class Me(Struct, kw_only=True):
+class Me(Struct, kw_only=True, omit_defaults=True):
     user: UserOut
     organization: OrganizationOut
     auth: Literal["api_token", "oauth"]

@@ -19,80 +19,80 @@ from projections import wiki as wiki_q
 
 PageId = Annotated[UUID, Meta(description="The page id (from crm_wiki_list_pages, crm_wiki_search or crm_wiki_create_page).")]
 CategoryId = Annotated[UUID, Meta(description="A category id (from crm_wiki_list_categories).")]
-PageTitle = Annotated[str, Meta(min_length=1, max_length=300, description="Page title, e.g. 'Onboarding checklist'.")]
-Markdown = Annotated[str, Meta(max_length=200_000, description="The page content in markdown.")]
+PageTitle = Annotated[str, Meta(min_length=1, max_length=300)]
+Markdown = Annotated[str, Meta(max_length=200_000, description="Markdown.")]
 MAX_DEPTH = 50
 
 
-class PageSummary(Struct, kw_only=True):
+class PageSummary(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     title: str
-    category_id: UUID | None
-    category_name: str | None
-    parent_id: UUID | None
+    category_id: UUID | None = None
+    category_name: str | None = None
+    parent_id: UUID | None = None
     revision: int
     children_count: int
     body_length: int
-    created_by: UUID | None
-    updated_by: UUID | None
+    created_by: UUID | None = None
+    updated_by: UUID | None = None
     created_at: datetime
     updated_at: datetime
 
 
-class PageOut(Struct, kw_only=True):
+class PageOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     title: str
     body: Annotated[str, Meta(description="Markdown.")]
-    category_id: UUID | None
-    category_name: str | None
-    parent_id: UUID | None
+    category_id: UUID | None = None
+    category_name: str | None = None
+    parent_id: UUID | None = None
     child_ids: list[UUID]
     revision: Annotated[int, Meta(description="Current revision number (see crm_wiki_list_revisions).")]
-    created_by: UUID | None
-    updated_by: UUID | None
+    created_by: UUID | None = None
+    updated_by: UUID | None = None
     created_at: datetime
     updated_at: datetime
 
 
-class SearchHit(Struct, kw_only=True):
+class SearchHit(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     title: str
     title_highlight: str
     snippet: Annotated[str, Meta(description="Matching passages, matches wrapped in **bold**.")]
-    category_id: UUID | None
-    parent_id: UUID | None
+    category_id: UUID | None = None
+    parent_id: UUID | None = None
     revision: int
     updated_at: datetime
     score: Annotated[float, Meta(description="Relevance; higher is better.")]
 
 
-class SearchResult(Struct):
+class SearchResult(Struct, kw_only=True, omit_defaults=True):
     items: list[SearchHit]
     language: Annotated[str, Meta(description="The text search language used (from the organization's locale).")]
 
 
-class RevisionOut(Struct, kw_only=True):
+class RevisionOut(Struct, kw_only=True, omit_defaults=True):
     revision: int
     change: Literal["created", "edited", "moved", "restored"]
     title: str
-    category_id: UUID | None
-    parent_id: UUID | None
-    restored_from: int | None
-    summary: str | None
-    author_id: UUID | None
+    category_id: UUID | None = None
+    parent_id: UUID | None = None
+    restored_from: int | None = None
+    summary: str | None = None
+    author_id: UUID | None = None
     created_at: datetime
     body_length: int
 
 
-class CategoryOut(Struct, kw_only=True):
+class CategoryOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     name: str
-    description: str | None
+    description: str | None = None
     pages_count: int
     created_at: datetime
 
 
-class CategoryList(Struct):
+class CategoryList(Struct, kw_only=True, omit_defaults=True):
     items: list[CategoryOut]
 
 
@@ -113,10 +113,10 @@ wiki = Toolset(
 
 # -- queries ---------------------------------------------------------------------------------------------
 class ListPages(ListQuery, kw_only=True):
-    """Pages of the knowledge base as a tree: ordered by category, then title; each with its parent_id and
-    number of sub-pages. Filter by category, by parent (its sub-pages) or top_level only. Cursor paging."""
+    """Knowledge base pages as a tree (by category, then title), with parent_id and sub-page counts; filter by
+    category, parent or top_level."""
 
-    category_id: Annotated[UUID | None, Meta(description="Only pages in this category.")] = None
+    category_id: UUID | None = None
     parent_id: Annotated[UUID | None, Meta(description="Only the sub-pages of this page.")] = None
     top_level: Annotated[bool, Meta(description="Only pages without a parent page.")] = False
 
@@ -140,12 +140,11 @@ def get_page(q: GetPage, ctx: QueryContext) -> PageOut:
 
 
 class SearchWiki(Query, kw_only=True):
-    """Full-text search over the knowledge base (current text of every page), in the organization's language
-    (e.g. Italian stemming: 'fatture' finds 'fattura'). Supports "quoted phrases", OR and -excluded words.
-    Best match first, each with a highlighted snippet."""
+    """Search the knowledge base in the organization's language ('fatture' finds 'fattura'); "quoted phrases",
+    OR, -excluded words. Best match first, with highlighted snippets."""
 
     q: SearchText
-    category_id: Annotated[UUID | None, Meta(description="Only pages in this category.")] = None
+    category_id: UUID | None = None
     limit: Annotated[int, Meta(ge=1, le=50, description="How many results (default 10).")] = 10
 
 

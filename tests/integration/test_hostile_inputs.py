@@ -69,6 +69,10 @@ def strategy(node: dict[str, Any], field: str, op: Any, ids: dict[str, Any]) -> 
     if "enum" in node:
         return st.one_of(*options, st.sampled_from(node["enum"]), st.sampled_from([f"won{CANARY}", "", None]))
     kind, fmt = node.get("type"), node.get("format")
+    if isinstance(kind, list):  # ["string", "null"], or a decimal's ["string", "number"]
+        if "number" in kind and "string" in kind:
+            fmt = "decimal"
+        kind = next(k for k in kind if k != "null")
     if kind == "string":
         if fmt == "uuid":
             options += [st.uuids().map(str), st.sampled_from([f"{CANARY}-not-a-uuid", str(uuid.UUID(int=0))])]

@@ -124,7 +124,7 @@ def test_walking_every_page_finds_every_row_once(listed, case):
         while True:
             got = page(listed, op, sort, limit, cursor)
             walked += [row_key(item) for item in got["items"]]
-            cursor = got["next_cursor"]
+            cursor = got.get("next_cursor")
             if cursor is None:
                 break
         assert walked == everything, (op.name, sort, limit)
@@ -154,7 +154,7 @@ def tampered(real: str) -> list[str]:
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_a_tampered_cursor_is_refused_clearly(listed, case):
     op, sort = case
-    real = page(listed, op, sort, 1)["next_cursor"]
+    real = page(listed, op, sort, 1).get("next_cursor")
     assert real, f"{op.name} needs two rows for a cursor"
     for cursor in tampered(real):
         with pytest.raises(ToolError) as e:

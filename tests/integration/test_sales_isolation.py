@@ -44,7 +44,7 @@ def world(runtime, database_url):
     cat = A("crm_services_create_category", {"name": "Secret category"})
     svc = A("crm_services_create", {"name": "Secret service", "unit_price": "10", "category_id": cat["id"]})
     deal = A("crm_deals_create", {"title": "Secret deal", "client_id": client["id"], "pipeline_id": pipeline["id"]})
-    line = A("crm_deals_add_service", {"deal_id": deal["id"], "service_id": svc["id"]})["services"][0]["id"]
+    line = A("crm_deals_add_service", {"deal_id": deal["id"], "service_id": svc["id"]})["items"][0]["id"]
     A("crm_deals_add_contact", {"deal_id": deal["id"], "contact_id": contact})
     A("crm_deals_set_commission", {"deal_id": deal["id"], "user_id": str(a.user_id), "percent": "5"})
     note = A("crm_deals_add_note", {"deal_id": deal["id"], "body": "Secret note"})

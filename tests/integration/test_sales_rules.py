@@ -109,7 +109,7 @@ def test_deal_list_filters_sorts_and_pages(call):
             args["cursor"] = cursor
         page = call("crm_deals_list", args)
         seen += [d["value"]["cents"] // 100 for d in page["items"]]
-        cursor = page["next_cursor"]
+        cursor = page.get("next_cursor")
         if not cursor:
             break
     assert seen == sorted(values, reverse=True)
@@ -120,7 +120,7 @@ def test_deal_list_filters_sorts_and_pages(call):
     by_close = call("crm_deals_list", {"status": "accepted", "sort": "close_date_asc", "client_id": client["id"]})
     assert [d["id"] for d in by_close["items"]] == [ids[900], ids[100]]
     reopened = call("crm_deals_set_status", {"deal_id": ids[900], "status": "open"})
-    assert reopened["close_date"] is None
+    assert "close_date" not in reopened
     assert call("crm_deals_delete", {"deal_id": ids[500]})["removed"]
     assert call.error("crm_deals_get", {"deal_id": ids[500]}).code == "not_found"
 
@@ -134,14 +134,14 @@ def test_deal_contacts_owner_and_notes(call, db):
     contact_id = contact["contacts"][0]["id"]
     deal = call("crm_deals_create", {"title": "CRM", "client_id": client["id"]})
     d = call("crm_deals_add_contact", {"deal_id": deal["id"], "contact_id": contact_id, "role": "decision maker"})
-    assert d["contacts"][0]["name"] == "Anna Bianchi" and d["contacts"][0]["email"] == "anna@example.com"
+    assert d["items"][0]["name"] == "Anna Bianchi" and d["items"][0]["email"] == "anna@example.com"
     other = call("crm_clients_create", {"business_name": "Other"})
     oc = call("crm_clients_add_contact", {"client_id": other["id"], "name": "Not mine"})["contacts"][0]["id"]
     assert call.error("crm_deals_add_contact", {"deal_id": deal["id"], "contact_id": oc}).field == "contact_id"
     assert call("crm_deals_list_contacts", {"deal_id": deal["id"]})["items"][0]["role"] == "decision maker"
-    assert call("crm_deals_remove_contact", {"deal_id": deal["id"], "contact_id": contact_id})["contacts"] == []
+    assert call("crm_deals_remove_contact", {"deal_id": deal["id"], "contact_id": contact_id})["items"] == []
     assert call("crm_deals_assign", {"deal_id": deal["id"], "user_id": str(mario)})["owner_id"] == str(mario)
-    assert call("crm_deals_unassign", {"deal_id": deal["id"]})["owner_id"] is None
+    assert "owner_id" not in call("crm_deals_unassign", {"deal_id": deal["id"]})
     note = call("crm_deals_add_note", {"deal_id": deal["id"], "body": "Budget approved in March"})
     assert call("crm_deals_search", {"q": "budget approved"})["items"][0]["id"] == deal["id"]
     call("crm_deals_update_note", {"deal_id": deal["id"], "note_id": note["id"], "body": "Budget approved in April"})
@@ -151,10 +151,11 @@ def test_deal_contacts_owner_and_notes(call, db):
     call("crm_deals_delete_note", {"deal_id": deal["id"], "note_id": note["id"]})
     assert call("crm_activities_timeline", {"deal_id": deal["id"], "kinds": ["note"]})["items"] == []
     d = call("crm_deals_set_commission", {"deal_id": deal["id"], "user_id": str(mario), "amount": "250"})
-    assert d["commissions"][0]["amount"]["formatted"] == "€250.00"
-    assert call("crm_deals_remove_commission", {"deal_id": deal["id"], "user_id": str(mario)})["commissions"] == []
+    assert d["items"][0]["amount"]["formatted"] == "€250.00"
+    assert call("crm_deals_remove_commission", {"deal_id": deal["id"], "user_id": str(mario)})["items"] == []
     u = call("crm_deals_update", {"deal_id": deal["id"], "title": "CRM rollout", "value": "1234.56"})
-    assert u["title"] == "CRM rollout" and u["value"]["cents"] == 123456 and u["value_is_explicit"]
+    assert u["title"] == "CRM rollout" and u["value"]["cents"] == 123456
+    assert call("crm_deals_get", {"deal_id": deal["id"]})["value_is_explicit"]
 
 
 def test_services_catalog(call):
@@ -165,7 +166,7 @@ def test_services_catalog(call):
     assert call("crm_services_list", {"category_id": cat["id"]})["items"][0]["unit_price"]["cents"] == 14990
     assert call.error("crm_services_delete_category", {"category_id": cat["id"]}).code == "category_not_empty"
     u = call("crm_services_update", {"service_id": s["id"], "unit_price": "159", "category_id": None})
-    assert u["unit_price"]["cents"] == 15900 and u["category_id"] is None
+    assert u["unit_price"]["cents"] == 15900 and "category_id" not in u
     assert call("crm_services_list_categories")["items"][0]["services_count"] == 0
     call("crm_services_delete_category", {"category_id": cat["id"]})
     assert call("crm_services_get", {"service_id": s["id"]})["name"] == "Router X200"

@@ -23,20 +23,22 @@ def test_sales_walkthrough(call):
     default = pipes[0]
     client = call("crm_clients_create", {"business_name": "ACME Corp"})
     deal = call("crm_deals_create", {"title": "ACME website", "client_id": client["id"]})
-    assert deal["pipeline_id"] == default["id"] and deal["stage_id"] == default["stages"][0]["id"]
-    assert deal["value"]["cents"] == 0 and deal["currency"] == "EUR"
+    assert deal["stage_id"] == default["stages"][0]["id"] and deal["stage_name"] == "New"
+    assert call("crm_deals_get", {"deal_id": deal["id"]})["pipeline_id"] == default["id"]
+    assert deal["value"]["cents"] == 0 and deal["value"]["currency"] == "EUR"
     cat = call("crm_services_create_category", {"name": "Web"})
     svc = call("crm_services_create", {"name": "Web design", "unit_price": "1000", "vat_rate": "22", "unit": "day",
                                        "code": "WEB-1", "category_id": cat["id"]})
     assert svc["unit_price"]["formatted"] == "€1,000.00"
     d = call("crm_deals_add_service", {"deal_id": deal["id"], "service_id": svc["id"], "quantity": "3", "discount_percent": "10"})
-    assert d["value"]["cents"] == 270000 and d["totals"]["vat_total"]["cents"] == 59400
-    line = d["services"][0]
+    assert d["deal_value"]["cents"] == 270000
+    assert call("crm_deals_get", {"deal_id": deal["id"]})["totals"]["vat_total"]["cents"] == 59400
+    line = d["items"][0]
     d = call("crm_deals_update_service", {"deal_id": deal["id"], "line_id": line["id"], "quantity": 2})
-    assert d["value"]["cents"] == 180000
+    assert d["deal_value"]["cents"] == 180000
     assert call("crm_deals_list_services", {"deal_id": deal["id"]})["total"]["cents"] == 180000
     d = call("crm_deals_set_commission", {"deal_id": deal["id"], "user_id": str(call.org.user_id), "percent": "10"})
-    assert d["commissions"][0]["amount"]["cents"] == 18000
+    assert d["items"][0]["amount"]["cents"] == 18000
     assert call("crm_deals_list_commissions", {"deal_id": deal["id"]})["total"]["cents"] == 18000
     d = call("crm_deals_move_stage", {"deal_id": deal["id"], "stage_id": default["stages"][2]["id"]})
     assert d["stage_name"] == "Proposal"

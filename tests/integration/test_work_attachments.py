@@ -63,10 +63,17 @@ def test_link_checks_unit():
 
 @pytest.mark.parametrize("size", [blobs.MAX_INLINE_BYTES + 1])
 def test_inline_limit_is_in_the_schema_and_enforced(runtime, make_org, database_url, size):
+    """The published schema says the limit in words (schemas are published lean); the server enforces it."""
+    from application.errors import ToolError
+
     op = runtime.registry.get("crm_tasks_add_attachment")
-    schema = op.input_schema()["properties"]["content_base64"]
-    assert schema["anyOf"][0]["maxLength"] == blobs.MAX_INLINE_BASE64
-    assert str(blobs.MAX_INLINE_BYTES) in schema["anyOf"][0]["description"]
+    assert "2 MiB" in op.description or str(blobs.MAX_INLINE_BYTES) in op.description
+    p = make_org("Limit").principal(database_url)
+    task = call(runtime, p, "crm_tasks_create", {"title": "Too big"})
+    with pytest.raises(ToolError) as e:
+        call(runtime, p, "crm_tasks_add_attachment", {"task_id": task["id"], "name": "big.pdf", "mime_type": "application/pdf",
+                                                      "content_base64": base64.b64encode(b"x" * size).decode()})
+    assert e.value.field == "content_base64"
 
 
 def test_content_is_kept_exactly_as_long_as_an_attachment_references_it(runtime, make_org, database_url):
