@@ -79,7 +79,29 @@ def listed(runtime, database_url) -> dict[str, Any]:
     ids_13 = seed_settings_and_invoice_lists(runtime, admin, do)
     ids = {"client_id": client_id, "deal_id": deals[3]["id"], "project_id": project_id, "page_id": pages[0]["id"]}
     ids.update(ids_13)
+    ids.update(seed_newsletter_and_qr_lists(runtime, do))
     return {"runtime": runtime, "admin": admin, "ids": ids}
+
+
+def seed_newsletter_and_qr_lists(runtime: Any, do: Any) -> dict[str, Any]:
+    """Three of every newsletter and QR list: mailing lists, subscribers, campaigns, blacklist entries, QR codes,
+    and scans (recorded as the /q/ endpoint records them)."""
+    from interfaces.tracking import _scan
+
+    lists = [do("crm_newsletter_create_list", name=name) for name in ("Clienti", "Fornitori", "Stampa")]
+    do("crm_newsletter_add_subscribers", list_id=lists[0]["id"], consent_source="form",
+       subscribers=[{"email": f"{n}@example.com"} for n in ("c", "a", "b")])
+    for name in ("Marzo", "Aprile", "Maggio"):
+        do("crm_newsletter_create_campaign", name=name, subject=name, from_name="Shop", from_email="n@shop.example",
+           text_body="t", list_ids=[lists[0]["id"]])
+    for value in ("spam.example", "x@example.com", "junk.example"):
+        do("crm_newsletter_add_to_blacklist", value=value)
+    codes = [do("crm_qr_codes_create", target_url=f"https://example.com/{n}") for n in ("a", "b", "c")]
+    for agent in ("iPhone Mobile", "Windows NT", "Googlebot"):
+        assert _scan(runtime, codes[0]["code"], agent, None, "127.0.0.1")[0] == 302
+    runtime.settle()
+    return {"list_id": lists[0]["id"], "qr_code_id": codes[0]["id"], "crm_qr_codes_list.client_id": None,
+            "crm_qr_codes_list.deal_id": None}
 
 
 def seed_settings_and_invoice_lists(runtime: Any, admin: Any, do: Any) -> dict[str, Any]:
