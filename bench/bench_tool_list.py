@@ -38,6 +38,8 @@ from psycopg.rows import dict_row  # noqa: E402
 
 ADMIN = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 N = int(os.environ.get("BENCH_N", "200"))
+ORIGINAL = "users,clients,tasks,deals,pipelines,services,activities,projects,wiki,stats"
+"""The ten toolsets of the 139 tools the issue's targets were set for; the whole catalogue is printed too."""
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
            "MCP-Protocol-Version": "2025-11-25"}
 
@@ -162,22 +164,29 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.1)
         headers = {**HEADERS, "Authorization": f"Bearer {org.token}"}
-        with httpx.Client(timeout=30) as http:
-            tools = list_all(http, f"{base}/mcp", headers)
-            pages_json = 0
-            cursor = None
+        original_url = f"{base}/mcp?toolsets={ORIGINAL}"
+
+        def sizes(http: httpx.Client, url: str) -> tuple[int, int, int]:
+            tools = list_all(http, url, headers)
+            pages_json, cursor = 0, None
             while True:
-                raw = http.post(f"{base}/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list",
-                                                                      "params": {"cursor": cursor} if cursor else {}})
+                raw = http.post(url, headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+                                                            "params": {"cursor": cursor} if cursor else {}})
                 pages_json += len(raw.content)
                 cursor = raw.json()["result"].get("nextCursor")
                 if not cursor:
                     break
+            visible = sum(len(json.dumps({"name": t["name"], "description": t.get("description", ""),
+                                          "inputSchema": t["inputSchema"]}, separators=(",", ":"), ensure_ascii=False))
+                          for t in tools)
+            return len(tools), visible, pages_json
+
+        with httpx.Client(timeout=30) as http:
+            count, visible, pages_json = sizes(http, original_url)
+            all_count, all_visible, all_json = sizes(http, f"{base}/mcp")
             tokens = result_tokens(http, f"{base}/mcp", headers)
-        visible = sum(len(json.dumps({"name": t["name"], "description": t.get("description", ""),
-                                      "inputSchema": t["inputSchema"]}, separators=(",", ":"), ensure_ascii=False))
-                      for t in tools)
-        ours = timed_lists(f"{base}/mcp", headers)
+        ours = timed_lists(original_url, headers)
+        ours_all = timed_lists(f"{base}/mcp", headers)
         server.terminate()
         server.wait(10)
         server = None
@@ -186,13 +195,17 @@ def main() -> None:
             baseline = timed_lists(f"http://127.0.0.1:{trivial_port}/mcp", HEADERS)
         ratio = pct(ours, 50) / pct(baseline, 50)
         rows = [
-            ("tools", len(tools), "", ""),
+            ("tools (the ten original toolsets)", count, "", ""),
             ("model-visible chars (name+description+inputSchema)", visible, "<= 60,000", visible <= 60_000),
             ("full tools/list JSON chars (all pages)", pages_json, "<= 150,000", pages_json <= 150_000),
             ("tools/list all pages p50 ms", round(pct(ours, 50), 2), f"trivial SDK server {pct(baseline, 50):.2f} ms",
              ""),
             ("  ratio", f"{ratio:.2f}x", "<= 3x", ratio <= 3),
             ("tools/list all pages p95 ms", round(pct(ours, 95), 2), f"trivial {pct(baseline, 95):.2f} ms", ""),
+            (f"whole catalogue: {all_count} tools, model-visible chars", all_visible, "", ""),
+            ("whole catalogue: full tools/list JSON chars", all_json, "", ""),
+            ("whole catalogue: all pages p50 ms", round(pct(ours_all, 50), 2),
+             f"{pct(ours_all, 50) / pct(baseline, 50):.2f}x trivial", ""),
             ("10 clients (tokens = chars/4)", tokens["clients"], "<= 650", tokens["clients"] <= 650),
             ("10 deals (tokens)", tokens["deals"], "<= 1,000", tokens["deals"] <= 1000),
             ("10 tasks (tokens)", tokens["tasks"], "<= 800", tokens["tasks"] <= 800),

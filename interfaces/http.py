@@ -26,6 +26,7 @@ from interfaces.public_url import PublicUrls, public_base_url  # noqa: F401 - pu
 from interfaces.runtime import Runtime
 from interfaces.attachments import download_route
 from interfaces.health import health_routes
+from interfaces.list_cache import ToolListCache
 from interfaces.invite import invite_routes
 from interfaces.tracking import tracking_routes
 
@@ -188,6 +189,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     auth = BearerAuth(runtime)
     urls = PublicUrls.from_env()  # FLUSIA_PUBLIC_URL, trusted proxies, the listen address: never the Host header
     get_streams = GetStreams()
+    tool_lists = ToolListCache(MAX_BODY)
 
     @asgi("/mcp", is_mount=True, copy_scope=True)
     async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
@@ -210,7 +212,10 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
         if scope["method"] == "GET":
             await get_streams.serve(scope, receive, send, sessions.handle_request)
             return
-        await cancelled_on_disconnect(sessions.handle_request, scope, receive, send)
+        tool_filter = current_filter.get()
+        await tool_lists.serve(
+            scope, receive, send, lambda: (tuple(sorted(principal.grants.items())), tool_filter),
+            lambda s, r, w: cancelled_on_disconnect(sessions.handle_request, s, r, w))
 
     def resource_metadata(request: Request[Any, Any, Any]) -> dict[str, Any]:
         base = urls.base(request.scope)

@@ -24,7 +24,7 @@ from application.principal import Principal
 from application.registry import Operation, Registry
 from application.runner import ToolRunner
 
-TOOLS_PAGE_SIZE = 50
+TOOLS_PAGE_SIZE = 200
 SERVER_INSTRUCTIONS = (
     "Flusia CRM. Resolve people with crm_users_list and leads/clients with crm_clients_search before acting on them; "
     "ids returned by one tool are the arguments of the next. Dates are YYYY-MM-DD in the organization's timezone "

@@ -79,12 +79,25 @@ async def test_tools_list_is_paginated_and_complete(server, make_org):
     async with mcp_client(server.mcp_url, org.token) as client:
         first = await client.list_tools()
         tools = await all_tools(client)
-    assert len(first.tools) <= 50
+    from interfaces.mcp_server import TOOLS_PAGE_SIZE
+
+    assert len(first.tools) == TOOLS_PAGE_SIZE and first.next_cursor
     assert sorted(t.name for t in tools) == sorted(op.name for op in registry)
     assert len({t.name for t in tools}) == len(tools)
     me = next(t for t in tools if t.name == "crm_clients_create_lead")
     assert me.annotations.read_only_hint is False and me.annotations.destructive_hint is False
     assert me.output_schema["type"] == "object" and "business_name" in me.input_schema["required"]
+
+
+async def test_a_repeated_list_is_answered_alike_with_its_own_request_id(server, make_org):
+    """tools/list is served from memory after the first time: same tools, the request's own id, per caller."""
+    org = make_org()
+    token = org.token
+    bodies = [post(server, token, rpc("tools/list", {}, id_)).json() for id_ in (7, "abc", 9)]
+    assert [b["id"] for b in bodies] == [7, "abc", 9]
+    assert bodies[0]["result"] == bodies[1]["result"] == bodies[2]["result"]
+    second = post(server, token, rpc("tools/list", {"cursor": bodies[0]["result"]["nextCursor"]}, 10)).json()
+    assert second["id"] == 10 and second["result"]["tools"] != bodies[0]["result"]["tools"]
 
 
 async def test_toolsets_and_read_only_narrow_the_list_and_the_calls(server, make_org):
