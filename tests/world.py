@@ -82,8 +82,8 @@ def seed(runtime: Any, admin: Any) -> dict[str, Any]:
 
 
 def seed_workflow(runtime: Any, admin: Any, client_id: str) -> tuple[dict[str, Any], str, str]:
-    """An active workflow (deal won -> a task) with one finished run. The task's title carries no marker: what a
-    workflow writes into another resource is that resource's data."""
+    """A workflow (deal won -> a task) with one finished run, then paused. The task's title carries no marker: what
+    a workflow writes into another resource is that resource's data."""
     import time
 
     import psycopg
@@ -115,6 +115,9 @@ def seed_workflow(runtime: Any, admin: Any, client_id: str) -> tuple[dict[str, A
                 break
             time.sleep(0.1)
     assert row is not None and row[1] == "done", row
+    # Paused, so that the calls the tests make (a deal accepted) start no runs behind their back; the tools that
+    # need an active workflow (deactivate) answer a clear conflict.
+    do("crm_workflows_deactivate", workflow_id=workflow["id"])
     return workflow, step_id, str(row[0])
 
 

@@ -80,7 +80,35 @@ def listed(runtime, database_url) -> dict[str, Any]:
     ids = {"client_id": client_id, "deal_id": deals[3]["id"], "project_id": project_id, "page_id": pages[0]["id"]}
     ids.update(ids_13)
     ids.update(seed_newsletter_and_qr_lists(runtime, do))
+    ids.update(seed_workflow_lists(runtime, do))
     return {"runtime": runtime, "admin": admin, "ids": ids}
+
+
+def seed_workflow_lists(runtime: Any, do: Any) -> dict[str, Any]:
+    """Three workflows, and three runs of the first (a lead created with its source; its only step stops the run,
+    so the runs change nothing the other lists show). Waits for the runs: the e2e server's engine may run them."""
+    import time
+
+    from application.workflow_engine import WorkflowEngine
+
+    workflows = [do("crm_workflows_create", name=name) for name in ("Zeta", "Alfa", "Beta")]
+    do("crm_workflows_set_trigger", workflow_id=workflows[0]["id"], type="client_created",
+       config={"source": "workflow-pages"})
+    do("crm_workflows_add_step", workflow_id=workflows[0]["id"], type="stop", config={"reason": "pages"})
+    do("crm_workflows_activate", workflow_id=workflows[0]["id"])
+    for name in ("Uno", "Due", "Tre"):
+        do("crm_clients_create_lead", business_name=f"Workflow {name}", source="workflow-pages")
+    engine = WorkflowEngine(runtime)
+    try:
+        engine.drain_sync()
+    finally:
+        engine.close()
+    deadline = time.monotonic() + 60
+    while len(do("crm_workflows_list_runs", workflow_id=workflows[0]["id"], status="stopped")["items"]) < 3:
+        assert time.monotonic() < deadline, "the workflow runs did not finish"
+        time.sleep(0.1)
+    do("crm_workflows_deactivate", workflow_id=workflows[0]["id"])
+    return {"workflow_id": workflows[0]["id"]}
 
 
 def seed_newsletter_and_qr_lists(runtime: Any, do: Any) -> dict[str, Any]:
