@@ -369,10 +369,10 @@ def _check_refs(uow: UnitOfWork, step: dict[str, Any], workflow: Workflow) -> No
 
 
 class AddStep(Command, kw_only=True):
-    """Add a step at a position (default: last), e.g. type='create_task', config={'title': 'Kickoff
-    {{deal.title}}', 'due_in_days': 2, 'assignee_id': '{{deal.owner_id}}'}. Types and config schemas:
-    crm_workflows_list_step_types. For a condition's branch give parent_step_id and branch. The first webhook
-    step creates the workflow's signing secret, returned once as webhook_secret."""
+    """Add a step (default: last), e.g. type='create_task', config={'title': 'Kickoff {{deal.title}}',
+    'due_in_days': 2, 'assignee_id': '{{deal.owner_id}}'}; types and config schemas: crm_workflows_list_step_types.
+    Nest it in a condition with parent_step_id and branch. The first webhook step returns the workflow's signing
+    secret once (webhook_secret)."""
 
     workflow_id: WorkflowId
     type: StepName
@@ -443,9 +443,9 @@ workflows.act("reorder_steps", ReorderSteps, lambda w, cmd, uow: w.reorder_steps
 
 # -- status --------------------------------------------------------------------------------------------------
 class ActivateWorkflow(Command, kw_only=True):
-    """Activate an automation: from now on its trigger starts runs. Runs act as you, with the permissions you
-    have now (re-checked: if your user is deactivated the workflow pauses). Refused, naming the step, when a step
-    needs a permission you lack or uses a placeholder the trigger does not provide."""
+    """Activate an automation: from now on its trigger starts runs, acting as you with the permissions you have
+    now (if your user is deactivated, it pauses). Refused, naming the step, when a step needs a permission you lack
+    or a placeholder the trigger does not provide."""
 
     workflow_id: WorkflowId
 
