@@ -37,6 +37,20 @@ class Inbox:
 
 
 @pytest.fixture(scope="module")
+def database_url(admin_url):
+    """A database of this module's own: its server's invoice worker, pointed at the local FattureInCloud API, and
+    the shared server's (pointed at the real one) must not take each other's queue items."""
+    from application.migrate import migrate
+    from interfaces.database import create_database, drop_database
+
+    name = f"flusia_e2e13_{uuid.uuid4().hex[:8]}"
+    url = create_database(admin_url, name)
+    migrate(url)
+    yield url
+    drop_database(admin_url, name)
+
+
+@pytest.fixture(scope="module")
 def world(database_url):
     inbox = Inbox()
     smtp_port = free_port()

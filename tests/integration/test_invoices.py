@@ -28,6 +28,18 @@ DAY = dt.date(YEAR, 3, 1)
 
 
 @pytest.fixture
+def database_url(fresh_database_url):
+    """A database of this test's own: the server another test module may be running on the shared one has an
+    invoice sync worker too, which must not take these tests' queue items."""
+    return fresh_database_url
+
+
+@pytest.fixture
+def runtime(iso_runtime):
+    return iso_runtime
+
+
+@pytest.fixture
 def stub():
     with FattureInCloudStub(company_id=12345, token="fic-test-token") as s:
         yield s

@@ -54,7 +54,7 @@ def test_an_old_database_keeps_its_history_and_converges(fresh_database_url):
     url = fresh_database_url
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ALTER TABLE schema_migrations DROP COLUMN checksum")
-        conn.execute("DELETE FROM schema_migrations WHERE name >= '0013'")
+        conn.execute("DELETE FROM schema_migrations WHERE name = '0013_converge_old_databases.sql'")
         conn.execute("UPDATE schema_migrations SET name = '0005_sales_stats.sql', applied_at = '2026-01-01'"
                      " WHERE name = '0012_sales_stats.sql'")
         conn.execute("INSERT INTO schema_migrations (name) VALUES ('0007_append_function.sql')")
