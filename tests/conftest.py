@@ -133,7 +133,10 @@ class ServerProcess:
 
 def start_server(database_url: str, extra_env: dict[str, str] | None = None) -> ServerProcess:
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, **(extra_env or {})}
+    # No test reaches the real FattureInCloud: unless a test points it at its local stub, the server's invoice sync
+    # worker talks to a closed loopback port (queued items of seeded organizations then fail at once).
+    env = {**os.environ, "DATABASE_URL": database_url, "FLUSIA_FATTUREINCLOUD_URL": "http://127.0.0.1:9",
+           **(extra_env or {})}
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"flusia-e2e-{port}.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "interfaces.cli", "serve", "--port", str(port)],
