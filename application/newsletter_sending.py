@@ -4,6 +4,7 @@ Settings (environment):
 - `FLUSIA_SMTP_URL`: `smtp://user:pass@host:port` (plain, or `?starttls=1`), `smtps://...` (TLS from the start),
   parsed by application/mail.py (with `FLUSIA_SMTP_TIMEOUT`). Without it nothing is sent and sending tools say so.
 - `FLUSIA_SMTP_CONNECTIONS` (4): connections the sender keeps open, each sending one message at a time.
+- `FLUSIA_NEWSLETTER_SIGNERS` (0): processes that build and DKIM-sign messages beside the sending loop.
 - `FLUSIA_SMTP_RETRY_SECONDS` (30), `FLUSIA_SMTP_MAX_ATTEMPTS` (5): a transient failure (4xx, lost connection)
   is retried after 30 s, 60 s, 120 s, ...; after the last attempt the delivery is failed. A permanent failure
   (5xx) fails the delivery at once and marks the subscriber bounced in the campaign's lists.
@@ -334,6 +335,11 @@ class Content:
     domain: str
     selector: str
     private_key: Any
+    private_pem: bytes = b""
+    """The key as PEM, for signer processes (a key object does not cross a process boundary)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "private_key": None}
 
 
 def load_content(conn: Any, org_id: UUID, campaign: Campaign) -> Content:
@@ -350,7 +356,7 @@ def load_content(conn: Any, org_id: UUID, campaign: Campaign) -> Content:
                           "remove the domain and add it again", field="from_email") from None
     return Content(campaign.id, org_id, campaign.subject, campaign.from_name, campaign.from_email, campaign.reply_to,
                    campaign.html_body, campaign.text_body, campaign.links, sender["domain"], sender["selector"],
-                   load_private_key(pem))
+                   load_private_key(pem), pem)
 
 
 def _html_with_tracking(html: str, links: list[str], click_base: str, tokens: dict[int, str], pixel: str) -> str:
@@ -424,6 +430,19 @@ def build_message(content: Content, recipient: dict[str, Any], delivery_id: UUID
         raw = "\r\n".join(headers) + "\r\n" + single
     return dkim_sign(raw.encode("utf-8"), domain=content.domain, selector=content.selector,
                      private_key=content.private_key), message_id
+
+
+_worker_keys: dict[bytes, Any] = {}
+
+
+def build_in_worker(content: Content, recipient: dict[str, Any], delivery_id: UUID, secret: bytes,
+                    base: str | None) -> tuple[bytes, str]:
+    """`build_message` in a signer process: the key is loaded once per process and campaign key."""
+    digest = hashlib.sha256(content.private_pem).digest()
+    if digest not in _worker_keys:
+        _worker_keys[digest] = load_private_key(content.private_pem)
+    content.private_key = _worker_keys[digest]
+    return build_message(content, recipient, delivery_id, secret, base)
 
 
 # -- the SMTP side ---------------------------------------------------------------------------------------------------
@@ -532,10 +551,15 @@ class NewsletterSender:
     """The background job: starts due scheduled campaigns, sends queued deliveries over a few SMTP connections,
     records each result, and records a campaign as sent when none of its deliveries is left."""
 
-    def __init__(self, store: Any, database_url: str, *, connections: int | None = None, poll: float = 0.25) -> None:
+    def __init__(self, store: Any, database_url: str, *, connections: int | None = None, poll: float = 0.25,
+                 signers: int | None = None) -> None:
         self.store = store
         self.database_url = database_url
         self.connections = connections or max(1, _int_env("FLUSIA_SMTP_CONNECTIONS", 4))
+        self.signers = signers if signers is not None else max(0, _int_env("FLUSIA_NEWSLETTER_SIGNERS", 0))
+        """Processes that build and DKIM-sign messages beside the sending loop (0: a thread of this process). On a
+        host with spare cores they take the per-message CPU off the loop; the default keeps to one process."""
+        self._pool: Any = None
         self.poll = poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -594,6 +618,9 @@ class NewsletterSender:
                 await asyncio.gather(*lanes, return_exceptions=True)
                 await self._housekeeping(control)
             finally:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True, cancel_futures=True)
+                    self._pool = None
                 await control.close()
         finally:
             await lock.close()
@@ -769,8 +796,17 @@ class NewsletterSender:
                         await conn.execute("UPDATE campaign_deliveries SET status = 'failed', error = 'no_content',"
                                            " updated_at = now() WHERE id = %s", (row["id"],))
                         continue
-                    # building and signing in a thread: the RSA signature lets other lanes' I/O go on meanwhile
-                    message, message_id = await asyncio.to_thread(build_message, content, row, row["id"], self._secret, base)
+                    if self.signers > 0 and self._pool is None:
+                        import multiprocessing
+                        from concurrent.futures import ProcessPoolExecutor
+
+                        self._pool = ProcessPoolExecutor(self.signers, mp_context=multiprocessing.get_context("spawn"))
+                    if self._pool is not None:  # building and signing beside this loop, on other cores
+                        message, message_id = await asyncio.get_running_loop().run_in_executor(
+                            self._pool, build_in_worker, content, row, row["id"], self._secret, base)
+                    else:
+                        message, message_id = await asyncio.to_thread(build_message, content, row, row["id"],
+                                                                      self._secret, base)
                     await smtp.send(content.from_email, row["email"], message)
                 except Permanent as e:
                     await conn.execute("UPDATE campaign_deliveries SET status = 'failed', bounced = true, error = %s,"

@@ -227,15 +227,17 @@ def subscriber_lists(conn: Any, org_id: UUID, email: str, list_ids: list[UUID]) 
 
 def audience(conn: Any, org_id: UUID, list_ids: list[UUID]) -> list[dict[str, Any]]:
     """Every address subscribed to one of the lists, once (the first list that has it), with what the
-    placeholders need; an address that left any of the lists (unsubscribed, bounced, complained) is left out."""
+    placeholders need; an address that left any of the lists (unsubscribed, bounced, complained) is left out.
+    The addresses that left are a hashed set, so the plan stays linear whatever the statistics say."""
     return conn.execute(
-        "SELECT DISTINCT ON (s.email) s.email, s.list_id, s.first_name, s.last_name, c.business_name AS client_name"
-        " FROM newsletter_subscribers s LEFT JOIN clients c ON c.id = s.client_id AND c.organization_id = s.organization_id"
-        " WHERE s.organization_id = %s AND s.list_id = ANY(%s) AND s.status = 'subscribed'"
-        " AND NOT EXISTS (SELECT 1 FROM newsletter_subscribers o WHERE o.organization_id = s.organization_id"
-        "   AND o.email = s.email AND o.list_id = ANY(%s) AND o.status <> 'subscribed')"
-        " ORDER BY s.email, array_position(%s::uuid[], s.list_id)",
-        (org_id, list_ids, list_ids, list_ids)).fetchall()
+        "WITH targeted AS MATERIALIZED (SELECT email, list_id, first_name, last_name, client_id, status"
+        "   FROM newsletter_subscribers WHERE organization_id = %s AND list_id = ANY(%s)),"
+        " gone AS MATERIALIZED (SELECT DISTINCT email FROM targeted WHERE status <> 'subscribed')"
+        " SELECT DISTINCT ON (t.email) t.email, t.list_id, t.first_name, t.last_name, c.business_name AS client_name"
+        " FROM targeted t LEFT JOIN clients c ON c.id = t.client_id AND c.organization_id = %s"
+        " WHERE t.status = 'subscribed' AND t.email NOT IN (SELECT email FROM gone)"
+        " ORDER BY t.email, array_position(%s::uuid[], t.list_id)",
+        (org_id, list_ids, org_id, list_ids)).fetchall()
 
 
 def list_campaigns(conn: Any, org_id: UUID, *, status: str | None, limit: int, cursor: str | None,
