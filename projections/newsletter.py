@@ -24,12 +24,11 @@ CAMPAIGN_COLUMNS = ("id, name, subject, from_name, from_email, reply_to, list_id
 BLACKLIST_COLUMNS = "id, value, kind, reason, created_by, created_at"
 DOMAIN_COLUMNS = ("id, domain, selector, public_key, spf_ok, dkim_ok, dmarc_ok, verified, problems, checked_at,"
                   " verified_at, created_by, created_at, updated_at")
-RECOUNT = (
-    "subscribed_count = (SELECT count(*) FROM newsletter_subscribers WHERE list_id = %s AND status = 'subscribed'),"
-    " unsubscribed_count = (SELECT count(*) FROM newsletter_subscribers WHERE list_id = %s AND status = 'unsubscribed'),"
-    " bounced_count = (SELECT count(*) FROM newsletter_subscribers WHERE list_id = %s AND status = 'bounced'),"
-    " complained_count = (SELECT count(*) FROM newsletter_subscribers WHERE list_id = %s AND status = 'complained')"
-)
+STATUS_COUNTS = ", ".join(
+    f"{status}_count = {status}_count - (SELECT count(*) FROM old WHERE status = '{status}')"
+    f" + CASE WHEN %(new)s::text = '{status}' THEN 1 ELSE 0 END"
+    for status in ("subscribed", "unsubscribed", "bounced", "complained"))
+"""Counters of a list after one subscriber changed from the status in the CTE `old` to %(new)s (NULL: removed)."""
 ENGAGEMENT_COLUMNS = {"open": ("opens", "unique_opens"), "click": ("clicks", "unique_clicks")}
 
 
@@ -54,9 +53,6 @@ class NewsletterProjection(Projection):
     def list_updated(self, cur: Any, e: Any) -> None:
         set_columns(cur, "newsletter_lists", e, dict(e.changes))
 
-    def _recount(self, cur: Any, e: Any) -> None:
-        touch(cur, "newsletter_lists", e, RECOUNT, (e.originator_id,) * 4)
-
     @handles(MailingList.SubscribersAdded)
     def subscribers_added(self, cur: Any, e: Any) -> None:
         cur.execute(
@@ -68,20 +64,25 @@ class NewsletterProjection(Projection):
             " last_name text, client_id uuid, contact_id uuid, consent_source text, consent_at timestamptz)"
             " WHERE l.id = %s",
             (e.timestamp, e.timestamp, json.dumps(e.subscribers), e.originator_id))
-        self._recount(cur, e)
+        touch(cur, "newsletter_lists", e, "subscribed_count = subscribed_count + %s", (len(e.subscribers),))
 
     @handles(MailingList.SubscriberRemoved)
     def subscriber_removed(self, cur: Any, e: Any) -> None:
-        cur.execute("DELETE FROM newsletter_subscribers WHERE list_id = %s AND email = %s", (e.originator_id, e.email))
-        self._recount(cur, e)
+        cur.execute(
+            "WITH old AS (DELETE FROM newsletter_subscribers WHERE list_id = %(list)s AND email = %(email)s"
+            f" RETURNING status) UPDATE newsletter_lists SET {STATUS_COUNTS}, updated_at = %(at)s WHERE id = %(list)s",
+            {"list": e.originator_id, "email": e.email, "new": None, "at": e.timestamp})
 
     @handles(MailingList.SubscriberStatusChanged)
     def subscriber_status(self, cur: Any, e: Any) -> None:
-        cur.execute("UPDATE newsletter_subscribers SET status = %s, status_changed_at = %s, updated_at = %s"
-                    " WHERE list_id = %s AND email = %s", (e.status, e.timestamp, e.timestamp, e.originator_id, e.email))
+        cur.execute(
+            "WITH old AS (SELECT status FROM newsletter_subscribers WHERE list_id = %(list)s AND email = %(email)s),"
+            " changed AS (UPDATE newsletter_subscribers SET status = %(new)s, status_changed_at = %(at)s,"
+            " updated_at = %(at)s WHERE list_id = %(list)s AND email = %(email)s)"
+            f" UPDATE newsletter_lists SET {STATUS_COUNTS}, updated_at = %(at)s WHERE id = %(list)s",
+            {"list": e.originator_id, "email": e.email, "new": e.status, "at": e.timestamp})
         if e.status == "unsubscribed" and e.campaign_id is not None:
             cur.execute("UPDATE newsletter_campaigns SET unsubscribes = unsubscribes + 1 WHERE id = %s", (e.campaign_id,))
-        self._recount(cur, e)
 
     @handles(MailingList.Deleted)
     def list_deleted(self, cur: Any, e: Any) -> None:

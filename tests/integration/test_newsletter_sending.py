@@ -199,6 +199,11 @@ def test_permanent_failures_bounce_and_transient_ones_are_retried(world, smtp_pe
                                                     "from_email": "news@shop.example", "text_body": "t",
                                                     "list_ids": [mailing_list["id"]]})
     assert call("crm_newsletter_send_campaign", {"campaign_id": again["id"]})["recipients_count"] == 2
+    counts = call("crm_newsletter_get_list", {"list_id": mailing_list["id"]})
+    assert (counts["subscribed_count"], counts["bounced_count"], counts["unsubscribed_count"]) == (2, 1, 0)
+    call("crm_newsletter_remove_subscriber", {"list_id": mailing_list["id"], "email": "gone@example.com"})
+    counts = call("crm_newsletter_get_list", {"list_id": mailing_list["id"]})
+    assert (counts["subscribed_count"], counts["bounced_count"]) == (2, 0)
 
 
 def test_a_stop_in_the_middle_of_1000_recipients_and_a_restart_send_each_exactly_once(world, smtp_peer, dns_peer):
