@@ -5,10 +5,33 @@ from application.registry import Registry, registry
 from application.toolsets import (  # noqa: F401 - imported for their declarations
     users, clients, tasks, deals, pipelines, services, activities, projects, wiki, stats, newsletter, qr_codes,
     invoices, settings,
-    workflows,
+    workflows, tools,
 )
 
-__all__ = ["registry", "toolset_table"]
+__all__ = ["PRESETS", "registry", "toolset_table"]
+
+PRESETS = {
+    "sales": ("users", "clients", "deals", "pipelines", "services", "activities", "stats"),
+    "work": ("users", "tasks", "projects", "wiki", "clients"),
+    "marketing": ("users", "clients", "newsletter", "qr_codes", "stats"),
+    "admin": ("users", "settings", "workflows", "invoices"),
+    "discover": ("tools",),
+}
+"""Names for common jobs, usable in `/mcp?toolsets=` beside toolset names (`?toolsets=sales,tasks`)."""
+
+
+def expand_toolsets(names: list[str], reg: Registry = registry) -> frozenset[str]:
+    """Toolset names and presets to toolset names; an unknown name is a ValueError listing the valid ones."""
+    out: set[str] = set()
+    for name in names:
+        if name in PRESETS:
+            out.update(PRESETS[name])
+        elif name in reg.toolsets:
+            out.add(name)
+        else:
+            raise ValueError(f"unknown toolset {name!r}; toolsets: {', '.join(reg.toolsets)};"
+                             f" presets: {', '.join(PRESETS)}")
+    return frozenset(out)
 
 
 def toolset_table(reg: Registry = registry) -> str:
@@ -16,6 +39,7 @@ def toolset_table(reg: Registry = registry) -> str:
     lines = ["| toolset | tools | what it does |", "|---|---|---|"]
     for t in reg.toolsets.values():
         count = sum(1 for op in reg if op.toolset == t.name)
-        default = "" if t.default else " (not listed unless chosen)"
+        default = "" if t.default else " (listed only when chosen: `?toolsets=discover`)" if t.name == "tools" \
+            else " (listed only when chosen)"
         lines.append(f"| `{t.name}` | `crm_{t.name}_*` ({count}) | {t.description}{default} |")
     return "\n".join(lines) + "\n"

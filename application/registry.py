@@ -36,10 +36,14 @@ Kind = Literal["query", "command", "destructive"]
 KIND_ACTION = {"query": "read", "command": "write", "destructive": "delete"}
 
 
+META_TOOLSETS = ("tools",)
+"""Toolsets that are not permission resources: their tools need no permission of their own (see Operation.meta)."""
+
+
 def resource_of(tool_name: str) -> str:
-    """`crm_qr_codes_list` -> `qr_codes`: the longest known resource the name starts with."""
+    """`crm_qr_codes_list` -> `qr_codes`: the longest known resource (or meta toolset) the name starts with."""
     rest = tool_name.removeprefix("crm_")
-    matches = [r for r in RESOURCES if rest.startswith(r + "_")]
+    matches = [r for r in (*RESOURCES, *META_TOOLSETS) if rest.startswith(r + "_")]
     if not matches:
         raise ValueError(f"tool {tool_name} does not start with crm_<resource>_")
     return max(matches, key=len)
@@ -149,6 +153,11 @@ class Operation:
     writes: tuple[str, ...] = ()
     own_id: str | None = None
     """The toolset's entity id argument (deal_id for crm_deals_*): self-explanatory there, so shown without prose."""
+    meta: bool = False
+    """A tool about tools (discovery): run by the runner itself, `await handler(params, runner, principal)`, with no
+    permission of its own; the tools it runs bring theirs."""
+    group: str | None = None
+    """The toolset, for tools whose names do not say it (`search` and `fetch`, named by the ChatGPT contract)."""
 
     def __post_init__(self) -> None:
         for other in (*self.reads, *self.writes):
@@ -156,12 +165,13 @@ class Operation:
                 raise ValueError(f"{self.name}: reads/writes name other resources; {other!r} is not one")
 
     @property
-    def resource(self) -> str:
-        return resource_of(self.name)
+    def toolset(self) -> str:
+        return self.group or resource_of(self.name)
 
     @property
-    def toolset(self) -> str:
-        return self.resource
+    def resource(self) -> str:
+        """The permission resource: the toolset's own (meta toolsets have none and need none)."""
+        return self.toolset
 
     @property
     def action(self) -> str:
@@ -169,12 +179,16 @@ class Operation:
 
     @property
     def permission(self) -> str:
+        if self.meta:
+            return "none"
         """The permission on the tool's own resource, from its kind."""
         return f"{self.resource}:{self.action}"
 
     @property
     def needs(self) -> tuple[tuple[str, str], ...]:
         """Every (resource, action) a call needs: its own, then read on what it reads and write on what it writes."""
+        if self.meta:
+            return ()
         return ((self.resource, self.action), *((r, "read") for r in self.reads), *((r, "write") for r in self.writes))
 
     @property
@@ -240,7 +254,7 @@ class Registry:
     def add_toolset(self, toolset: Any) -> None:
         if toolset.name in self.toolsets:
             raise ValueError(f"toolset {toolset.name} declared twice")
-        if toolset.name not in RESOURCES:
+        if toolset.name not in RESOURCES and not (toolset.meta and toolset.name in META_TOOLSETS):
             raise ValueError(f"toolset {toolset.name} is not a permission resource ({', '.join(RESOURCES)})")
         self.toolsets[toolset.name] = toolset
 
@@ -251,7 +265,8 @@ class Registry:
             raise ValueError(f"{op.name}: the input Struct's docstring is the tool description and must be set")
         if op.toolset not in self.toolsets:
             raise ValueError(f"{op.name}: toolset {op.toolset} is not declared (application.toolset.Toolset)")
-        op = dataclasses.replace(op, own_id=self.toolsets[op.toolset].id_field)
+        toolset = self.toolsets[op.toolset]
+        op = dataclasses.replace(op, own_id=toolset.id_field, meta=toolset.meta)
         self._ops[op.name] = op
         return op
 

@@ -232,6 +232,8 @@ class ToolRunner:
         except msgspec.ValidationError as e:
             raise _format_validation(e) from None
         check_storable(params)
+        if op.meta:
+            return await op.handler(params, self, principal)
         if op.kind == "query":
             out = await self._cancellable(self.run_query, op, params, principal)
         else:

@@ -57,6 +57,8 @@ class Toolset:
     description: str
     default: bool = True
     """Listed when a client does not choose toolsets (`/mcp` without `?toolsets=`)."""
+    meta: bool = False
+    """Tools about tools (registry.META_TOOLSETS): no permission of their own, run by the runner itself."""
     aggregate: type[TenantAggregate] | None = None
     id_field: str | None = None
     id_type: Any = None

@@ -77,10 +77,15 @@ async def send_unauthorized(send: Send, base: str, error: str, description: str)
 
 
 def _tool_filter(scope: Scope) -> ToolFilter:
+    """`?toolsets=` (toolset names and presets, see application.inventory.PRESETS) and `?readonly=1`. An unknown
+    name is a ValueError naming the valid ones: a selection that silently lists nothing helps nobody."""
+    from application.inventory import expand_toolsets
+
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     toolsets = None
     if "toolsets" in query:
-        toolsets = frozenset(t.strip() for v in query["toolsets"] for t in v.split(",") if t.strip()) or None
+        names = [t.strip() for v in query["toolsets"] for t in v.split(",") if t.strip()]
+        toolsets = expand_toolsets(names) if names else None
     read_only = query.get("readonly", ["0"])[-1].lower() in {"1", "true", "yes"}
     return ToolFilter(toolsets=toolsets, read_only=read_only)
 
@@ -208,7 +213,11 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             )
             return
         current_principal.set(principal)
-        current_filter.set(_tool_filter(scope))
+        try:
+            current_filter.set(_tool_filter(scope))
+        except ValueError as e:
+            await send_json(send, 400, {"error": "invalid_toolsets", "error_description": str(e)})
+            return
         if scope["method"] == "GET":
             await get_streams.serve(scope, receive, send, sessions.handle_request)
             return

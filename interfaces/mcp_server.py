@@ -39,8 +39,10 @@ class ToolFilter:
     toolsets: frozenset[str] | None = None
     read_only: bool = False
 
-    def admits(self, op: Operation) -> bool:
-        return (self.toolsets is None or op.toolset in self.toolsets) and (not self.read_only or op.read_only)
+    def admits(self, op: Operation, default_toolsets: frozenset[str] = frozenset()) -> bool:
+        """Without a choice, the toolsets listed by default; with one, exactly those chosen."""
+        chosen = op.toolset in self.toolsets if self.toolsets is not None else op.toolset in default_toolsets
+        return chosen and (not self.read_only or op.read_only)
 
 
 current_principal: ContextVar[Principal] = ContextVar("current_principal")
@@ -94,10 +96,12 @@ def images(result: dict[str, Any]) -> list[types.ImageContent]:
 
 
 def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server:
+    defaults = frozenset(t.name for t in registry.toolsets.values() if t.default)
+
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         principal = current_principal.get()
         tool_filter = current_filter.get()
-        ops = [op for op in registry.select(principal.grants) if tool_filter.admits(op)]
+        ops = [op for op in registry.select(principal.grants) if tool_filter.admits(op, defaults)]
         start = _cursor_offset(params.cursor if params else None)
         page = ops[start : start + TOOLS_PAGE_SIZE]
         more = start + TOOLS_PAGE_SIZE < len(ops)
@@ -109,7 +113,7 @@ def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server
         principal = current_principal.get()
         op = registry.get(params.name)
         try:
-            if op is not None and not current_filter.get().admits(op):
+            if op is not None and not current_filter.get().admits(op, defaults):
                 raise PermissionDenied(
                     f"{op.name} is outside this connection's tool selection (toolsets/readonly in the /mcp URL)",
                     code="tool_not_enabled",
