@@ -156,6 +156,8 @@ class Operation:
     meta: bool = False
     """A tool about tools (discovery): run by the runner itself, `await handler(params, runner, principal)`, with no
     permission of its own; the tools it runs bring theirs."""
+    free: bool = False
+    """Callable with any valid token (crm_users_me: it is how a caller learns why other tools are refused)."""
     group: str | None = None
     """The toolset, for tools whose names do not say it (`search` and `fetch`, named by the ChatGPT contract)."""
 
@@ -179,7 +181,7 @@ class Operation:
 
     @property
     def permission(self) -> str:
-        if self.meta:
+        if self.meta or self.free:
             return "none"
         """The permission on the tool's own resource, from its kind."""
         return f"{self.resource}:{self.action}"
@@ -187,7 +189,7 @@ class Operation:
     @property
     def needs(self) -> tuple[tuple[str, str], ...]:
         """Every (resource, action) a call needs: its own, then read on what it reads and write on what it writes."""
-        if self.meta:
+        if self.meta or self.free:
             return ()
         return ((self.resource, self.action), *((r, "read") for r in self.reads), *((r, "write") for r in self.writes))
 
@@ -227,6 +229,10 @@ class Operation:
         if own is not None:
             own.pop("description", None)
         return schema
+
+    def full_input_schema(self) -> dict[str, Any]:
+        """The input schema with every rule (for explaining a refusal: enums, formats, limits)."""
+        return compact(_inline_refs(msgspec.json.schema(self.input)))
 
     def output_schema(self) -> dict[str, Any]:
         schema = output_json_schema(self.output)
@@ -272,13 +278,14 @@ class Registry:
 
     def query(
         self, name: str, *, output: type, input: type[msgspec.Struct] | None = None, open_world: bool = False,
-        reads: tuple[str, ...] = (),
+        reads: tuple[str, ...] = (), free: bool = False,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """`handler(query, ctx) -> output`; `reads`: other resources whose data the result shows."""
+        """`handler(query, ctx) -> output`; `reads`: other resources whose data the result shows; `free`: no
+        permission needed."""
 
         def register(handler: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Operation(name, "query", input or _input_of(handler), output, handler, returns=output,
-                               open_world=open_world, reads=reads))
+                               open_world=open_world, reads=reads, free=free))
             return handler
 
         return register

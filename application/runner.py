@@ -24,7 +24,9 @@ from anyio import CapacityLimiter
 from eventsourcing.persistence import IntegrityError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from application.guidance import explain_not_found, explain_validation
 from application.logsafe import describe
+from application.organization import org_today
 from application.errors import (InvalidArguments, PermissionDenied, ReadModelDegraded, StoredButNotReadable, ToolError,
                                 UnknownTool)
 from application.principal import Principal
@@ -197,7 +199,10 @@ class ToolRunner:
             raise
         except DomainError as e:
             status = e.code
-            raise ToolError(e.message, field=e.field, code=e.code) from None
+            message = e.message
+            if isinstance(e, NotFound) and getattr(e, "entity_id", None) is not None:
+                message = await self._thread(self._explain_not_found, principal, e) or message
+            raise ToolError(message, field=e.field, code=e.code) from None
         except psycopg.errors.QueryCanceled:
             status = "timeout"
             raise ToolError(
@@ -230,7 +235,13 @@ class ToolRunner:
         try:
             params = msgspec.convert(arguments or {}, op.input)
         except msgspec.ValidationError as e:
-            raise _format_validation(e) from None
+            error = _format_validation(e)
+            better = explain_validation(error.message.split(": ", 1)[-1], error.field, op.full_input_schema(),
+                                        lambda: self._today(principal))
+            if better is not None:
+                where = f"`{error.field}`" if error.field else "arguments"
+                error = InvalidArguments(f"Invalid {where}: {better}", field=error.field)
+            raise error from None
         check_storable(params)
         if op.meta:
             return await op.handler(params, self, principal)
@@ -239,6 +250,27 @@ class ToolRunner:
         else:
             out = await self.run_command_async(op, params, principal)
         return without_unreadable_labels(msgspec.to_builtins(out), lambda resource: principal.can(resource, "read"))
+
+    def _today(self, principal: Principal) -> Any:
+        with self.pool.connection() as conn:
+            return org_today(conn, principal.organization_id)
+
+    def _explain_not_found(self, principal: Principal, error: NotFound) -> str | None:
+        """'… is a deal id, not a client id', '… was deleted on … by …', '… was merged into …', or None."""
+        def user_name(user_id: UUID) -> str | None:
+            row = conn.execute("SELECT name FROM users WHERE id = %s AND organization_id = %s",
+                               (user_id, principal.organization_id)).fetchone()
+            return row["name"] if row else None
+
+        def merged_into(originator: UUID) -> Any:
+            try:
+                return self.store.repository.get(originator).merged_into
+            except Exception:
+                return "another one"
+
+        with self.pool.connection() as conn:
+            return explain_not_found(conn, principal.organization_id, error.entity, error.entity_id, user_name,
+                                     merged_into)
 
     def _org_limiter(self, org_id: UUID) -> CapacityLimiter:
         limiter = self._org_limiters.get(org_id)

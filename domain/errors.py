@@ -22,6 +22,7 @@ class NotFound(DomainError):
     def __init__(self, entity: str, entity_id: object, *, field: str | None = None) -> None:
         super().__init__(f"{entity} {entity_id} not found", field=field)
         self.entity = entity
+        self.entity_id = entity_id
 
 
 class Conflict(DomainError):

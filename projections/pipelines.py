@@ -134,3 +134,11 @@ def get_pipeline(conn: Any, org_id: UUID, pipeline_id: UUID) -> dict[str, Any]:
         raise NotFound("pipeline", pipeline_id, field="pipeline_id")
     row["stages"] = list_stages(conn, org_id, [pipeline_id])[pipeline_id]
     return row
+
+
+def stage_home(conn: Any, org_id: UUID, stage_id: UUID) -> dict[str, Any] | None:
+    """The pipeline a stage belongs to (name and id) and the stage's name, or None."""
+    return conn.execute(
+        "SELECT s.name AS stage_name, p.id AS pipeline_id, p.name AS pipeline_name FROM pipeline_stages s"
+        " JOIN pipelines p ON p.id = s.pipeline_id WHERE s.organization_id = %s AND s.id = %s AND NOT s.deleted",
+        (org_id, stage_id)).fetchone()

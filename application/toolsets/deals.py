@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -24,10 +26,11 @@ from domain.clients import Client
 from domain.deals import DEAL_FIELDS, STATUSES, Deal
 from domain.errors import DomainError, NotFound
 from domain.money import percent_of, to_cents
-from domain.pipelines import default_pipeline_id
+from domain.pipelines import StageNotFound, default_pipeline_id
 from domain.values import MAX_AMOUNT
 from domain.services import CatalogService
 from projections import deals as deals_q
+from projections import pipelines as pipelines_q
 from projections import invoices as invoices_q
 
 DealId = Annotated[UUID, Meta(description="From crm_deals_list or _search.")]
@@ -342,13 +345,14 @@ def create_deal(cmd: CreateDeal, uow: UnitOfWork) -> UUID:
     owner = cmd.owner_id if cmd.owner_id is not None else uow.principal.user_id
     if owner is not None:
         ensure_user(uow.conn, uow.org_id, owner, field="owner_id")
-    deal = Deal.create(
-        uow.org_id, client_id=cmd.client_id, title=cmd.title, pipeline=pipeline, stage_id=cmd.stage_id,
-        currency=org_settings(uow.conn, uow.org_id)["currency"], owner_id=owner,
-        value_cents=None if cmd.value is None else to_cents(cmd.value, field="value"),
-        fields={"description": cmd.description, "expected_close_date": cmd.expected_close_date},
-        created_by=uow.principal.user_id,
-    )
+    with stage_of_another_pipeline(uow):
+        deal = Deal.create(
+            uow.org_id, client_id=cmd.client_id, title=cmd.title, pipeline=pipeline, stage_id=cmd.stage_id,
+            currency=org_settings(uow.conn, uow.org_id)["currency"], owner_id=owner,
+            value_cents=None if cmd.value is None else to_cents(cmd.value, field="value"),
+            fields={"description": cmd.description, "expected_close_date": cmd.expected_close_date},
+            created_by=uow.principal.user_id,
+        )
     custom_fields.record(uow, deal, "deal", cmd.custom_fields, creating=True)
     uow.add(deal)
     return deal.id
@@ -421,8 +425,23 @@ class MoveStage(Command, kw_only=True):
     pipeline_id: Annotated[UUID | None, Meta(description="Only to change pipeline: the stage's pipeline.")] = None
 
 
+@contextmanager
+def stage_of_another_pipeline(uow: UnitOfWork) -> Iterator[None]:
+    """A stage that is not in the pipeline: say which pipeline it belongs to, so the model can pass pipeline_id."""
+    try:
+        yield
+    except StageNotFound as e:
+        home = pipelines_q.stage_home(uow.conn, uow.org_id, e.entity_id)
+        if home is None:
+            raise
+        raise DomainError(f"stage {e.entity_id} ('{home['stage_name']}') belongs to pipeline '{home['pipeline_name']}'"
+                          f" ({home['pipeline_id']}); give that pipeline_id too to move the deal there",
+                          field=e.field) from None
+
+
 def _move(deal: Deal, cmd: MoveStage, uow: UnitOfWork) -> None:
-    deal.move_to(load_pipeline(uow, cmd.pipeline_id or deal.pipeline_id), cmd.stage_id)
+    with stage_of_another_pipeline(uow):
+        deal.move_to(load_pipeline(uow, cmd.pipeline_id or deal.pipeline_id), cmd.stage_id)
 
 
 deal_command("move_stage", MoveStage, _move, row=True)

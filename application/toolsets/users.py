@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -44,11 +45,25 @@ class OrganizationOut(Struct, kw_only=True, omit_defaults=True):
     locale: str
 
 
+class Calendar(Struct, kw_only=True, omit_defaults=True):
+    """The organization's calendar now: what 'today', 'this week' and 'this month' mean to its people."""
+
+    timezone: str
+    today: date
+    now: datetime
+    week_start: date
+    week_end: date
+    month_start: date
+    month_end: date
+
+
 class Me(Struct, kw_only=True, omit_defaults=True):
     user: UserOut
     organization: OrganizationOut
     auth: Literal["api_token", "oauth"]
-    permissions: Annotated[list[str], Meta(description="Effective permissions of this call: role grants within the token's grants.")]
+    permissions: list[str]
+    """Effective permissions of this call: the role's grants within the token's."""
+    calendar: Calendar
 
 
 class ListUsers(ListQuery, kw_only=True):
@@ -104,19 +119,27 @@ def get_user(q: GetUser, ctx: QueryContext) -> UserDetail:
 
 
 class WhoAmI(Query, kw_only=True):
-    """The user and organization this connection acts for, with its effective permissions. Call it to
-    learn the organization's currency and timezone, or why a tool is refused."""
+    """Who and where this connection is: user, role, effective permissions (why a tool is refused), the
+    organization's currency and timezone, today's date and this week's and month's bounds there. Any token may
+    call it."""
 
 
-@users.query("me", output=Me)
+@users.query("me", output=Me, free=True)
 def me(q: WhoAmI, ctx: QueryContext) -> Me:
     user = _user_row(ctx, ctx.principal.user_id)
     org = ctx.conn.execute(
         "SELECT id, name, currency, timezone, locale FROM organizations WHERE id = %s", (ctx.org_id,)
     ).fetchone()
+    now = datetime.now(ZoneInfo(org["timezone"]))
+    today = now.date()
+    week_start = today - timedelta(days=today.weekday())
+    month_end = (today.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
     return Me(
         user=msgspec.convert(user, UserOut),
         organization=msgspec.convert(org, OrganizationOut),
         auth="oauth" if ctx.principal.oauth_client_id else "api_token",
         permissions=permissions.as_listing(ctx.principal.grants),
+        calendar=Calendar(timezone=org["timezone"], today=today, now=now.replace(microsecond=0),
+                          week_start=week_start, week_end=week_start + timedelta(days=6),
+                          month_start=today.replace(day=1), month_end=month_end),
     )
