@@ -40,7 +40,7 @@ def test_kind_decides_annotations_and_permission(op):
     expected = {"query": (True, False, "read"), "command": (False, False, "write"), "destructive": (False, True, "delete")}
     read_only, destructive, action = expected[op.kind]
     assert (hints["readOnlyHint"], hints["destructiveHint"]) == (read_only, destructive)
-    assert op.permission == ("none" if op.meta else f"{op.resource}:{action}")  # discovery brings the called tool's
+    assert op.permission == ("none" if op.meta or op.free else f"{op.resource}:{action}")  # discovery: the called tool's
     assert len(op.description) > 20
     schema = op.input_schema()
     assert schema["type"] == "object" and "properties" in schema
