@@ -64,8 +64,11 @@ class InvoicesProjection(Projection):
 
     def _payments(self, cur: Any, e: Any, org_id: Any, payments: list[dict[str, Any]]) -> None:
         unpaid = [p for p in payments if p.get("status") == "not_paid" and p.get("due_date")]
-        cur.execute("UPDATE invoices SET unpaid_due_dates = %s::date[], unpaid_amounts = %s::bigint[] WHERE id = %s",
-                    ([p["due_date"] for p in unpaid], [p.get("amount_cents") or 0 for p in unpaid], e.originator_id))
+        cur.execute("UPDATE invoices SET unpaid_due_dates = %s::date[], unpaid_amounts = %s::bigint[], unpaid_cents = %s,"
+                    " last_due_date = %s WHERE id = %s",
+                    ([p["due_date"] for p in unpaid], [p.get("amount_cents") or 0 for p in unpaid],
+                     sum(p.get("amount_cents") or 0 for p in unpaid), max((p["due_date"] for p in unpaid), default=None),
+                     e.originator_id))
         cur.execute("DELETE FROM invoice_payments WHERE invoice_id = %s", (e.originator_id,))
         for i, p in enumerate(payments):
             cur.execute(
@@ -223,13 +226,16 @@ def totals(conn: Any, org_id: UUID, *, date_from: date, date_to: date, today: da
     the invoices dated in the period, cancelled ones left out; per currency, and per client when asked."""
     client_cols = "client_vat_key, max(client_vat) AS client_vat, max(client_name) AS client_name," if by_client else ""
     group = "currency, client_vat_key, CASE WHEN client_vat_key IS NULL THEN client_name END" if by_client else "currency"
-    # What is overdue comes from each invoice's own row (its unpaid instalments' due dates and amounts): no join.
+    # What is overdue comes from each invoice's own row, no join: nothing when its first unpaid instalment is not due
+    # yet, all it still owes when its last one is past, and only in between its instalments one by one.
     return conn.execute(
         f"""
         SELECT {client_cols} currency, count(*)::int AS invoices, sum(gross_cents)::bigint AS invoiced_cents,
                sum(paid_cents)::bigint AS paid_cents, sum(greatest(due_cents - paid_cents, 0))::bigint AS outstanding_cents,
-               coalesce(sum((SELECT sum(a) FROM unnest(unpaid_due_dates, unpaid_amounts) AS u(d, a)
-                             WHERE d < %(today)s)), 0)::bigint AS overdue_cents
+               coalesce(sum(CASE WHEN next_due_date IS NULL OR next_due_date >= %(today)s THEN 0
+                                 WHEN last_due_date < %(today)s THEN unpaid_cents
+                                 ELSE (SELECT sum(a) FROM unnest(unpaid_due_dates, unpaid_amounts) AS u(d, a)
+                                       WHERE d < %(today)s) END), 0)::bigint AS overdue_cents
         FROM invoices i
         WHERE organization_id = %(org)s AND date BETWEEN %(from)s AND %(to)s AND status <> 'cancelled'
           AND (%(vat)s::text IS NULL OR client_vat_key = %(vat)s)
