@@ -344,3 +344,17 @@ def test_a_deal_shows_what_was_invoiced_to_it_and_how_much_is_paid(fic, stub, ru
     call("crm_invoices_unallocate", {"allocation_id": half_paid["allocations"][0]["id"]})
     shown = call("crm_deals_get", {"deal_id": deal["id"]})
     assert (shown["invoiced"]["amount"], shown["paid"]["amount"]) == ("100.00", "100.00")
+
+
+def test_overdue_counts_only_the_instalments_already_due(fic, stub, runtime):
+    org, call, worker = fic
+    today = dt.date.today()
+    stub.add(document(1, day=today - dt.timedelta(days=45), net="1000", instalments=2),  # due -15 and +15 days
+             document(2, day=today - dt.timedelta(days=90), net="100", instalments=2),  # both past
+             document(3, day=today - dt.timedelta(days=10), net="100"))  # due in 20 days
+    call("crm_invoices_sync", {"date_from": (today - dt.timedelta(days=100)).isoformat(), "date_to": today.isoformat()})
+    worker.run_pending()
+    runtime.settle()
+    totals = call("crm_invoices_totals", {"date_from": (today - dt.timedelta(days=100)).isoformat()})["totals"][0]
+    assert (totals["outstanding"]["amount"], totals["overdue"]["amount"]) == ("1464.00", "732.00")  # 610 + 122
+    assert {i["fattureincloud_id"] for i in call("crm_invoices_list", {"overdue": True})["items"]} == {1, 2}
