@@ -16,6 +16,12 @@ catalogue tools can show each type's JSON Schema), placeholders (`{{deal.title}}
 them (an unknown or unavailable placeholder is refused when a step is saved, naming it), conditions and their
 evaluation, ISO 8601 durations, cron schedules and the walk through a workflow's steps that tells a run what
 comes next. Executing steps (tools, HTTP) is the application's (application/workflow_engine.py).
+
+Placeholders here are the run's context (`trigger.*`, `event.*`, `workflow.*` besides the entities), a superset of
+what settings templates fill (domain/templates.py, written at the same time): the `send_email` step renders a
+template with domain.templates.render after mapping the context into that vocabulary (`deal.owner.name` ->
+`deal.owner_name`, the organization, the acting user), so the two vocabularies can merge later without either
+changing its users' texts.
 """
 
 from __future__ import annotations
