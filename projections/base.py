@@ -46,7 +46,12 @@ class Projection:
     def topics(cls) -> list[str]:
         return cls._topics
 
-    def apply(self, cur: Any, event: Any) -> None:
+    notification_id: int | None = None
+    """The position of the event being applied (set by the projector): a handler that records it can join the
+    event's cause (who did it) at query time."""
+
+    def apply(self, cur: Any, event: Any, notification_id: int | None = None) -> None:
+        self.notification_id = notification_id
         getattr(self, self._handlers[type(event)])(cur, event)
 
     def clear(self, cur: Any) -> None:

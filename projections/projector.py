@@ -184,7 +184,7 @@ class Projector:
             else:
                 with conn.pipeline():  # the batch's statements go out without waiting for each answer
                     for n, _ in events:
-                        projection.apply(cur, self.decode(n))
+                        projection.apply(cur, self.decode(n), n.id)
             cur.execute("UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
                         (last, projection.name))
             for p in parked:
@@ -209,7 +209,7 @@ class Projector:
         """Apply one event inside a savepoint; the exception if it failed (the connection being lost is re-raised)."""
         try:
             with conn.transaction():
-                projection.apply(cur, self.decode(n))
+                projection.apply(cur, self.decode(n), n.id)
         except Exception as e:
             if conn.broken:
                 raise

@@ -19,6 +19,7 @@ from domain.deals import Deal
 from domain.errors import DomainError
 from projections import activities as activities_q
 from projections import timeline as timeline_q
+from projections.timeline import CLIENT_KINDS, DEAL_KINDS, TASK_KINDS
 
 ActivityId = Annotated[UUID, Meta(description="From crm_activities_list.")]
 ActivityType = Literal[TYPES]  # type: ignore[valid-type]
@@ -43,16 +44,24 @@ class ActivityOut(Struct, kw_only=True, omit_defaults=True):
     updated_at: datetime
 
 
+EntryKind = Literal[("activity", "note", *DEAL_KINDS, *CLIENT_KINDS, *TASK_KINDS)]  # type: ignore[valid-type]
+
+
 class TimelineEntry(Struct, kw_only=True, omit_defaults=True):
     id: UUID
-    kind: Literal["activity", "note", "deal_created", "deal_status", "deal_stage"]
-    ref_id: Annotated[UUID, Meta(description="The activity, note or deal this entry is about.")]
+    kind: EntryKind
+    ref_id: UUID
+    """The activity, note, deal, client or task the entry is about."""
     activity_type: str | None = None
     client_id: UUID | None = None
     deal_id: UUID | None = None
+    task_id: UUID | None = None
     occurred_at: datetime
     user_id: UUID | None = None
     user_name: str | None = None
+    """Who did it, and through which API token or OAuth client (assistant) when that is known."""
+    token_name: str | None = None
+    oauth_client_name: str | None = None
     title: str
     body: str | None = None
     data: dict[str, Any]
@@ -69,8 +78,8 @@ class TimelinePage(Struct, kw_only=True, omit_defaults=True):
 
 
 # Parts of a timeline that are another resource's data, left out (not refused) without read on that resource.
-TIMELINE_PARTS = (("clients", "notes on clients"), ("deals", "deal entries and notes on deals"),
-                  ("pipelines", "stage names"))
+TIMELINE_PARTS = (("clients", "the client's own changes and notes on clients"),
+                  ("deals", "deal entries and notes on deals"), ("tasks", "tasks"), ("pipelines", "stage names"))
 
 
 def present_activity(ctx: QueryContext, activity_id: UUID) -> ActivityOut:
@@ -122,8 +131,7 @@ class Timeline(ListQuery, kw_only=True):
 
     client_id: UUID | None = None
     deal_id: UUID | None = None
-    kinds: Annotated[list[Literal["activity", "note", "deal_created", "deal_status", "deal_stage"]] | None,
-                     Meta(description="Only these kinds of entries.")] = None
+    kinds: Annotated[list[EntryKind] | None, Meta(description="Only these kinds of entries.")] = None
 
 
 @activities.query("timeline", output=TimelinePage)
@@ -133,7 +141,8 @@ def timeline(q: Timeline, ctx: QueryContext) -> TimelinePage:
     may = {resource: ctx.principal.can(resource, "read") for resource, _ in TIMELINE_PARTS}
     rows, cursor = timeline_q.timeline(ctx.conn, ctx.org_id, client_id=q.client_id, deal_id=q.deal_id, kinds=q.kinds,
                                        limit=q.limit, cursor=q.cursor, client_notes=may["clients"],
-                                       deal_entries=may["deals"])
+                                       deal_entries=may["deals"], client_entries=may["clients"],
+                                       task_entries=may["tasks"])
     items = [msgspec.convert(r, TimelineEntry) for r in rows]
     if not may["pipelines"]:
         for item in items:
