@@ -220,7 +220,8 @@ class WorkflowTriggers(Projection):
     def topics(cls) -> list[str]:
         return [get_topic(c) for c in (*cls._WORKFLOW, *wf.EVENT_TYPES.values())]
 
-    def apply(self, cur: Any, event: Any) -> None:
+    def apply(self, cur: Any, event: Any, notification_id: int | None = None) -> None:
+        self.notification_id = notification_id
         kind = type(event)
         if kind in self._WORKFLOW:
             self.workflow_event(cur, event)
