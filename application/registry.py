@@ -36,6 +36,18 @@ Kind = Literal["query", "command", "destructive"]
 KIND_ACTION = {"query": "read", "command": "write", "destructive": "delete"}
 
 
+CONFIRM_SENTENCE = ("For bulk or uncertain work call it first with preview:true (changes nothing; says what would change "
+                    "and returns a confirmation), show that to the user, then repeat the call with that confirmation.")
+"""Added to every destructive tool's description (application.confirmation: preview and confirmed calls)."""
+CONFIRM_INPUTS = {
+    "preview": {"type": "boolean", "description": "true: change nothing; answer what this call would do and a confirmation."},
+    "confirmation": {"type": "string", "description": "From a preview of this same call: does exactly what was previewed, "
+                                                      "or is refused if anything it touches changed since."},
+}
+CONFIRM_OUTPUTS = {"preview": {"type": "object"}, "confirmation": {"type": "string"}}
+"""A preview's answer, `{preview: {...}, confirmation}`, is admitted by every destructive tool's output schema."""
+
+
 META_TOOLSETS = ("tools",)
 """Toolsets that are not permission resources: their tools need no permission of their own (see Operation.meta)."""
 
@@ -213,8 +225,15 @@ class Operation:
         return self.kind == "query"
 
     @property
+    def confirmable(self) -> bool:
+        """Destructive tools take `preview` / `confirmation` (application.confirmation); discovery's caller passes
+        them on inside the arguments of the tool it runs."""
+        return self.kind == "destructive" and not self.meta
+
+    @property
     def description(self) -> str:
-        return inspect.cleandoc(self.input.__doc__ or "").strip()
+        text = inspect.cleandoc(self.input.__doc__ or "").strip()
+        return f"{text} {CONFIRM_SENTENCE}" if self.confirmable and text else text
 
     @property
     def title(self) -> str:
@@ -228,6 +247,8 @@ class Operation:
         own = schema.get("properties", {}).get(self.own_id or "")
         if own is not None:
             own.pop("description", None)
+        if self.confirmable:
+            schema["properties"] = {**schema.get("properties", {}), **CONFIRM_INPUTS}
         return schema
 
     def full_input_schema(self) -> dict[str, Any]:
@@ -239,6 +260,8 @@ class Operation:
         if "$ref" in schema:  # MCP wants an object schema at the top: the referenced definition, with the others
             defs = schema.pop("$defs")
             schema = {**defs.pop(schema["$ref"].rsplit("/", 1)[-1]), **({"$defs": defs} if defs else {})}
+        if self.confirmable:
+            schema["properties"] = {**schema.get("properties", {}), **CONFIRM_OUTPUTS}
         return schema
 
     def annotations(self) -> dict[str, bool]:

@@ -24,6 +24,7 @@ from anyio import CapacityLimiter
 from eventsourcing.persistence import IntegrityError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from application import confirmation
 from application.guidance import explain_not_found, explain_validation
 from application.logsafe import describe
 from application.organization import org_today
@@ -232,6 +233,9 @@ class ToolRunner:
         if missing:
             raise PermissionDenied(op.refusal(missing))
         check_text(arguments)
+        confirm = None
+        if op.confirmable:  # preview / confirmation of a destructive call (application/confirmation.py)
+            arguments, confirm = confirmation.take(arguments)
         try:
             params = msgspec.convert(arguments or {}, op.input)
         except msgspec.ValidationError as e:
@@ -247,8 +251,10 @@ class ToolRunner:
             return await op.handler(params, self, principal)
         if op.kind == "query":
             out = await self._cancellable(self.run_query, op, params, principal)
+        elif confirm is not None and confirm.preview:
+            out = await self._thread(self.preview_command, op, params, principal)
         else:
-            out = await self.run_command_async(op, params, principal)
+            out = await self.run_command_async(op, params, principal, confirm.token if confirm else None)
         return without_unreadable_labels(msgspec.to_builtins(out), lambda resource: principal.can(resource, "read"))
 
     def _today(self, principal: Principal) -> Any:
@@ -339,11 +345,12 @@ class ToolRunner:
             details={"behind": sorted(parked)})
 
     # -- commands ----------------------------------------------------------------------------------------
-    async def run_command_async(self, op: Operation, params: Any, principal: Principal) -> Any:
+    async def run_command_async(self, op: Operation, params: Any, principal: Principal,
+                                confirmation_token: str | None = None) -> Any:
         """Run a command, then answer only once the read models show it (read-your-writes). A command whose
         events were committed never answers an error saying nothing changed: if its result cannot be read back
         within WRITE_WAIT_SECONDS, or reading it fails, the error says it WAS stored, with the ids."""
-        done = await self._thread(self.run_command, op, params, principal)
+        done = await self._thread(self.run_command, op, params, principal, confirmation_token)
         if done.targets:
             state = await self._settle(done.targets, principal.organization_id)
             if state != "ok":
@@ -384,26 +391,34 @@ class ToolRunner:
         with self.query_context(principal) as ctx:
             return op.present(ctx, returned)
 
-    def run_command(self, op: Operation, params: Any, principal: Principal) -> Committed:
-        """Handle, save atomically with the idempotency key and cause; retry optimistic-concurrency conflicts."""
+    def run_command(self, op: Operation, params: Any, principal: Principal,
+                    confirmation_token: str | None = None) -> Committed:
+        """Handle, save atomically with the idempotency key and cause; retry optimistic-concurrency conflicts.
+        With `confirmation_token`, the handler's effect is first checked against the preview's (and its own
+        database work kept only then)."""
         key = getattr(params, "idempotency_key", None)
         request_hash = None
         if key is not None:
             unkeyed = msgspec.structs.replace(params, idempotency_key=None)
             request_hash = hashlib.sha256(msgspec.json.encode(unkeyed)).hexdigest()
+        claims = None
         for attempt in range(MAX_CONFLICT_RETRIES):
             if key is not None:
                 replay = self._replay(op, principal, key, request_hash)
                 if replay is not None:
                     return Committed(replay, {})
-            uow = UnitOfWork(principal, self.store, self.pool)
+            if confirmation_token is not None and claims is None:
+                claims = confirmation.verify(confirmation.signing_secret(self.pool), confirmation_token, op.name,
+                                             principal, params)
+            held = confirmation.HeldPool(self.pool) if claims is not None else None
+            uow = UnitOfWork(principal, self.store, held or self.pool)
             try:
-                returned = op.handler(params, uow)
-            except NotFound:
-                # Handlers check links against read models; with this organization's events parked those can lie.
-                parked = self.parked_for(principal.organization_id)
-                if parked:
-                    raise self._degraded(parked) from None
+                returned = self._handle(op, params, uow)
+                if held is not None:
+                    confirmation.check_unchanged(claims, confirmation.effect_of(uow, held, op.name, returned), uow)
+            except BaseException:
+                if held is not None:
+                    held.finish(commit=False)
                 raise
             finally:
                 uow.close()
@@ -423,16 +438,51 @@ class ToolRunner:
                 recordings = self.store.save(*uow.pending, idempotency=idempotency, cause=cause,
                                              side_writes=uow.side_writes)
             except IntegrityError:
+                if held is not None:
+                    held.finish(commit=False)
                 if attempt == MAX_CONFLICT_RETRIES - 1:
                     raise ToolError("the entity kept changing concurrently; try again", code="conflict") from None
                 # Someone else wrote the same aggregate (or the same key) first: reload and retry, with a little
                 # jitter so that a crowd of writers does not collide again in lockstep.
                 time.sleep(random.uniform(0, 0.004) * (attempt + 1))
                 continue
+            except BaseException:
+                if held is not None:
+                    held.finish(commit=False)
+                raise
+            if held is not None:
+                held.finish(commit=True)  # the handler's own database work (settings tables), checked above
             ids = list(dict.fromkeys(str(r.domain_event.originator_id) for r in recordings))
             return Committed(returned, self._targets(recordings), ids,
                              max((r.notification.id for r in recordings), default=None))
         raise AssertionError("unreachable")
+
+    def _handle(self, op: Operation, params: Any, uow: UnitOfWork) -> Any:
+        try:
+            return op.handler(params, uow)
+        except NotFound:
+            # Handlers check links against read models; with this organization's events parked those can lie.
+            parked = self.parked_for(uow.org_id)
+            if parked:
+                raise self._degraded(parked) from None
+            raise
+
+    def preview_command(self, op: Operation, params: Any, principal: Principal) -> dict[str, Any]:
+        """A destructive call's preview (application/confirmation.py): the handler runs in a unit of work that is
+        never saved, its own database work in a transaction rolled back; answers what it would do and a token."""
+        if getattr(params, "idempotency_key", None) is not None:
+            params = msgspec.structs.replace(params, idempotency_key=None)  # a preview is never stored nor replayed
+        held = confirmation.HeldPool(self.pool)
+        uow = UnitOfWork(principal, self.store, held)
+        try:
+            returned = self._handle(op, params, uow)
+            effect = confirmation.effect_of(uow, held, op.name, returned)
+        finally:
+            uow.close()
+            held.finish(commit=False)
+        claims = confirmation.claims_for(op.name, principal, params, effect)
+        token = confirmation.issue(confirmation.signing_secret(self.pool), claims)
+        return confirmation.preview_answer(op.name, effect, token, claims.expires)
 
     def _replay(self, op: Operation, principal: Principal, key: str, request_hash: str) -> Any | None:
         with self.pool.connection() as conn:
