@@ -49,7 +49,9 @@ def test_sales_walkthrough(call):
     d = call("crm_deals_set_status", {"deal_id": deal["id"], "status": "accepted"})
     assert d["status"] == "accepted" and d["close_date"] is not None
     tl = call("crm_activities_timeline", {"client_id": client["id"]})["items"]
-    assert [e["kind"] for e in tl] == ["deal_status", "activity", "note", "deal_stage", "deal_created"]
+    kinds = [e["kind"] for e in tl]  # newest first: every change of the deal, its value as lines were added too
+    assert kinds[:4] == ["deal_status", "activity", "note", "deal_stage"]
+    assert kinds[-2:] == ["deal_created", "client_created"] and set(kinds[4:-2]) == {"deal_value"}
     assert tl[3]["stage_name"] == "Proposal"
     today = dt.date.today()
     rev = call("crm_stats_revenue", {"start_date": (today - dt.timedelta(days=40)).isoformat(),

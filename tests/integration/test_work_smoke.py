@@ -61,7 +61,7 @@ def test_tasks_checklist_tags_attachments(runtime, make_org, database_url):
     assert assigned["assignee_id"] == str(org.user_id)
     assert "assignee_id" not in call(runtime, p, "crm_tasks_unassign", {"task_id": task["id"]})
     call(runtime, p, "crm_tasks_delete", {"task_id": task["id"]})
-    with pytest.raises(ToolError, match="not found"):
+    with pytest.raises(ToolError, match="was deleted on"):
         call(runtime, p, "crm_tasks_get", {"task_id": task["id"]})
 
 
@@ -97,7 +97,7 @@ def test_projects(runtime, make_org, database_url):
     call(runtime, p, "crm_projects_unarchive", {"project_id": proj["id"]})
     assert call(runtime, p, "crm_projects_update", {"project_id": proj["id"], "status": "completed"})["status"] == "completed"
     call(runtime, p, "crm_projects_delete", {"project_id": proj["id"]})
-    with pytest.raises(ToolError, match="not found"):
+    with pytest.raises(ToolError, match="was deleted on"):
         call(runtime, p, "crm_projects_get", {"project_id": proj["id"]})
 
 
@@ -130,7 +130,7 @@ def test_wiki_pages_revisions_moves(runtime, make_org, database_url):
         [child["id"], grandchild["id"]], key=lambda i: {child["id"]: "accounts", grandchild["id"]: "e-mail"}[i])
     assert call(runtime, p, "crm_wiki_list_categories")["items"][0]["pages_count"] == 2
     call(runtime, p, "crm_wiki_delete_page", {"page_id": child["id"]})
-    with pytest.raises(ToolError, match="not found"):
+    with pytest.raises(ToolError, match="was deleted on"):
         call(runtime, p, "crm_wiki_get_page", {"page_id": child["id"]})
     with pytest.raises(ToolError):
         call(runtime, p, "crm_wiki_restore_revision", {"page_id": root["id"], "revision": 9})
