@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -49,6 +49,13 @@ def sent(struct: Struct, names: Iterable[str]) -> dict[str, Any]:
 class Page(Struct, Generic[T], kw_only=True, omit_defaults=True):
     items: list[T]
     next_cursor: str | None = None
+
+
+class Matches(Struct, kw_only=True, omit_defaults=True):
+    """Base of search results: `match` is 'any' when nothing matched every word of the query and the items
+    match some of them, most matching first (absent means every word matched)."""
+
+    match: Literal["all", "any"] = "all"
 
 
 class ListQuery(Query):

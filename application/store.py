@@ -16,12 +16,14 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.application import Application
-from eventsourcing.persistence import (ApplicationRecorder, IntegrityError, JSONTranscoder, OperationalError, Recording,
-                                      StoredEvent, Transcoding)
+from eventsourcing.persistence import (ApplicationRecorder, IntegrityError, JSONTranscoder, Mapper, OperationalError,
+                                      Recording, StoredEvent, Transcoding)
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
+
+from application import personal_data
 
 
 class DateAsISO(Transcoding):
@@ -155,6 +157,27 @@ def postgres_env(database_url: str, *, create_table: bool = False, pool_size: in
     }
 
 
+class PersonalDataMapper(Mapper[UUID]):
+    """The library's mapper with personal data sealed on the way in and read back (or as erased) on the way out
+    (application/personal_data.py: crypto-shredding for erasure on request)."""
+
+    def __init__(self, transcoder: Any, keyring: Any) -> None:
+        super().__init__(transcoder)
+        self.keyring = keyring
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        return super().to_stored_event(personal_data.sealed_for_storage(domain_event))
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        event = super().to_domain_event(stored_event)
+        if type(event) in personal_data.SPEC and personal_data.MARK not in stored_event.state and \
+                self.keyring.erased_aggregate(event.originator_id):
+            event = personal_data.redacted(event)  # written before encryption existed, and erased since
+        elif stored_event.topic == personal_data.ERASURE_TOPIC:
+            self.keyring.forget()  # another process erased: read the keys again
+        return event
+
+
 class EventStore(Application[UUID]):
     """All aggregates of all organizations; org_id lives inside every aggregate."""
 
@@ -173,6 +196,11 @@ class EventStore(Application[UUID]):
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
+        transcoder.register(personal_data.PersonalTranscoding(self.keyring))
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        self.keyring = personal_data.KeyRing(self.factory.datastore)  # type: ignore[attr-defined]
+        return PersonalDataMapper(self.construct_transcoder(), self.keyring)
 
     def save(self, *aggregates: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Append the pending events of our aggregates in one statement (kwargs: `cause`, `idempotency`,
@@ -181,11 +209,21 @@ class EventStore(Application[UUID]):
         The library's save() also takes bare events, takes snapshots and notifies in-process followers; none of
         that is used here, and its runtime Protocol checks measured a tenth of a millisecond per command."""
         events = [event for aggregate in aggregates for event in aggregate.collect_events()]
-        return self.events.put(events, **kwargs)
+        keys = personal_data.keys_for(self.keyring, aggregates, events)
+        token = personal_data.sealing.set(keys) if keys else None
+        try:
+            recordings = self.events.put(events, **kwargs)
+        finally:
+            if token is not None:
+                personal_data.sealing.reset(token)
+        if any(r.notification.topic == personal_data.ERASURE_TOPIC for r in recordings):
+            self.keyring.forget()
+        return recordings
 
     def construct_recorder(self) -> ApplicationRecorder:
         return FlusiaRecorder(self.factory.datastore, conninfo=self.database_url)  # type: ignore[attr-defined]
 
     def close(self) -> None:
+        self.keyring.close()
         self.recorder.close()  # type: ignore[attr-defined]
         self.factory.close()

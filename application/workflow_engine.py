@@ -126,7 +126,9 @@ class EngineSettings:
 def event_mapper() -> Mapper[UUID]:
     """Decodes stored events as the event store does (same transcodings; no compression or cipher configured)."""
     transcoder = JSONTranscoder()
-    for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), DateAsISO()):
+    from application.personal_data import PersonalTranscoding  # personal data: decrypted, or "[erased]"
+
+    for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), DateAsISO(), PersonalTranscoding()):
         transcoder.register(transcoding)
     return Mapper(transcoder=transcoder)
 

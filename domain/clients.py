@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 from eventsourcing.domain import event
 
 from domain.base import apply_changes
+from domain.personal_data import CLIENT_PERSONAL_FIELDS, CONTACT_PERSONAL_FIELDS, erased, is_erased
 from domain.custom_fields import HasCustomFields
 from domain.shared import Assignable, Editable, Taggable
 from domain.errors import Conflict, DomainError, NotFound
@@ -142,14 +143,16 @@ class Client(Editable, Taggable, Assignable, HasCustomFields):
         """Take over what the duplicate knows and the survivor does not: empty fields, tags, contacts."""
         if duplicate.id == self.id:
             raise CannotMergeIntoItself("a client cannot be merged into itself", field="duplicate_ids")
-        filled = {f: getattr(duplicate, f) for f in EDITABLE_FIELDS if not getattr(self, f) and getattr(duplicate, f)}
+        filled = {f: getattr(duplicate, f) for f in EDITABLE_FIELDS
+                  if not getattr(self, f) and getattr(duplicate, f) and not is_erased(getattr(duplicate, f))}
         tags = [t for t in duplicate.tags if t not in self.tags]
-        contacts = [c for k, c in duplicate.contacts.items() if k not in self.contacts]
+        contacts = [c for k, c in duplicate.contacts.items() if k not in self.contacts and not is_erased(c.get("name"))]
         self._absorbed(duplicate_id=duplicate.id, filled=filled, tags=tags, contacts=contacts)
         duplicate._merged_into(survivor_id=self.id)
 
     @event("Absorbed")
     def _absorbed(self, duplicate_id: UUID, filled: dict[str, Any], tags: list[str], contacts: list[dict[str, Any]]) -> None:
+        self._absorbed_ids = [*getattr(self, "_absorbed_ids", []), duplicate_id]
         apply_changes(self, filled, EDITABLE_FIELDS)
         self.tags = [*self.tags, *tags]
         self.contacts = {**self.contacts, **{c["id"]: c for c in contacts}}
@@ -158,6 +161,28 @@ class Client(Editable, Taggable, Assignable, HasCustomFields):
     def _merged_into(self, survivor_id: UUID) -> None:
         self.merged_into = survivor_id
         self.deleted = True
+
+    # -- erasure on request (GDPR art. 17) ----------------------------------------------------------------
+    @property
+    def absorbed_ids(self) -> list[UUID]:
+        """The duplicates merged into this lead/client (their data became its data)."""
+        return list(getattr(self, "_absorbed_ids", []))
+
+    def erase_personal_data(self) -> None:
+        """Blank the person's data (contact name, tax code, e-mail, phone, address, contact persons). The event
+        carries no personal data; destroying the encryption keys is the application's part (crypto-shredding)."""
+        if self.merged_into is not None:
+            raise DomainError(f"this lead/client was merged into {self.merged_into}, which holds its data now: "
+                              "erase that one", field="client_id")
+        self._personal_data_erased()
+
+    @event("PersonalDataErased")
+    def _personal_data_erased(self) -> None:
+        for name in CLIENT_PERSONAL_FIELDS:
+            setattr(self, name, erased(getattr(self, name, None)))
+        self.contacts = {k: {**c, **{f: erased(c[f]) for f in CONTACT_PERSONAL_FIELDS if c.get(f)}}
+                         for k, c in self.contacts.items()}
+        self.personal_data_erased = True
 
 
 def vat_key(vat: str | None) -> str | None:

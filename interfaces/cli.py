@@ -169,6 +169,29 @@ def cmd_projections_rebuild(args: argparse.Namespace, url: str) -> None:
         runtime.close()
 
 
+def cmd_gdpr_erase(args: argparse.Namespace, url: str) -> None:
+    """Erase a person's personal data on request (GDPR art. 17): crm_clients_erase_personal_data run by the operator
+    (its events name no user; the tool and a correlation id say what did it). Keys: application/personal_data.py."""
+    from uuid import uuid4
+
+    import anyio
+
+    from application.errors import ToolError
+    from application.principal import Principal
+    from interfaces.runtime import Runtime
+
+    runtime = Runtime(url, pool_size=2, consistency="settle")
+    operator = Principal(organization_id=args.org, user_id=None, grants=dict(permissions.BUILT_IN_ROLES["admin"]),  # type: ignore[arg-type]
+                         correlation_id=uuid4())
+    try:
+        result = anyio.run(runtime.runner.call, operator, "crm_clients_erase_personal_data", {"client_id": str(args.client)})
+    except ToolError as e:
+        fail(e.message)
+    finally:
+        runtime.close()
+    emit(result)
+
+
 def cmd_project(args: argparse.Namespace, url: str) -> None:
     """Run the projector alone (scale-out): one active instance per projection across processes; the workflow
     engine runs beside it (several processes share the runs, each run worked on by one at a time)."""
@@ -307,6 +330,12 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--org", required=True, type=UUID)
     sc.add_argument("--limit", type=int, default=50)
     sc.set_defaults(func=cmd_settings_changes)
+
+    gdpr = sub.add_parser("gdpr", help="data protection").add_subparsers(dest="gdpr_command", required=True)
+    ge = gdpr.add_parser("erase", help="erase a lead/client's personal data (GDPR art. 17): its keys are destroyed")
+    ge.add_argument("--org", required=True, type=UUID)
+    ge.add_argument("--client", required=True, type=UUID)
+    ge.set_defaults(func=cmd_gdpr_erase)
 
     proj = sub.add_parser("projections", help="read models").add_subparsers(dest="projections_command", required=True)
     proj.add_parser("status", help="positions, lag and parked events per consumer").set_defaults(

@@ -11,16 +11,18 @@ from psycopg.types.json import Jsonb
 from domain.clients import CLIENT_FIELDS, CONTACT_FIELDS, Client, email_key, phone_key, vat_key
 from domain.custom_fields import CustomField
 from domain.errors import NotFound
+from domain.personal_data import ERASED
 from projections.base import Projection, exists, handles, set_columns, touch
 from projections import custom_fields as custom_values
 from projections.pagination import BY_CREATION, NEWEST, RECENTLY_UPDATED, by_name, paginate
 
 SEARCH_REFRESH = """
-WITH names AS (SELECT string_agg(name, ' ') AS names FROM client_contacts WHERE client_id = %(id)s),
+WITH names AS (SELECT string_agg(nullif(name, '[erased]'), ' ') AS names FROM client_contacts WHERE client_id = %(id)s),
 updated AS (
   UPDATE clients c SET
-    search_text = lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, names.names))),
-    search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', c.business_name, c.contact_name, names.names,
+    search_text = lower(f_unaccent(concat_ws(' ', c.business_name, nullif(c.contact_name, '[erased]'), names.names))),
+    search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', c.business_name,
+                                                                 nullif(c.contact_name, '[erased]'), names.names,
                                                                  f_custom_text(c.custom_fields)))))
   FROM names WHERE c.id = %(id)s
   RETURNING c.organization_id, c.search_tsv
@@ -35,6 +37,38 @@ def _db_value(key: str, value: Any) -> Any:
     return Jsonb(value) if key == "address" and value is not None else value
 
 
+def _key(keyfn: Any, value: Any) -> Any:
+    """A normalised VAT/e-mail/phone key; an erased value has none (it matches nothing, groups with nothing)."""
+    return None if value == ERASED else keyfn(value)
+
+
+ERASE_CLIENT = """
+UPDATE clients SET
+  contact_name = CASE WHEN contact_name IS NULL THEN NULL ELSE %(x)s END,
+  tax_code = CASE WHEN tax_code IS NULL THEN NULL ELSE %(x)s END,
+  email = CASE WHEN email IS NULL THEN NULL ELSE %(x)s END,
+  phone = CASE WHEN phone IS NULL THEN NULL ELSE %(x)s END,
+  address = CASE WHEN jsonb_typeof(address) = 'object' THEN
+    (SELECT coalesce(jsonb_object_agg(k, CASE WHEN jsonb_typeof(v) = 'string' THEN to_jsonb(%(x)s::text) ELSE v END),
+                     '{}'::jsonb) FROM jsonb_each(address) AS a(k, v)) ELSE address END,
+  email_key = NULL, phone_key = NULL, updated_at = %(ts)s
+WHERE id = %(id)s
+"""
+ERASE_CONTACTS = """
+UPDATE client_contacts SET
+  name = CASE WHEN name IS NULL THEN NULL ELSE %(x)s END, role = CASE WHEN role IS NULL THEN NULL ELSE %(x)s END,
+  email = CASE WHEN email IS NULL THEN NULL ELSE %(x)s END, phone = CASE WHEN phone IS NULL THEN NULL ELSE %(x)s END
+WHERE client_id = %(id)s
+"""
+FORGET_WORDS = r"""
+DELETE FROM client_search_words w
+WHERE w.organization_id = %(org)s AND w.word = ANY(%(words)s)
+  AND NOT EXISTS (SELECT 1 FROM clients c WHERE c.organization_id = %(org)s
+                  AND c.search_tsv @@ ('''' || replace(replace(w.word, '\', '\\'), '''', '''''') || '''')::tsquery)
+"""
+"""Words of the search lexicon that no client uses any more (each word matched exactly, as a quoted lexeme)."""
+
+
 class ClientsProjection(Projection):
     name = "clients"
     tables = ("clients", "client_contacts", "client_search_words")
@@ -44,7 +78,7 @@ class ClientsProjection(Projection):
         values = {k: _db_value(k, v) for k, v in values.items()}
         for field, keyfn in (("vat_number", vat_key), ("email", email_key), ("phone", phone_key)):
             if field in values:
-                values[field.split("_")[0] + "_key"] = keyfn(values[field])
+                values[field.split("_")[0] + "_key"] = _key(keyfn, values[field])
         set_columns(cur, "clients", event, values)
 
     def _refresh_search(self, cur: Any, client_id: UUID) -> None:
@@ -62,7 +96,8 @@ class ClientsProjection(Projection):
               SELECT %(id)s, %(org)s, %(kind)s, %(status)s, %(business_name)s, %(contact_name)s, %(vat_number)s,
                 %(tax_code)s, %(email)s, %(phone)s, %(website)s, %(address)s, %(source)s, %(assigned_to)s,
                 %(created_by)s, %(ts)s, %(ts)s, %(vat_key)s, %(email_key)s, %(phone_key)s, names, to_tsvector('simple', names)
-              FROM (SELECT lower(f_unaccent(concat_ws(' ', %(business_name)s::text, %(contact_name)s::text))) AS names) n
+              FROM (SELECT lower(f_unaccent(concat_ws(' ', %(business_name)s::text,
+                                                      nullif(%(contact_name)s::text, '[erased]')))) AS names) n
               RETURNING organization_id, search_tsv
             )
             INSERT INTO client_search_words (organization_id, word)
@@ -71,8 +106,8 @@ class ClientsProjection(Projection):
             """,
             {**f, "id": e.originator_id, "org": e.org_id, "kind": e.kind, "status": e.status,
              "address": _db_value("address", f["address"]), "assigned_to": e.assigned_to, "created_by": e.created_by,
-             "ts": e.timestamp, "vat_key": vat_key(f["vat_number"]), "email_key": email_key(f["email"]),
-             "phone_key": phone_key(f["phone"])},
+             "ts": e.timestamp, "vat_key": _key(vat_key, f["vat_number"]), "email_key": _key(email_key, f["email"]),
+             "phone_key": _key(phone_key, f["phone"])},
         )
 
     @handles(Client.Updated)
@@ -148,6 +183,18 @@ class ClientsProjection(Projection):
     def removed(self, cur: Any, e: Any) -> None:
         cur.execute("DELETE FROM clients WHERE id = %s", (e.originator_id,))
 
+
+    @handles(Client.PersonalDataErased)
+    def personal_data_erased(self, cur: Any, e: Any) -> None:
+        """The person's fields and contact persons read ERASED; words only they put in the search lexicon leave it."""
+        row = cur.execute("SELECT organization_id, tsvector_to_array(search_tsv) AS words FROM clients WHERE id = %s",
+                          (e.originator_id,)).fetchone()
+        params = {"id": e.originator_id, "x": ERASED, "ts": e.timestamp}
+        cur.execute(ERASE_CLIENT, params)
+        cur.execute(ERASE_CONTACTS, params)
+        if row is not None:  # a deleted client has no row left: only its events hold its data
+            self._refresh_search(cur, e.originator_id)
+            cur.execute(FORGET_WORDS, {"org": row["organization_id"], "words": row["words"] or []})
 
     @handles(Client.CustomFieldsChanged)
     def custom_fields_changed(self, cur: Any, e: Any) -> None:

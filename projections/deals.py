@@ -9,6 +9,7 @@ from domain.clients import Client
 from domain.deals import Deal
 from domain.custom_fields import CustomField
 from domain.errors import NotFound
+from domain.personal_data import ERASED
 from projections import custom_fields as custom_values
 from projections.base import Projection, exists, handles
 from projections.pagination import BY_CREATION, RECENTLY_UPDATED, Sort, by_date, paginate
@@ -206,6 +207,12 @@ class DealsProjection(Projection):
     def client_merged(self, cur: Any, e: Any) -> None:
         """Deals of a merged duplicate move over to the survivor."""
         cur.execute("UPDATE deals SET client_id = %s WHERE client_id = %s", (e.survivor_id, e.originator_id))
+
+    @handles(Client.PersonalDataErased)
+    def client_erased(self, cur: Any, e: Any) -> None:
+        """Names of a person's contacts on its deals read as erased (application/personal_data.py)."""
+        cur.execute("UPDATE deal_contacts dc SET name = %s FROM deals d WHERE d.id = dc.deal_id AND d.client_id = %s"
+                    " AND dc.name IS NOT NULL", (ERASED, e.originator_id))
 
 
     @handles(Deal.CustomFieldsChanged)

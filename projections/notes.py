@@ -8,6 +8,7 @@ from uuid import UUID
 from domain.clients import Client
 from domain.errors import NotFound
 from domain.notes import Note
+from domain.personal_data import ERASED
 from projections.base import Projection, handles, touch
 from projections.pagination import NEWEST, paginate
 
@@ -46,6 +47,11 @@ class NotesProjection(Projection):
     @handles(Client.Deleted)
     def client_deleted(self, cur: Any, e: Any) -> None:
         cur.execute("DELETE FROM notes WHERE subject_type = 'client' AND subject_id = %s", (e.originator_id,))
+
+    @handles(Client.PersonalDataErased)
+    def client_erased(self, cur: Any, e: Any) -> None:
+        """Notes about a person whose data was erased (application/personal_data.py) read as erased."""
+        cur.execute("UPDATE notes SET body = %s WHERE subject_type = 'client' AND subject_id = %s", (ERASED, e.originator_id))
 
 
 def list_notes(conn: Any, org_id: UUID, subject_type: str, subject_id: UUID, limit: int, cursor: str | None):

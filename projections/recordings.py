@@ -7,6 +7,7 @@ from uuid import UUID
 
 from domain.clients import Client
 from domain.errors import NotFound
+from domain.personal_data import ERASED
 from domain.recordings import Recording
 from projections.base import Projection, handles
 from projections.pagination import NEWEST, paginate
@@ -43,6 +44,12 @@ class RecordingsProjection(Projection):
     @handles(Client.Deleted)
     def client_deleted(self, cur: Any, e: Any) -> None:
         cur.execute("DELETE FROM recordings WHERE client_id = %s", (e.originator_id,))
+
+    @handles(Client.PersonalDataErased)
+    def client_erased(self, cur: Any, e: Any) -> None:
+        """Transcripts of a person whose data was erased (application/personal_data.py) read as erased."""
+        cur.execute("UPDATE recordings SET transcript = %s WHERE client_id = %s AND transcript IS NOT NULL",
+                    (ERASED, e.originator_id))
 
 
 def list_recordings(conn: Any, org_id: UUID, client_id: UUID, limit: int, cursor: str | None):

@@ -21,6 +21,7 @@ from domain.clients import Client
 from domain.deals import Deal
 from domain.money import format_money
 from domain.notes import Note
+from domain.personal_data import ERASED
 from domain.tasks import Task
 from projections.base import Projection, handles
 from projections.pagination import Sort, paginate
@@ -246,6 +247,12 @@ class TimelineProjection(Projection):
         cur.execute("UPDATE timeline_entries SET client_id = %s WHERE client_id = %s", (e.survivor_id, e.originator_id))
         cur.execute("UPDATE timeline_deals SET client_id = %s WHERE client_id = %s", (e.survivor_id, e.originator_id))
         cur.execute("UPDATE timeline_tasks SET client_id = %s WHERE client_id = %s", (e.survivor_id, e.originator_id))
+
+    @handles(Client.PersonalDataErased)
+    def client_erased(self, cur: Any, e: Any) -> None:
+        """Notes about a person whose data was erased (application/personal_data.py) read as erased."""
+        cur.execute("UPDATE timeline_entries SET body = %s WHERE client_id = %s AND kind = 'note' AND deal_id IS NULL"
+                    " AND body IS NOT NULL", (ERASED, e.originator_id))
 
 
 CLIENT_KINDS = ("client_created", "client_status", "client_converted", "client_owner", "client_deleted")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from uuid import UUID
 
 from domain.errors import NotFound
 from domain.wiki import WikiCategory, WikiPage
 from projections.base import Projection, exists, handles, touch
+from projections.matching import Found, fallback_words
 from projections.pagination import Sort, paginate
 
 PAGE_COLUMNS = ("id, title, category_id, parent_id, revision, created_by, updated_by, created_at, updated_at,"
@@ -128,8 +130,12 @@ def page_exists(conn: Any, org_id: UUID, page_id: UUID) -> bool:
 SNIPPET_WINDOW = 4000
 """Characters of a page the snippet is cut from, around the first place a query word appears: ts_headline
 re-parses what it is given, and over a whole 200 KB page it costs about 200 ms per result."""
+ALL_WORDS = "websearch_to_tsquery(%(lang)s::regconfig, %(q)s)"
+ANY_WORD = ("(SELECT string_agg(chr(39) || replace(replace(l, chr(92), chr(92) || chr(92)), chr(39), chr(39) || chr(39))"
+            " || chr(39), ' | ') FROM unnest(tsvector_to_array(to_tsvector(%(lang)s::regconfig, %(q)s))) AS l)::tsquery")
+"""The query's stemmed words as alternatives ('gestion' | 'res'), each quoted as a tsquery lexeme."""
 SEARCH_PAGES = """
-WITH q AS (SELECT websearch_to_tsquery(%(lang)s::regconfig, %(q)s) AS tsq),
+WITH q AS (SELECT {query} AS tsq),
 words AS (SELECT array(SELECT m[1] FROM q, regexp_matches(q.tsq::text, '''([^'']+)''', 'g') AS m) AS stems),
 hits AS (
     SELECT p.id, p.title, p.category_id, p.parent_id, p.revision, p.updated_at, p.body,
@@ -156,12 +162,18 @@ ORDER BY h.rank DESC, h.updated_at DESC, h.id
 
 
 def search_pages(conn: Any, org_id: UUID, text: str, *, language: str, category_id: UUID | None = None,
-                 limit: int = 10) -> list[dict[str, Any]]:
+                 limit: int = 10) -> Found:
     """Ranked full-text search in the organization's language; snippets only for the page of results shown,
-    each from a bounded window of the page (SNIPPET_WINDOW), so a search's cost does not grow with page size."""
-    return conn.execute(SEARCH_PAGES, {"lang": language, "q": text, "org": org_id, "cat": category_id,
-                                       "limit": limit, "before": SNIPPET_WINDOW // 10, "window": SNIPPET_WINDOW},
-                        ).fetchall()
+    each from a bounded window of the page (SNIPPET_WINDOW), so a search's cost does not grow with page size.
+    When no page has every word, the pages with any of them, unless the query spells out its own logic
+    (quotes, OR, -word): that is obeyed as written."""
+    params = {"lang": language, "q": text, "org": org_id, "cat": category_id,
+              "limit": limit, "before": SNIPPET_WINDOW // 10, "window": SNIPPET_WINDOW}
+    rows = conn.execute(SEARCH_PAGES.format(query=ALL_WORDS), params).fetchall()
+    explicit = '"' in text or re.search(r"(^|\s)-\S|\bor\b", text, re.IGNORECASE)
+    if rows or explicit or len(fallback_words(text)) < 2:
+        return Found(rows, "all")
+    return Found.some_words(conn.execute(SEARCH_PAGES.format(query=ANY_WORD), params).fetchall())
 
 
 def list_revisions(conn: Any, org_id: UUID, page_id: UUID, *, limit: int, cursor: str | None):

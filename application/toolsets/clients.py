@@ -463,3 +463,73 @@ class DeleteRecording(Command, kw_only=True):
 def delete_recording(cmd: DeleteRecording, uow: UnitOfWork) -> Removed:
     uow.get(Recording, cmd.recording_id, field="recording_id").delete()
     return Removed(id=cmd.recording_id, entity="recording")
+
+
+# -- erasure on request (GDPR art. 17) ---------------------------------------------------------------------------
+class ErasePersonalData(Command, kw_only=True):
+    """Erase a person's personal data on request (GDPR art. 17): the lead/client's contact name, tax code, e-mail,
+    phone, address, contact persons, notes and call transcripts (also of duplicates merged into it) read "[erased]"
+    from now on everywhere, history included: their encryption keys are destroyed. The record, business name and
+    VAT number stay. Works on deleted leads/clients too. Cannot be undone."""
+
+    client_id: ClientId
+
+
+class Erased(Struct, kw_only=True):
+    client_id: UUID
+    erased: bool
+    merged_duplicates: Annotated[int, Meta(description="Duplicates merged into it, erased with it.")]
+    notes: int
+    recordings: int
+    deals: Annotated[int, Meta(description="Deals whose contact names were erased.")]
+    keys_destroyed: int
+
+
+def _absorbed(uow: UnitOfWork, client: Client) -> list[UUID]:
+    """Every duplicate merged into `client`, and those merged into them."""
+    found: list[UUID] = []
+    pending = list(client.absorbed_ids)
+    while pending:
+        duplicate_id = pending.pop()
+        if duplicate_id in found or duplicate_id == client.id:
+            continue
+        found.append(duplicate_id)
+        duplicate = uow.store.repository.get(duplicate_id)
+        pending += duplicate.absorbed_ids
+    return found
+
+
+@clients.command("erase_personal_data", output=Erased, destructive=True, writes=("deals",))
+def erase_personal_data(cmd: ErasePersonalData, uow: UnitOfWork) -> Erased:
+    from eventsourcing.application import AggregateNotFoundError
+
+    from application import personal_data
+    from application.store import SideWrite
+    from domain.errors import NotFound
+
+    try:
+        client = uow.store.repository.get(cmd.client_id)  # a deleted one too: its data is still in its events
+    except AggregateNotFoundError:
+        raise NotFound("client", cmd.client_id, field="client_id") from None
+    if not isinstance(client, Client) or client.org_id != uow.org_id:
+        raise NotFound("client", cmd.client_id, field="client_id")
+    client.erase_personal_data()
+    uow.add(client)
+    duplicates = _absorbed(uow, client)
+    subjects = [client.id, *duplicates]
+    org = uow.org_id
+    notes = [r["id"] for r in uow.conn.execute(
+        "SELECT id FROM notes WHERE organization_id = %s AND subject_type = 'client' AND subject_id = ANY(%s)",
+        (org, subjects)).fetchall()]
+    recordings = [r["id"] for r in uow.conn.execute(
+        "SELECT id FROM recordings WHERE organization_id = %s AND client_id = ANY(%s)", (org, subjects)).fetchall()]
+    deals = [r["id"] for r in uow.conn.execute(
+        "SELECT DISTINCT d.id FROM deals d JOIN deal_contacts dc ON dc.deal_id = d.id"
+        " WHERE d.organization_id = %s AND d.client_id = ANY(%s) ORDER BY d.id", (org, subjects)).fetchall()]
+    keys = uow.conn.execute(
+        "SELECT count(*) AS n FROM personal_data_keys WHERE organization_id = %s AND subject_id = ANY(%s)"
+        " AND erased_at IS NULL", (org, subjects)).fetchone()["n"]
+    uow.side_writes += [SideWrite(sql, params) for sql, params in personal_data.erase_statements(
+        org, subjects, [*subjects, *notes, *recordings, *deals], client.id)]
+    return Erased(client_id=client.id, erased=True, merged_duplicates=len(duplicates), notes=len(notes),
+                  recordings=len(recordings), deals=len(deals), keys_destroyed=keys)

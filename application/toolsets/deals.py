@@ -19,7 +19,7 @@ from application.money import AmountArg, Money, money
 from application.values import decimal_range
 from application.organization import org_settings, org_today
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, ListQuery, Page, Query, SearchText, sent
+from application.shapes import Command, ListQuery, Matches, Page, Query, SearchText, sent
 from application import custom_fields
 from application.toolset import Toolset
 from domain.clients import Client
@@ -148,7 +148,7 @@ class DealSearchHit(DealRow, kw_only=True, omit_defaults=True):
     score: float
 
 
-class DealSearchResult(Struct, kw_only=True, omit_defaults=True):
+class DealSearchResult(Matches, kw_only=True, omit_defaults=True):
     items: list[DealSearchHit]
 
 
@@ -262,7 +262,8 @@ def get_deal(q: GetDeal, ctx: QueryContext) -> DealDetail:
 
 
 class SearchDeals(Query, kw_only=True):
-    """Search deals by title, client name or the text of their notes (typo-tolerant); best match first."""
+    """Search deals by title, client name or the text of their notes (typo-tolerant); best match first. When no
+    deal has every word, answers those with some (match: 'any')."""
 
     q: SearchText
     limit: Annotated[int, Meta(ge=1, le=100)] = 25
@@ -270,7 +271,8 @@ class SearchDeals(Query, kw_only=True):
 
 @deals.query("search", output=DealSearchResult, reads=DEAL_READS)
 def search_deals(q: SearchDeals, ctx: QueryContext) -> DealSearchResult:
-    return DealSearchResult(items=[_deal_out(r, DealSearchHit) for r in deals_q.search_deals(ctx.conn, ctx.org_id, q.q, q.limit)])
+    found = deals_q.search_deals(ctx.conn, ctx.org_id, q.q, q.limit)
+    return DealSearchResult(items=[_deal_out(r, DealSearchHit) for r in found.rows], match=found.match)
 
 
 class DealQuery(Query, kw_only=True):

@@ -12,7 +12,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from application.runner import QueryContext, UnitOfWork
 from application.organization import org_settings
 from application.toolset import Toolset
-from application.shapes import Command, ListQuery, Page, Query, SearchText
+from application.shapes import Command, ListQuery, Matches, Page, Query, SearchText
 from domain.errors import Conflict, DomainError, NotFound
 from domain.wiki import RevisionNotFound, WikiCategory, WikiPage, text_search_language
 from projections import wiki as wiki_q
@@ -66,7 +66,7 @@ class SearchHit(Struct, kw_only=True, omit_defaults=True):
     score: Annotated[float, Meta(description="Relevance; higher is better.")]
 
 
-class SearchResult(Struct, kw_only=True, omit_defaults=True):
+class SearchResult(Matches, kw_only=True, omit_defaults=True):
     items: list[SearchHit]
     language: Annotated[str, Meta(description="The text search language used (from the organization's locale).")]
 
@@ -141,7 +141,8 @@ def get_page(q: GetPage, ctx: QueryContext) -> PageOut:
 
 class SearchWiki(Query, kw_only=True):
     """Search the knowledge base in the organization's language ('fatture' finds 'fattura'); "quoted phrases",
-    OR, -excluded words. Best match first, with highlighted snippets."""
+    OR, -excluded words. Best match first, with highlighted snippets. When no page has every word (and the
+    query has no quotes, OR or -), answers pages with some (match: 'any')."""
 
     q: SearchText
     category_id: UUID | None = None
@@ -151,8 +152,8 @@ class SearchWiki(Query, kw_only=True):
 @wiki.query("search", output=SearchResult)
 def search(q: SearchWiki, ctx: QueryContext) -> SearchResult:
     language = organization_language(ctx.conn, ctx.org_id)
-    rows = wiki_q.search_pages(ctx.conn, ctx.org_id, q.q, language=language, category_id=q.category_id, limit=q.limit)
-    return SearchResult(items=[msgspec.convert(r, SearchHit) for r in rows], language=language)
+    found = wiki_q.search_pages(ctx.conn, ctx.org_id, q.q, language=language, category_id=q.category_id, limit=q.limit)
+    return SearchResult(items=[msgspec.convert(r, SearchHit) for r in found.rows], language=language, match=found.match)
 
 
 class ListRevisions(ListQuery, kw_only=True):
