@@ -13,6 +13,7 @@ from domain.custom_fields import CustomField
 from domain.errors import NotFound
 from domain.personal_data import ERASED
 from projections.base import Projection, exists, handles, set_columns, touch
+from projections.matching import FREQUENT, Found, tsquery_literal
 from projections import custom_fields as custom_values
 from projections.pagination import BY_CREATION, NEWEST, RECENTLY_UPDATED, by_name, paginate
 
@@ -286,9 +287,9 @@ SIMILAR_WORDS_PER_TERM = 6
 NAME_CANDIDATES = 500
 
 
-def _name_query(conn: Any, org_id: UUID, text: str) -> str | None:
-    """A tsquery matching every word of `text`, each also as the similar words of this organization's lexicon
-    (typos) and, from 3 letters on, as a prefix (the user may still be typing). None when `text` has no words."""
+def _name_groups(conn: Any, org_id: UUID, text: str) -> list[str]:
+    """One tsquery group per word of `text`: the word, from 3 letters on also as a prefix (the user may still be
+    typing), or any of the similar words of this organization's lexicon (typos). Empty when `text` has no words."""
     rows = conn.execute(
         """
         SELECT t.term, array_remove(array_agg(w.word ORDER BY w.word <-> t.term), NULL) AS similar
@@ -302,17 +303,8 @@ def _name_query(conn: Any, org_id: UUID, text: str) -> str | None:
         """,
         (text, org_id, SIMILAR_WORDS_PER_TERM),
     ).fetchall()
-    if not rows:
-        return None
-
-    def lexeme(word: str, prefix: bool = False) -> str:
-        return "'" + word.replace("'", "''") + "'" + (":*" if prefix else "")
-
-    groups = []
-    for row in rows:
-        alternatives = {lexeme(row["term"], prefix=len(row["term"]) >= 3), *(lexeme(w) for w in row["similar"])}
-        groups.append("(" + " | ".join(sorted(alternatives)) + ")")
-    return " & ".join(groups)
+    return [tsquery_literal([row["term"], *row["similar"]], prefix={row["term"]} if len(row["term"]) >= 3 else None)
+            for row in rows]
 
 
 def search_statement(conn: Any, org_id: UUID, text: str, *, kind: str | None = None, limit: int = 25) -> tuple[str, dict]:
@@ -325,7 +317,8 @@ def search_statement(conn: Any, org_id: UUID, text: str, *, kind: str | None = N
     stripped = text.strip().lower()
     whole_email = re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", stripped) is not None  # answered by the exact key
     fragment = stripped if ("@" in stripped or "." in stripped) and len(stripped) >= 3 and not whole_email else None
-    name_query = None if whole_email else _name_query(conn, org_id, text)  # an address is not a name
+    groups = [] if whole_email else _name_groups(conn, org_id, text)  # an address is not a name
+    name_query = " & ".join(groups) or None
     params = {"org": org_id, "q": text, "tsq": name_query, "vat": vat_key(text),
               "email": email_key(text), "phone": phone_key(text), "digits": digits, "fragment": fragment,
               "kind": kind, "limit": limit, "cap": NAME_CANDIDATES}
@@ -357,9 +350,37 @@ def search_statement(conn: Any, org_id: UUID, text: str, *, kind: str | None = N
     )
 
 
-def search_clients(conn: Any, org_id: UUID, text: str, *, kind: str | None = None, limit: int = 25) -> list[dict[str, Any]]:
-    """Best match first, tolerant of case, accents and small typos (see `search_statement`)."""
-    return conn.execute(*search_statement(conn, org_id, text, kind=kind, limit=limit)).fetchall()
+ANY_WORD_SEARCH = f"""
+WITH q AS (SELECT lower(f_unaccent(%(q)s)) AS q),
+words AS (
+    SELECT g.tsq, m.ids, ln(1 + %(frequent)s::float / greatest(cardinality(m.ids), 1)) AS weight
+    FROM unnest(%(groups)s::text[]) AS t(g), LATERAL (SELECT t.g::tsquery AS tsq) g, LATERAL (
+        SELECT array(SELECT id FROM clients WHERE organization_id = %(org)s AND search_tsv @@ g.tsq
+                       AND (%(kind)s::text IS NULL OR kind = %(kind)s) LIMIT %(frequent)s) AS ids) m
+),
+candidates AS (SELECT DISTINCT unnest(ids) AS id FROM words)
+SELECT {CLIENT_COLUMNS},
+       round(((SELECT sum(w.weight) FROM words w WHERE c.search_tsv @@ w.tsq) / (SELECT sum(weight) FROM words)
+              + word_similarity(q.q, c.search_text) / 10)::numeric, 4)::float AS score
+FROM candidates JOIN clients c USING (id), q
+ORDER BY score DESC, c.created_at DESC, c.id
+LIMIT %(limit)s
+"""
+"""Each word's matches are probed on their own (capped), so a rare word's rows are all candidates even when a
+common one matches thousands; the score is the share of the query's weight a client matches."""
+
+
+def search_clients(conn: Any, org_id: UUID, text: str, *, kind: str | None = None, limit: int = 25) -> Found:
+    """Best match first, tolerant of case, accents and small typos (see `search_statement`); when no client has
+    every word, those with any of them (ANY_WORD_SEARCH)."""
+    rows = conn.execute(*search_statement(conn, org_id, text, kind=kind, limit=limit)).fetchall()
+    if rows:
+        return Found(rows, "all")
+    groups = _name_groups(conn, org_id, text)
+    if len(groups) < 2:
+        return Found(rows, "all")
+    return Found.some_words(conn.execute(ANY_WORD_SEARCH, {"q": text, "org": org_id, "groups": groups, "kind": kind,
+                                                "frequent": FREQUENT, "limit": limit}).fetchall())
 
 
 def find_duplicates(conn: Any, org_id: UUID, *, by: str = "any", limit: int = 50) -> list[dict[str, Any]]:

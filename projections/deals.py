@@ -12,6 +12,7 @@ from domain.errors import NotFound
 from domain.personal_data import ERASED
 from projections import custom_fields as custom_values
 from projections.base import Projection, exists, handles
+from projections.matching import FREQUENT, Found, fallback_words
 from projections.pagination import BY_CREATION, RECENTLY_UPDATED, Sort, by_date, paginate
 
 DEAL_COLUMNS = (
@@ -262,9 +263,10 @@ def list_deals(conn: Any, org_id: UUID, *, filters: dict[str, Any], sort: str, l
     return paginate(conn, "*", f"FROM ({inner}) d WHERE true", params, SORTS[sort], limit, cursor)
 
 
-def search_deals(conn: Any, org_id: UUID, text: str, limit: int) -> list[dict[str, Any]]:
-    """Title, client name or note text contains the words (accent- and case-insensitive), best match first."""
-    return conn.execute(
+def search_deals(conn: Any, org_id: UUID, text: str, limit: int) -> Found:
+    """Title, client name or note text contains the words (accent- and case-insensitive), best match first; when
+    no deal has them all, the deals with any of them (ANY_WORD_SEARCH)."""
+    rows = conn.execute(
         f"""
         WITH q AS (SELECT lower(f_unaccent(%(q)s)) AS q)
         SELECT {DEAL_COLUMNS},
@@ -282,6 +284,36 @@ def search_deals(conn: Any, org_id: UUID, text: str, limit: int) -> list[dict[st
         """,
         {"org": org_id, "q": text, "limit": limit},
     ).fetchall()
+    words = fallback_words(text)
+    if rows or len(words) < 2:
+        return Found(rows, "all")
+    return Found.some_words(conn.execute(ANY_WORD_SEARCH, {"org": org_id, "words": words, "frequent": FREQUENT,
+                                                "limit": limit}).fetchall())
+
+
+ANY_WORD_SEARCH = f"""
+WITH words AS (SELECT lower(f_unaccent(w)) AS w FROM unnest(%(words)s::text[]) AS t(w)),
+hits AS (
+    SELECT d.id, w.w, greatest(word_similarity(w.w, d.search_text), word_similarity(w.w, cn.name), 0.5) AS sim
+    FROM deals d LEFT JOIN clients c ON c.id = d.client_id,
+         LATERAL (SELECT lower(f_unaccent(coalesce(c.business_name, ''))) AS name) cn, words w
+    WHERE d.organization_id = %(org)s AND (
+          w.w <%% d.search_text OR w.w <%% cn.name
+       OR EXISTS (SELECT 1 FROM notes n WHERE n.organization_id = d.organization_id AND n.subject_type = 'deal'
+                  AND n.subject_id = d.id AND lower(f_unaccent(n.body)) LIKE '%%' || w.w || '%%'))
+),
+weights AS (SELECT w, ln(1 + %(frequent)s::float / count(*)) AS weight FROM hits GROUP BY w),
+total AS (SELECT sum(weight) + (cardinality(%(words)s::text[]) - count(*)) * ln(1 + %(frequent)s::float) AS weight
+          FROM weights),
+scored AS (SELECT h.id, sum(h.sim * ws.weight) / (SELECT weight FROM total) AS score
+           FROM hits h JOIN weights ws USING (w) GROUP BY h.id)
+SELECT {DEAL_COLUMNS}, round(sc.score::numeric, 4)::float AS score
+{DEAL_FROM} JOIN scored sc ON sc.id = d.id
+ORDER BY sc.score DESC, d.created_at DESC, d.id
+LIMIT %(limit)s
+"""
+"""A deal scores by the words it has (title, client name or notes), each weighted by how rare it is among the
+organization's deals."""
 
 
 def list_lines(conn: Any, org_id: UUID, deal_id: UUID) -> list[dict[str, Any]]:

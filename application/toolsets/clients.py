@@ -13,7 +13,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from application.identity import ensure_user
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import (
-    Command, Email, Limit, ListQuery, Page, Phone, Query, Removed, SearchText, Tag, sent,
+    Command, Email, Limit, ListQuery, Matches, Page, Phone, Query, Removed, SearchText, Tag, sent,
 )
 from application import custom_fields
 from application.toolset import Toolset
@@ -88,7 +88,7 @@ class SearchHit(ClientRow, kw_only=True, omit_defaults=True):
     score: Annotated[float, Meta(description="Relevance; higher is better. Exact VAT/e-mail/phone matches score above 2.")]
 
 
-class SearchResult(Struct, kw_only=True, omit_defaults=True):
+class SearchResult(Matches, kw_only=True, omit_defaults=True):
     items: list[SearchHit]
 
 
@@ -186,7 +186,8 @@ def get_client(q: GetClient, ctx: QueryContext) -> ClientDetail:
 
 class SearchClients(Query, kw_only=True):
     """Search leads and clients by business name, contact person name, VAT number, e-mail or phone.
-    Tolerates typos, accents and letter case; best match first. Use it to find an id from a name."""
+    Tolerates typos, accents and letter case; best match first. Use it to find an id from a name. When no one
+    has every word, answers those with some (match: 'any')."""
 
     q: SearchText
     type: Kind | None = None
@@ -195,8 +196,8 @@ class SearchClients(Query, kw_only=True):
 
 @clients.query("search", output=SearchResult)
 def search_clients(q: SearchClients, ctx: QueryContext) -> SearchResult:
-    rows = clients_q.search_clients(ctx.conn, ctx.org_id, q.q, kind=q.type, limit=q.limit)
-    return SearchResult(items=[msgspec.convert(r, SearchHit) for r in rows])
+    found = clients_q.search_clients(ctx.conn, ctx.org_id, q.q, kind=q.type, limit=q.limit)
+    return SearchResult(items=[msgspec.convert(r, SearchHit) for r in found.rows], match=found.match)
 
 
 class FindDuplicates(Query, kw_only=True):
