@@ -73,28 +73,61 @@ def explain_not_found(conn: Any, org_id: UUID, entity: str, entity_id: Any, user
     except ValueError:
         return None
     rows = conn.execute(
-        "SELECT e.topic, e.notification_id, c.user_id, c.recorded_at FROM stored_events e"
-        " LEFT JOIN LATERAL (SELECT user_id, recorded_at FROM event_causes WHERE first_notification_id <= e.notification_id"
+        "SELECT e.topic, e.notification_id, c.user_id, c.recorded_at, c.token_id, c.oauth_client_id, c.workflow_run_id"
+        " FROM stored_events e"
+        " LEFT JOIN LATERAL (SELECT user_id, recorded_at, token_id, oauth_client_id, workflow_run_id FROM event_causes"
+        "   WHERE first_notification_id <= e.notification_id"
         "   AND last_notification_id >= e.notification_id ORDER BY first_notification_id DESC LIMIT 1) c ON true"
         " WHERE e.originator_id = %s AND e.organization_id = %s AND (e.originator_version = 1 OR e.notification_id ="
         "   (SELECT max(notification_id) FROM stored_events WHERE originator_id = %s))"
         " ORDER BY e.notification_id", (originator, org_id, originator)).fetchall()
     if not rows:
-        return None
+        return _settings_deletion(conn, org_id, entity, entity_id, user_name)
     first, last = rows[0], rows[-1]
     kind = _entity_of(first["topic"])
     if kind is not None and kind != entity:
         return f"{entity_id} is {_article(kind)} {kind} id, not {_article(entity)} {entity} id"
     topic = last["topic"]
     when = last["recorded_at"].date().isoformat() if last.get("recorded_at") else "an unknown date"
-    who = (user_name(last["user_id"]) if last.get("user_id") else None) or "an API token or automation"
+    who = (user_name(last["user_id"]) if last.get("user_id") else None) or _credential(conn, org_id, last)
     if topic.endswith(".MergedInto"):
         survivor = merged_into(originator)
         return f"{entity} {entity_id} was merged into {survivor} on {when} by {who}: use that id"
     if topic.endswith(".Deleted"):
-        return (f"{entity} {entity_id} was deleted on {when} by {who}; its history is kept "
-                "(crm_audit_entity_history, crm_audit_restore_entity)")
+        return (f"{entity} {entity_id} was deleted on {when} by {who}; restore with crm_audit_restore_entity "
+                "(entity_id), its history with crm_audit_entity_history")
     return None
+
+
+def _settings_deletion(conn: Any, org_id: UUID, entity: str, entity_id: Any,
+                       user_name: Callable[[UUID], str | None]) -> str | None:
+    """A role (or another settings entity: auth tables, changed without events) deleted, from the settings log."""
+    row = conn.execute(
+        "SELECT action, occurred_at, actor_user_id AS user_id, actor_token_id AS token_id,"
+        " actor_oauth_client_id AS oauth_client_id FROM settings_changes"
+        " WHERE organization_id = %s AND entity_id = %s ORDER BY id DESC LIMIT 1", (org_id, str(entity_id))).fetchone()
+    if row is None or row["action"] != "deleted":
+        return None
+    who = (user_name(row["user_id"]) if row.get("user_id") else None) or _credential(conn, org_id, row)
+    return (f"{entity} {entity_id} was deleted on {row['occurred_at'].date().isoformat()} by {who}; a setting cannot "
+            "be restored (create it again); its history: crm_audit_entity_history")
+
+
+def _credential(conn: Any, org_id: UUID, cause: dict[str, Any]) -> str:
+    """Who deleted it when no user is named: the workflow, API token or OAuth client behind the cause."""
+    if cause.get("workflow_run_id"):
+        row = conn.execute("SELECT workflow_name FROM workflow_runs WHERE id = %s AND organization_id = %s",
+                           (cause["workflow_run_id"], org_id)).fetchone()
+        return f"the workflow {row['workflow_name']!r}" if row else "a workflow"
+    if cause.get("token_id"):
+        row = conn.execute("SELECT name FROM api_tokens WHERE id = %s AND organization_id = %s",
+                           (cause["token_id"], org_id)).fetchone()
+        return f"the API token {row['name']!r}" if row and row["name"] else "an API token"
+    if cause.get("oauth_client_id"):
+        row = conn.execute("SELECT client_name FROM oauth_clients WHERE client_id = %s",
+                           (cause["oauth_client_id"],)).fetchone()
+        return f"the OAuth client {row['client_name']!r}" if row and row["client_name"] else "an OAuth client"
+    return "an API token or automation"
 
 
 def _entity_of(topic: str) -> str | None:

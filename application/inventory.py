@@ -5,7 +5,7 @@ from application.registry import Registry, registry
 from application.toolsets import (  # noqa: F401 - imported for their declarations
     users, clients, tasks, deals, pipelines, services, activities, projects, wiki, stats, newsletter, qr_codes,
     invoices, settings,
-    workflows, tools,
+    workflows, audit, tools,
 )
 
 __all__ = ["PRESETS", "registry", "toolset_table"]
@@ -14,7 +14,7 @@ PRESETS = {
     "sales": ("users", "clients", "deals", "pipelines", "services", "activities", "stats"),
     "work": ("users", "tasks", "projects", "wiki", "clients"),
     "marketing": ("users", "clients", "newsletter", "qr_codes", "stats"),
-    "admin": ("users", "settings", "workflows", "invoices"),
+    "admin": ("users", "settings", "workflows", "invoices", "audit"),
     "discover": ("tools",),
 }
 """Names for common jobs, usable in `/mcp?toolsets=` beside toolset names (`?toolsets=sales,tasks`)."""

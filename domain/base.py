@@ -6,6 +6,7 @@ decorated with `@event` records the change. Nothing here performs I/O.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 from uuid import UUID
 
@@ -33,6 +34,35 @@ class TenantAggregate(Aggregate):
         # `type(self).Deleted` is the subclass's own copy (e.g. `Client.Deleted`), so each resource's deletion
         # has its own topic that only the projections of that resource subscribe to.
         self.trigger_event(type(self).Deleted)
+
+    class Reinstated(Aggregate.Event):
+        """The entity brought back as it was at `to_version` (undeleted, or an earlier version of it), by the audit
+        tools. History is never rewritten: this compensating event carries that version's state, and read models
+        replay the entity's own events up to `to_version` (projections.projector.reinstate_entity). Named apart
+        from the `Restored` events some resources already have (a wiki revision, an invoice back upstream)."""
+
+        to_version: int
+        state: dict[str, Any]
+
+        def apply(self, aggregate: TenantAggregate) -> None:
+            for name in [n for n in vars(aggregate) if not n.startswith("_")]:
+                delattr(aggregate, name)
+            for name, value in copy.deepcopy(self.state).items():
+                setattr(aggregate, name, value)
+
+    def reinstate(self, to_version: int, state: dict[str, Any]) -> None:
+        """Back to the state it had at `to_version` (`public_state` of that version), undeleted."""
+        if not 1 <= to_version < self.version:
+            raise DomainError(f"to_version must be between 1 and {self.version - 1}", field="to_version")
+        if state.get("deleted"):
+            raise DomainError(f"version {to_version} is the entity deleted; choose an earlier version",
+                              field="to_version")
+        self.trigger_event(type(self).Reinstated, to_version=to_version, state=state)
+
+
+def public_state(aggregate: Any) -> dict[str, Any]:
+    """An aggregate's own attributes (not the library's `_id`, `_version`, ...): what a version of it holds."""
+    return {name: value for name, value in vars(aggregate).items() if not name.startswith("_")}
 
 
 def apply_changes(target: Any, changes: dict[str, Any], allowed: frozenset[str]) -> None:

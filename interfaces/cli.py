@@ -267,6 +267,115 @@ def cmd_serve(args: argparse.Namespace, url: str) -> None:
         runtime.close()
 
 
+# -- audit and replay (issue 11) --------------------------------------------------------------------------
+def _operator(org: UUID) -> Any:
+    """The operator at the console: every permission in that organization, no user (events they cause name none)."""
+    from uuid import uuid4
+
+    from application.principal import Principal
+
+    return Principal(organization_id=org, user_id=None, grants=dict(permissions.BUILT_IN_ROLES["admin"]),  # type: ignore[arg-type]
+                     correlation_id=uuid4())
+
+
+def _pages(runtime: Any, org: UUID, tool: str, args: dict[str, Any], limit: int | None = None) -> tuple[Any, list[Any]]:
+    """A tool's pages, followed until `limit` items (all when None): (the first page, every item)."""
+    import anyio
+
+    from application.errors import ToolError
+
+    operator, items, first, cursor = _operator(org), [], None, None
+    while True:
+        try:
+            page = anyio.run(runtime.runner.call, operator, tool,
+                             {**args, "limit": 100, **({"cursor": cursor} if cursor else {})})
+        except ToolError as e:
+            fail(f"{e.code}: {e.message}")
+        first = first or page
+        items += page["items"]
+        cursor = page.get("next_cursor")
+        if cursor is None or (limit is not None and len(items) >= limit):
+            return first, items[:limit] if limit is not None else items
+
+
+def cmd_audit_history(args: argparse.Namespace, url: str) -> None:
+    """Every change to one entity, oldest first, with who, the tool and the field changes (crm_audit_entity_history)."""
+    from interfaces.runtime import Runtime
+
+    runtime = Runtime(url, pool_size=2, consistency="settle")
+    try:
+        first, items = _pages(runtime, args.org, "crm_audit_entity_history", {"entity_id": str(args.entity)})
+    finally:
+        runtime.close()
+    emit({**{k: v for k, v in first.items() if k not in ("items", "next_cursor")}, "items": items})
+
+
+def cmd_audit_changes(args: argparse.Namespace, url: str) -> None:
+    """The organization's changes since a moment, newest first: events and settings changes (crm_audit_recent_changes)."""
+    from datetime import UTC, datetime
+
+    from interfaces.runtime import Runtime
+
+    def moment(text: str | None) -> str | None:
+        if text is None:
+            return None
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            fail(f"expected an ISO 8601 date or timestamp, e.g. 2026-11-27 or 2026-11-27T15:30:00+01:00; got {text!r}")
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+    query = {k: v for k, v in {"since": moment(args.since), "until": moment(args.until), "entity_type": args.type,
+                               "user_id": str(args.user) if args.user else None, "tool": args.tool}.items() if v}
+    runtime = Runtime(url, pool_size=2, consistency="settle")
+    try:
+        _, items = _pages(runtime, args.org, "crm_audit_recent_changes", query, args.limit)
+    finally:
+        runtime.close()
+    emit({"changes": items})
+
+
+def cmd_replay(args: argparse.Namespace, url: str) -> None:
+    """Every read model as of one event, built into a schema of its own for investigation (the live ones untouched)."""
+    from interfaces.runtime import Runtime
+
+    runtime = Runtime(url, pool_size=2, consistency="settle")
+    try:
+        def show(name: str, done: int, total: int) -> None:
+            progress_bar(f"replay {name}")(done, total)
+
+        try:
+            out = runtime.projector.replay_into_schema(args.schema, args.to, show)
+        except ValueError as e:
+            fail(str(e))
+        sys.stderr.write("\n")
+        emit({"replayed": out})
+    finally:
+        runtime.close()
+
+
+def cmd_projections_rebuild_online(args: argparse.Namespace, url: str) -> None:
+    """`flusia projections rebuild [NAME] --online`: built beside the live read model, switched when caught up."""
+    if not args.online:
+        cmd_projections_rebuild(args, url)
+        return
+    from interfaces.runtime import Runtime
+
+    runtime = Runtime(url, pool_size=4, consistency="settle")
+    try:
+        out = {}
+        for projection in _projections(runtime, args.name):
+            try:
+                out[projection.name] = runtime.projector.rebuild_online(
+                    projection, progress_bar(f"rebuild {projection.name} (online)"))
+            except ValueError as e:
+                fail(str(e))
+            sys.stderr.write("\n")
+        emit({"rebuilt": out})
+    finally:
+        runtime.close()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flusia", description="Flusia CRM: MCP server, migrations and administration.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -349,6 +458,28 @@ def parser() -> argparse.ArgumentParser:
     pr = proj.add_parser("rebuild", help="drop and replay a projection (all when NAME is omitted)")
     pr.add_argument("name", nargs="?")
     pr.set_defaults(func=cmd_projections_rebuild)
+    pr.add_argument("--online", action="store_true",
+                    help="build beside the live read model and switch when caught up (reads never see it half built)")
+    pr.set_defaults(func=cmd_projections_rebuild_online)
+
+    audit = sub.add_parser("audit", help="who changed what (JSON)").add_subparsers(dest="audit_command", required=True)
+    ah = audit.add_parser("history", help="every change to one entity, with who, the tool and the field changes")
+    ah.add_argument("--org", required=True, type=UUID)
+    ah.add_argument("--entity", required=True, type=UUID)
+    ah.set_defaults(func=cmd_audit_history)
+    ac = audit.add_parser("changes", help="the organization's changes since a moment, newest first")
+    ac.add_argument("--org", required=True, type=UUID)
+    ac.add_argument("--since", required=True, help="ISO 8601 date or timestamp (UTC when without offset)")
+    ac.add_argument("--until", help="exclusive end, ISO 8601")
+    ac.add_argument("--type", help="entity type, e.g. deal, client, wiki_page, user")
+    ac.add_argument("--user", type=UUID, help="only changes by this user")
+    ac.add_argument("--tool", help="only changes made by this tool, e.g. crm_deals_delete")
+    ac.add_argument("--limit", type=int, default=1000)
+    ac.set_defaults(func=cmd_audit_changes)
+    rp = sub.add_parser("replay", help="rebuild every read model as of an event into a separate schema")
+    rp.add_argument("--to", required=True, type=int, metavar="NOTIFICATION_ID")
+    rp.add_argument("--schema", required=True, metavar="NAME")
+    rp.set_defaults(func=cmd_replay)
     return p
 
 

@@ -6,10 +6,12 @@ Row contents come from events only (timestamps included), so a rebuild gives ide
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from uuid import UUID
 
+from eventsourcing.domain import CanInitAggregate
 from eventsourcing.utils import get_topic
 
 
@@ -31,6 +33,12 @@ class Projection:
     """False for a consumer whose rows record side effects that must never happen again (the workflow trigger
     consumer: each row started a run). Rebuilding it would replay them, so a rebuild keeps its rows and position
     and says so; and it is not a read model, so writers do not wait for it (read-your-writes)."""
+    restore_by_replay: ClassVar[bool | tuple[type, ...]] = True
+    """How an entity brought back by the audit tools (`<Aggregate>.Reinstated`) reaches this read model: its rows
+    are cleared with this projection's own `Deleted` handler and its events replayed up to the restored version
+    (projections.projector.reinstate_entity). False for a read model whose rows are one per event (a history):
+    a restore takes nothing back there and adds nothing, unless it handles `<Aggregate>.Reinstated` itself; a
+    tuple of aggregate classes: only those have rows of their own here (the others' rows are history)."""
     _handlers: ClassVar[dict[type, str]]
     _topics: ClassVar[list[str]]
 
@@ -40,6 +48,11 @@ class Projection:
         for attr, fn in vars(cls).items():
             for event_class in getattr(fn, "__handles__", ()):
                 cls._handlers[event_class] = attr
+        if cls.rebuildable and cls.restore_by_replay:  # a consumer with side effects never replays anything
+            only = cls.restore_by_replay if isinstance(cls.restore_by_replay, tuple) else None
+            for reinstated in _reinstated_events(cls._handlers):
+                if only is None or aggregate_of(reinstated) in only:
+                    cls._handlers.setdefault(reinstated, "_reinstate")
         cls._topics = [get_topic(c) for c in cls._handlers]
 
     @classmethod
@@ -54,10 +67,39 @@ class Projection:
         self.notification_id = notification_id
         getattr(self, self._handlers[type(event)])(cur, event)
 
+    reinstater: Callable[[Projection, Any, Any], None] | None = None
+    """Set by the projector: replays an entity brought back (see `restore_by_replay`)."""
+
+    def _reinstate(self, cur: Any, event: Any) -> None:
+        if self.reinstater is None:
+            raise RuntimeError("a restored entity is replayed by the projector (Projector.reinstate)")
+        self.reinstater(self, cur, event)
+
     def clear(self, cur: Any) -> None:
         """Empty the read tables before a rebuild (children first)."""
         for table in reversed(self.tables):
             cur.execute(f"DELETE FROM {table}")  # noqa: S608 - table names are class constants
+
+
+def aggregate_of(event_class: type) -> type | None:
+    """The aggregate class an event class belongs to (`Deal.Created` -> `Deal`), or None."""
+    owner_name = event_class.__qualname__.split(".")[0]
+    owner = getattr(sys.modules.get(event_class.__module__), owner_name, None)
+    return owner if isinstance(owner, type) else None
+
+
+def _reinstated_events(handlers: Mapping[type, str]) -> list[type]:
+    """`<Aggregate>.Reinstated` of every aggregate whose creation or deletion a projection handles: the rows it
+    keeps for that aggregate (or removes with it, such as a client's notes) come back with a restore."""
+    out: list[type] = []
+    for event_class in handlers:
+        owner = aggregate_of(event_class)
+        reinstated = getattr(owner, "Reinstated", None)
+        if reinstated is None or reinstated in out:
+            continue
+        if issubclass(event_class, CanInitAggregate) or event_class is getattr(owner, "Deleted", None):
+            out.append(reinstated)
+    return out
 
 
 # -- the read side's shared statements ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ client's name): replaying only one entity's events could leave its neighbours st
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import zlib
@@ -29,11 +30,14 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import psycopg
+from eventsourcing.domain import CanInitAggregate
 from eventsourcing.persistence import Notification
-from psycopg.rows import tuple_row
+from eventsourcing.utils import get_topic
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool
 
-from projections.base import Projection
+from domain.base import TenantAggregate
+from projections.base import Projection, aggregate_of
 
 log = logging.getLogger("flusia.projector")
 CHANNEL = "flusia_projections"
@@ -125,6 +129,8 @@ class Projector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.listener: ConsumerListener | None = None
+        for p in self.projections:
+            p.reinstater = self.reinstate
         for p in self.projections:
             with pool.connection() as conn:
                 conn.execute(
@@ -329,6 +335,137 @@ class Projector:
                 "parked": [{"organization_id": p.organization_id, "notification_id": p.notification_id,
                             "error_class": p.error_class} for p in parked]}
 
+    # -- beside the live read models: investigation copies and online rebuilds -----------------------------
+    def _beside(self, schema: str, projections: Sequence[Projection]) -> tuple[Projector, ConnectionPool]:
+        """A projector of fresh copies of `projections` working in `schema` (see `schema_search_path`)."""
+        pool = ConnectionPool(self.pool.conninfo, min_size=1, max_size=2, open=True, name=f"flusia-{schema}",
+                              kwargs={"row_factory": dict_row, "autocommit": True,
+                                      "options": f"-c search_path={schema_search_path(schema).replace(' ', '')}"})
+        return Projector(self.decode, pool, [type(p)() for p in projections], batch_size=self.batch_size), pool
+
+    def replay_into_schema(self, schema: str, to: int, progress: Callable[[str, int, int], None] | None = None
+                           ) -> dict[str, Any]:
+        """Every read model as of event `to`, built into a new schema for investigation; the live ones are not
+        touched. The schema holds copies of the read tables (and of the projector's tracking and parking), and
+        views `stored_events` / `event_causes` that end at `to`, so every query of the projections, replays of
+        restores included, sees the store as it was then. Consumers that are not rebuildable are left out."""
+        check_schema_name(schema)
+        projections = [p for p in self.projections if p.rebuildable]
+        tables = [t for p in projections for t in p.tables]
+        with psycopg.connect(self.pool.conninfo, autocommit=True) as conn:
+            if _schema_exists(conn, schema):
+                raise ValueError(f"schema {schema} exists; choose another name or drop it first")
+            with conn.transaction():
+                clone_tables(conn, schema, [*tables, *CONSUMER_TABLES])
+                conn.execute(f"CREATE VIEW {schema}.stored_events AS SELECT * FROM public.stored_events"
+                             f" WHERE notification_id <= {int(to)}")
+                conn.execute(f"CREATE VIEW {schema}.event_causes AS SELECT * FROM public.event_causes"
+                             f" WHERE first_notification_id <= {int(to)}")
+        beside, pool = self._beside(schema, projections)
+        out: dict[str, int] = {}
+        try:
+            for p in beside.projections:
+                total = 0
+                while True:
+                    n = beside.run_batch(p)
+                    total += n
+                    if progress:
+                        progress(p.name, total, to)
+                    if n < beside.batch_size:
+                        break
+                out[p.name] = total
+            with pool.connection() as conn:
+                parked = conn.execute("SELECT consumer, organization_id, notification_id FROM consumer_parked"
+                                      " ORDER BY consumer").fetchall()
+        finally:
+            pool.close()
+        return {"schema": schema, "to": to, "tables": tables, "events_applied": out, "parked": parked}
+
+    def rebuild_online(self, projection: Projection, progress: Callable[[int, int], None] | None = None
+                       ) -> dict[str, Any]:
+        """Rebuild one read model beside the live one and switch when caught up: reads never see a half-built
+        table, and the live projector keeps following meanwhile (writers keep their read-your-writes).
+
+        The new tables are built in schema `flusia_rebuild_<name>` by a projector of their own (its positions,
+        parking and announcements stay there), from event 1 to the head, in batches, without holding anything
+        live. Then one transaction takes the live tracking row (the live projector of that read model waits),
+        applies the events that came meanwhile, moves the live tables out and the new ones in under the live
+        names (indexes, constraints, sequences and foreign keys included) and sets the live position to the new
+        tables'. Readers in flight finish on the old tables; the next statements read the new ones."""
+        if not projection.rebuildable:
+            return self.rebuild_report(projection, progress)
+        schema, trash = f"flusia_rebuild_{projection.name}"[:63], f"flusia_replaced_{projection.name}"[:63]
+        tables = list(projection.tables)
+        with psycopg.connect(self.pool.conninfo, autocommit=True) as conn:
+            views = _dependent_views(conn, tables)
+            if views:
+                raise ValueError(f"views depend on {projection.name}'s tables ({', '.join(views)}): rebuild offline")
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"DROP SCHEMA IF EXISTS {trash} CASCADE")
+            with conn.transaction():
+                clone_tables(conn, schema, [*tables, *CONSUMER_TABLES])
+            head = conn.execute("SELECT coalesce(max(notification_id), 0) FROM stored_events").fetchone()[0]
+        beside, pool = self._beside(schema, [projection])
+        copy = beside.projections[0]
+        applied = 0
+        try:
+            while True:  # the bulk of the work, nothing live held
+                n = beside.run_batch(copy)
+                applied += n
+                if progress:
+                    with pool.connection() as c:
+                        progress(c.execute("SELECT position FROM projection_tracking WHERE name = %s",
+                                           (copy.name,)).fetchone()["position"], head)
+                if n < beside.batch_size:
+                    break
+            with pool.connection() as c:
+                for table in tables:
+                    c.execute(f"ANALYZE {schema}.{table}")
+            with psycopg.connect(self.pool.conninfo, autocommit=True, row_factory=dict_row) as conn:
+                with conn.transaction():
+                    conn.execute("SET LOCAL lock_timeout = '30s'")
+                    conn.execute("SELECT position FROM projection_tracking WHERE name = %s FOR UPDATE",
+                                 (projection.name,))
+                    conn.execute(f"SET LOCAL search_path TO {schema_search_path(schema)}")
+                    while True:  # what came while building: a few batches at most
+                        n, _, _ = beside._batch(conn, copy)
+                        applied += n
+                        if n < beside.batch_size:
+                            break
+                    position = conn.execute("SELECT position FROM projection_tracking WHERE name = %s",
+                                            (copy.name,)).fetchone()["position"]
+                    conn.execute("SET LOCAL search_path TO DEFAULT")
+                    swap_tables(conn, schema, trash, tables)
+                    conn.execute("UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
+                                 (position, projection.name))
+                    conn.execute("DELETE FROM consumer_parked WHERE consumer = %s", (projection.name,))
+                    conn.execute(f"INSERT INTO consumer_parked SELECT * FROM {schema}.consumer_parked"  # noqa: S608
+                                 " WHERE consumer = %s", (projection.name,))
+                    parked = [(r["organization_id"], r["notification_id"], r["error_class"]) for r in conn.execute(
+                        "SELECT organization_id, notification_id, error_class FROM consumer_parked"
+                        " WHERE consumer = %s", (projection.name,)).fetchall()]
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"unpark|{projection.name}|*"))
+                    for org, nid, _ in parked:
+                        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"park|{projection.name}|{org}|{nid}"))
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{projection.name}:{position}"))
+                conn.execute(f"DROP SCHEMA {trash} CASCADE")
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        finally:
+            pool.close()
+        if self.listener is not None:
+            self.listener.unparked(projection.name, None)
+            for org, nid, _ in parked:
+                self.listener.parked(projection.name, org, nid)
+            self.listener.advanced(projection.name, position)
+        return {"events_applied": applied, "online": True, "position": position,
+                "parked": [{"organization_id": org, "notification_id": nid, "error_class": error}
+                           for org, nid, error in parked]}
+
+    # -- restores ----------------------------------------------------------------------------------------
+    def reinstate(self, projection: Projection, cur: Any, event: Any) -> None:
+        """An entity brought back by the audit tools (`<Aggregate>.Reinstated`), as one projection applies it."""
+        EntityReplay(projection, cur, self.decode, projection.notification_id).run(event)
+
     # -- live following ----------------------------------------------------------------------------------
     def start(self, conninfo: str) -> None:
         self._thread = threading.Thread(target=self.run_forever, args=(conninfo,), name="projector", daemon=True)
@@ -407,3 +544,343 @@ class Projector:
                 " WHERE name = ANY(%s) AND position >= %s AND position < %s",
                 (head, idle, seen, head),
             )
+
+
+# -- restores (the audit tools' `<Aggregate>.Reinstated`) -----------------------------------------------------
+NO_BOUND = 2**63 - 1
+ENTITY_EVENTS = """
+SELECT notification_id, originator_id, originator_version, topic, state, organization_id FROM stored_events
+WHERE originator_id = %(id)s AND originator_version < %(below)s AND notification_id < %(before)s
+ORDER BY originator_version
+"""
+MENTIONING = """
+SELECT originator_id FROM stored_events
+WHERE organization_id = %(org)s AND notification_id > %(after)s AND notification_id < %(before)s
+  AND topic = ANY(%(topics)s) AND originator_id <> ALL(%(known)s)
+  AND (position(%(hex)s IN state) > 0 OR position(%(text)s IN state) > 0)
+GROUP BY originator_id ORDER BY min(notification_id)
+"""
+ORGANIZATION_EVENTS = """
+SELECT notification_id, originator_id, originator_version, topic, state, organization_id FROM stored_events
+WHERE organization_id = %(org)s AND notification_id > %(after)s AND notification_id < %(before)s
+  AND topic = ANY(%(topics)s)
+ORDER BY notification_id
+"""
+
+
+def effective_events(events: Sequence[tuple[int | None, Any]]) -> list[tuple[int | None, Any]]:
+    """An entity's events (in version order, with their notification ids) as they count after its restores: a
+    `Reinstated` (to version t) puts the entity back where it was after version t, so the events between t and
+    it no longer count, and it adds nothing itself. What a projection replays to rebuild the entity's rows."""
+    nodes: dict[int, Any] = {0: None}  # version -> (previous node, event): a shared-tail list per version
+    last = 0
+    for nid, event in events:
+        version = event.originator_version
+        if isinstance(event, TenantAggregate.Reinstated):
+            nodes[version] = nodes.get(event.to_version)
+        else:
+            nodes[version] = (nodes.get(version - 1), (nid, event))
+        last = version
+    out: list[tuple[int | None, Any]] = []
+    node = nodes.get(last)
+    while node is not None:
+        node, item = node
+        out.append(item)
+    return out[::-1]
+
+
+def _removal(event_class: type) -> bool:
+    """A deletion or a merge: what other entities' rows may have changed for (a custom field's values hidden,
+    a merged duplicate's tasks moved to the survivor). Applying one twice changes nothing more."""
+    return issubclass(event_class, TenantAggregate.Deleted) or event_class.__name__ == "MergedInto"
+
+
+UUID_TEXT = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _collect_ids(value: Any, into: set[str]) -> None:
+    """Every id in an event's values (ids and id-shaped texts, keys of mappings included)."""
+    if isinstance(value, UUID):
+        into.add(str(value))
+    elif isinstance(value, str):
+        if len(value) == 36 and UUID_TEXT.match(value.lower()):
+            into.add(value.lower())
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _collect_ids(k, into)
+            _collect_ids(v, into)
+    elif isinstance(value, (list, tuple, set)):
+        for v in value:
+            _collect_ids(v, into)
+
+
+def _payload_fields(event_class: type) -> list[str]:
+    import dataclasses
+
+    base = {"originator_id", "originator_version", "timestamp"}
+    return [f.name for f in dataclasses.fields(event_class) if f.name not in base]
+
+
+class EntityReplay:
+    """Brings one restored entity back into one projection, from its events only (so a rebuild does the same):
+
+    1. its rows are cleared with the projection's own `Deleted` handler (a synthetic deletion at the restore's
+       version), and so are the rows of the entities that hang off it there (found as the projection's entities
+       whose events name its id: a client's notes and recordings, a wiki page's sub-pages), since that handler
+       may have taken them along;
+    2. their effective events (see `effective_events`: up to the restored version for the entity, all for the
+       others) are applied again, in their original order, interleaved with the deletions and merges of other
+       entities the projection handles since then (a custom field deleted later stays hidden, a task of a merged
+       client points to the survivor) unless those were restored since.
+
+    Only events before the restore count (`before`, its notification id), so applying a restore in a rebuild
+    gives the same rows as applying it live."""
+
+    def __init__(self, projection: Projection, cur: Any, decode: Callable[[Notification], Any],
+                 before: int | None) -> None:
+        self.projection = projection
+        self.cur = cur
+        self.decode = decode
+        self.before = before if before is not None else NO_BOUND
+        self.handlers = projection._handlers
+
+    def _rows(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        with self.cur.connection.cursor(row_factory=tuple_row) as read:
+            return read.execute(sql, params).fetchall()
+
+    def _events(self, originator_id: UUID, below_version: int = NO_BOUND) -> list[tuple[int, Any]]:
+        rows = self._rows(ENTITY_EVENTS, {"id": originator_id, "below": below_version, "before": self.before})
+        return [(r[0], self.decode(_notification(r))) for r in rows]
+
+    def _handled(self, event_class: type | None) -> bool:
+        return event_class is not None and self.handlers.get(event_class) not in (None, "_reinstate")
+
+    def run(self, event: Any) -> None:
+        entity_id = event.originator_id
+        own = [*self._events(entity_id, event.originator_version), (None, event)]
+        org = event.state.get("org_id") if isinstance(event.state, dict) else None
+        if org is None and own[0][0] is not None:
+            org = self._rows("SELECT organization_id FROM stored_events WHERE notification_id = %(n)s",
+                             {"n": own[0][0]})[0][0]
+        owner = aggregate_of(type(event))
+        entities = [(entity_id, owner, effective_events(own), dict(event.state))]
+        if self._handled(getattr(owner, "Deleted", None)):
+            entities += self._dependants(org, entity_id, own[0][0] or 0)
+        saved = self.projection.notification_id
+        try:
+            for oid, kind, effective, state in entities:  # clear
+                deleted = getattr(kind, "Deleted", None)
+                if self._handled(deleted):
+                    payload = {f: state.get(f) for f in _payload_fields(deleted)}
+                    self.projection.apply(self.cur, deleted(originator_id=oid, originator_version=event.originator_version,
+                                                            timestamp=event.timestamp, **payload), saved)
+                if effective and self._handled(type(effective[0][1])):
+                    self._remove_rows(oid, [e for _, e in (own if oid == entity_id else effective)])
+            stream: list[tuple[int, Any]] = []
+            for _, kind, effective, _ in entities:
+                if effective and self._handled(type(effective[0][1])):  # its rows are made here (creation handled)
+                    stream += [(nid, e) for nid, e in effective if nid is not None and self._handled(type(e))]
+            if stream:
+                stream += self._removals(org, {oid for oid, *_ in entities}, min(nid for nid, _ in stream))
+            for nid, e in sorted(stream, key=lambda item: item[0]):
+                self.projection.apply(self.cur, e, nid)
+        finally:
+            self.projection.notification_id = saved
+
+    def _remove_rows(self, entity_id: UUID, events: Sequence[Any]) -> None:
+        """The rows that are the entity's own, by primary key: its id and the ids its events gave to its parts (a
+        pipeline's stages, a task's checklist items), not other entities' ids. A deletion handler may keep them
+        (a deleted pipeline's row stays, marked, for the deals that name it); replaying the creation makes them
+        again."""
+        ids: set[str] = {str(entity_id)}
+        for event in events:
+            _collect_ids(vars(event), ids)
+        candidates = [UUID(i) for i in ids if UUID(i) != entity_id]
+        if candidates:
+            others = {r[0] for r in self._rows("SELECT DISTINCT originator_id FROM stored_events"
+                                              " WHERE originator_id = ANY(%(ids)s)", {"ids": candidates})}
+            candidates = [c for c in candidates if c not in others]
+        own = [entity_id, *candidates]
+        for table, column in self._keyed_tables():
+            self.cur.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (own,))  # noqa: S608 - catalogue names
+
+    def _keyed_tables(self) -> list[tuple[str, str]]:
+        """The projection's tables with a one-column uuid primary key (as the search_path sees them)."""
+        return [(r[0], r[1]) for r in self._rows(
+            "SELECT c.relname, a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]"
+            " WHERE i.indisprimary AND i.indnatts = 1 AND a.atttypid = 'uuid'::regtype AND c.relname = ANY(%(t)s)"
+            " AND pg_table_is_visible(c.oid) ORDER BY c.relname", {"t": list(self.projection.tables)})]
+
+    def _dependants(self, org: Any, entity_id: UUID, after: int) -> list[tuple[UUID, type, list, dict]]:
+        """Entities of this projection (creation and deletion handled, a plain deletion) whose events name an
+        entity being restored, transitively: what the restored entity's deletion may have taken along here."""
+        kinds = {aggregate_of(c) for c in self.handlers if issubclass(c, CanInitAggregate)}
+        kinds = {k for k in kinds if k is not None and self._handled(getattr(k, "Deleted", None))
+                 and not _payload_fields(k.Deleted)}
+        topics = [get_topic(c) for c in self.handlers if aggregate_of(c) in kinds and self._handled(c)]
+        out: list[tuple[UUID, type, list, dict]] = []
+        known, queue = [entity_id], [entity_id]
+        while queue and topics:
+            parent = queue.pop(0)
+            found = self._rows(MENTIONING, {"org": org, "after": after, "before": self.before, "topics": topics,
+                                            "known": known, "hex": parent.hex.encode(), "text": str(parent).encode()})
+            for (child,) in found:
+                events = self._events(child)
+                if not events:
+                    continue
+                kind = aggregate_of(type(events[0][1]))
+                if kind not in kinds:
+                    continue
+                known.append(child)
+                queue.append(child)
+                out.append((child, kind, effective_events(events), {}))
+        return out
+
+    def _removals(self, org: Any, replayed: set[UUID], after: int) -> list[tuple[int, Any]]:
+        """Deletions and merges of other entities since `after` that this projection handles, without those
+        undone by a restore since."""
+        removals = [c for c in self.handlers if _removal(c) and self._handled(c)]
+        if not removals:
+            return []
+        undo = {get_topic(r) for c in removals if (r := getattr(aggregate_of(c), "Reinstated", None)) is not None}
+        topics = [*(get_topic(c) for c in removals), *undo]
+        rows = self._rows(ORGANIZATION_EVENTS, {"org": org, "after": after, "before": self.before, "topics": topics})
+        rows = [r for r in rows if r[1] not in replayed]
+        restored_at = {r[1]: r[0] for r in rows if r[3] in undo}  # rows are in order: the last restore wins
+        return [(r[0], self.decode(_notification(r))) for r in rows
+                if r[3] not in undo and restored_at.get(r[1], 0) < r[0]]
+
+
+def reinstate_entity(projection: Projection, cur: Any, event: Any, decode: Callable[[Notification], Any], *,
+                     before: int | None = None) -> None:
+    """Apply a restore to one projection (see EntityReplay); `before`: the restore's position (None: all events)."""
+    EntityReplay(projection, cur, decode, before).run(event)
+
+
+# -- read models built beside the live ones: investigation copies and online rebuilds ------------------------
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+RESERVED_SCHEMAS = {"public", "information_schema"}
+CONSUMER_TABLES = ("projection_tracking", "consumer_parked")
+"""The projector's own bookkeeping, copied too, so that a projector working in another schema moves only its own
+positions and parks only there."""
+SILENT_NOTIFY = "CREATE FUNCTION {schema}.pg_notify(channel text, payload text) RETURNS void LANGUAGE sql AS $$ $$"
+"""Shadows pg_catalog.pg_notify for connections whose search_path puts the schema first (and pg_catalog after it):
+a projector working there announces nothing to the live servers' position feeds."""
+
+
+def check_schema_name(name: str) -> str:
+    if not SCHEMA_NAME.match(name) or name in RESERVED_SCHEMAS or name.startswith("pg_"):
+        raise ValueError(f"schema name {name!r}: lower-case letters, digits and _ (at most 63), not public or pg_*")
+    return name
+
+
+def schema_search_path(schema: str) -> str:
+    """The search_path of a projector working in `schema`: its tables (and pg_notify) first, then the live ones."""
+    return f"{check_schema_name(schema)}, pg_catalog, public"
+
+
+def clone_tables(conn: psycopg.Connection, schema: str, tables: Sequence[str]) -> None:
+    """Create `schema` with empty copies of the given public tables: columns, defaults (with sequences of their
+    own), constraints, indexes, and the foreign keys among them (or to the public tables they reference). Inside
+    the caller's transaction."""
+    check_schema_name(schema)
+    conn = conn.cursor(row_factory=tuple_row)  # type: ignore[assignment]
+    conn.execute(f"CREATE SCHEMA {schema}")
+    for table in tables:
+        conn.execute(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)")  # noqa: S608
+        serials = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+            " AND column_default LIKE 'nextval(%%'", (schema, table)).fetchall()
+        for (column,) in serials:
+            sequence = f"{table}_{column}_seq"[:63]
+            conn.execute(f"CREATE SEQUENCE {schema}.{sequence} OWNED BY {schema}.{table}.{column}")
+            conn.execute(f"ALTER TABLE {schema}.{table} ALTER COLUMN {column} SET DEFAULT"
+                         f" nextval('{schema}.{sequence}'::regclass)")
+    foreign = conn.execute(
+        "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
+        " JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE c.contype = 'f' AND n.nspname = 'public' AND t.relname = ANY(%s) ORDER BY 1, 2",
+        (list(tables),)).fetchall()
+    conn.execute(f"SET LOCAL search_path TO {schema_search_path(schema)}")
+    for table, name, definition in foreign:  # references resolve to the copies where there are copies
+        conn.execute(f"ALTER TABLE {schema}.{table.split('.')[-1]} ADD CONSTRAINT {name} {definition}")
+    conn.execute("SET LOCAL search_path TO DEFAULT")
+    conn.execute(SILENT_NOTIFY.format(schema=schema))
+
+
+def _schema_exists(conn: psycopg.Connection, schema: str) -> bool:
+    return conn.cursor(row_factory=tuple_row).execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+
+
+def _index_key(definition: str) -> str:
+    """An index definition without its name and schema: how a copy's index is matched to the original's."""
+    return re.sub(r"^CREATE (UNIQUE )?INDEX \S+ ON \S+?\.", r"\1", definition)
+
+
+def _dependent_views(conn: psycopg.Connection, tables: Sequence[str]) -> list[str]:
+    return [r[0] for r in conn.cursor(row_factory=tuple_row).execute(
+        "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite w ON w.oid = d.objid"
+        " JOIN pg_class v ON v.oid = w.ev_class JOIN pg_class t ON t.oid = d.refobjid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE n.nspname = 'public' AND t.relname = ANY(%s) AND v.oid <> t.oid", (list(tables),)).fetchall()]
+
+
+def swap_tables(conn: psycopg.Connection, schema: str, trash: str, tables: Sequence[str]) -> None:
+    """Inside the caller's transaction: move the live tables to `trash` and the copies in `schema` to public, under
+    the live names of their indexes, constraints and sequences; foreign keys of other tables that pointed at the
+    live tables point at the new ones."""
+    conn = conn.cursor(row_factory=tuple_row)  # type: ignore[assignment]
+    names = list(tables)
+    indexes = conn.execute(
+        "SELECT t.relname, i.relname, pg_get_indexdef(i.oid), n.nspname FROM pg_index x"
+        " JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname IN ('public', %s) AND t.relname = ANY(%s)"
+        " ORDER BY t.relname, i.relname", (schema, names)).fetchall()
+    constraints = conn.execute(
+        "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid), n.nspname, c.contype FROM pg_constraint c"
+        " JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE n.nspname IN ('public', %s) AND t.relname = ANY(%s) AND c.contype IN ('p', 'u', 'x', 'c')"
+        " ORDER BY 1, 2", (schema, names)).fetchall()
+    sequences = conn.execute(
+        "SELECT t.relname, a.attname, s.relname, n.nspname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid"
+        " JOIN pg_class t ON t.oid = d.refobjid JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace WHERE s.relkind = 'S' AND d.deptype IN ('a', 'i')"
+        " AND n.nspname IN ('public', %s) AND t.relname = ANY(%s)", (schema, names)).fetchall()
+    incoming = conn.execute(
+        "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
+        " JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace n ON n.oid = r.relnamespace"
+        " JOIN pg_class t ON t.oid = c.conrelid"
+        " WHERE c.contype = 'f' AND n.nspname = 'public' AND r.relname = ANY(%s) AND NOT t.relname = ANY(%s)",
+        (names, names)).fetchall()
+    conn.execute(f"CREATE SCHEMA {check_schema_name(trash)}")
+    for table in names:
+        conn.execute(f"ALTER TABLE public.{table} SET SCHEMA {trash}")
+    for table in names:
+        conn.execute(f"ALTER TABLE {schema}.{table} SET SCHEMA public")
+    live_constraints = {(t, d): n for t, n, d, ns, _ in constraints if ns == "public"}
+    for table, name, definition, namespace, _ in constraints:
+        wanted = live_constraints.get((table, definition))
+        if namespace == schema and wanted and wanted != name:
+            conn.execute(f'ALTER TABLE public.{table} RENAME CONSTRAINT "{name}" TO "{wanted}"')
+    renamed = {n for t, n, d, ns, k in constraints if ns == "public" and k in ("p", "u", "x")}
+    live_indexes: dict[tuple[str, str], list[str]] = {}
+    for table, name, definition, namespace in indexes:
+        if namespace == "public" and name not in renamed:
+            live_indexes.setdefault((table, _index_key(definition)), []).append(name)
+    for table, name, definition, namespace in indexes:
+        if namespace != schema or any(name == n for t, n, d, ns, k in constraints if ns == schema):
+            continue
+        wanted = live_indexes.get((table, _index_key(definition)))
+        if wanted:
+            target = wanted.pop(0)
+            if target != name:
+                conn.execute(f'ALTER INDEX public."{name}" RENAME TO "{target}"')
+    live_sequences = {(t, a): s for t, a, s, ns in sequences if ns == "public"}
+    for table, column, name, namespace in sequences:
+        wanted = live_sequences.get((table, column))
+        if namespace == schema and wanted and wanted != name:
+            conn.execute(f'ALTER SEQUENCE public."{name}" RENAME TO "{wanted}"')
+    for table, name, definition in incoming:  # they still point at the old tables (by oid): point them here
+        conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+        conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')

@@ -42,6 +42,7 @@ class TimelineProjection(Projection):
     name = "timeline"
     tables = ("timeline_deals", "timeline_tasks", "timeline_entries")
     resources = ("activities",)
+    restore_by_replay = (Activity, Note)  # their entries are theirs; a deal's, client's or task's are its history
 
     def _deal_client(self, cur: Any, deal_id: UUID | None) -> UUID | None:
         if deal_id is None:

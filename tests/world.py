@@ -71,7 +71,7 @@ def seed(runtime: Any, admin: Any) -> dict[str, Any]:
         "crm_qr_codes_list.campaign_id": None, "crm_qr_codes_list.client_id": None, "crm_qr_codes_list.deal_id": None,
         "client_id": client["id"], "survivor_id": client["id"], "duplicate_ids": [duplicate["id"]],
         "contact_id": contact["id"], "clients.note_id": client_note["id"], "recording_id": recording["id"],
-        "deal_id": deal["id"], "deals.note_id": deal_note["id"], "line_id": line["id"], "deals.percent": "10",
+        "deal_id": deal["id"], "audit.entity_id": deal["id"], "deals.note_id": deal_note["id"], "line_id": line["id"], "deals.percent": "10",
         "pipeline_id": pipeline["id"], "stage_id": stage_a, "stage_ids": [stage_b, stage_a],
         "service_id": service["id"], "services.category_id": category["id"], "task_id": task["id"],
         "item_id": task["checklist"][0]["id"], "attachment_id": attachment["id"], "tasks.url": "https://example.com/g.pdf",

@@ -77,7 +77,8 @@ def listed(runtime, database_url) -> dict[str, Any]:
     for body in ("v2", "v3"):
         do("crm_wiki_update_page", page_id=pages[0]["id"], body=body)
     ids_13 = seed_settings_and_invoice_lists(runtime, admin, do)
-    ids = {"client_id": client_id, "deal_id": deals[3]["id"], "project_id": project_id, "page_id": pages[0]["id"]}
+    ids = {"client_id": client_id, "deal_id": deals[3]["id"], "project_id": project_id, "page_id": pages[0]["id"],
+           "crm_audit_entity_history.entity_id": pages[0]["id"]}
     ids.update(ids_13)
     ids.update(seed_newsletter_and_qr_lists(runtime, do))
     ids.update(seed_workflow_lists(runtime, do))
@@ -161,7 +162,11 @@ def page(listed: dict[str, Any], op: Any, sort: str | None, limit: int, cursor: 
 
 
 def row_key(item: dict[str, Any]) -> Any:
-    return item.get("id", item.get("revision"))  # revisions are numbered, not identified
+    # revisions are numbered, not identified; audit entries are events (notification_id) or settings changes
+    for key in ("id", "revision", "notification_id", "settings_change_id"):
+        if key in item:
+            return key, item[key]
+    return None
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

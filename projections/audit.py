@@ -1,0 +1,207 @@
+"""Audit queries over the event store itself (`stored_events`, `event_causes`) and the settings log
+(`settings_changes`): no read model of their own, so nothing to rebuild and nothing a restore can miss.
+
+- `entity_events`: every stored event of one entity, each with the cause row of the command that recorded it
+  (user, API token, OAuth client, workflow run, tool, correlation id, time);
+- `changes_page`: an organization's changes, newest first, events and settings changes merged into one feed,
+  paged by a keyset cursor on (time, source, sequence) so that each page is a few index probes however long the
+  history (`event_causes (organization_id, recorded_at)` and its user and tool variants, migration 0060);
+- `actor_names`: the names beside the ids (users, API tokens, OAuth clients, workflows of runs).
+
+Callers check tenancy: every query filters on the organization, and `entity_events` returns the organization of
+each event so the caller can refuse another tenant's entity.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from domain.errors import DomainError
+
+ENTITY_EVENTS = """
+SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state, e.organization_id,
+       c.recorded_at, c.user_id, c.token_id, c.oauth_client_id, c.correlation_id, c.tool, c.workflow_run_id
+FROM stored_events e
+LEFT JOIN LATERAL (
+    SELECT * FROM event_causes WHERE first_notification_id <= e.notification_id
+    ORDER BY first_notification_id DESC LIMIT 1
+) c ON c.last_notification_id >= e.notification_id
+WHERE e.originator_id = %s
+ORDER BY e.originator_version
+"""
+
+
+def entity_events(conn: Any, entity_id: UUID) -> list[dict[str, Any]]:
+    """Every event of one entity (any organization: the caller compares `organization_id`), oldest first."""
+    return conn.execute(ENTITY_EVENTS, (entity_id,)).fetchall()
+
+
+def settings_entity_changes(conn: Any, org_id: UUID, entity_id: str) -> list[dict[str, Any]]:
+    """The settings log of one settings entity (a user, role, API token, ...), oldest first."""
+    return conn.execute(
+        "SELECT id, occurred_at, actor_user_id AS user_id, actor_token_id AS token_id,"
+        " actor_oauth_client_id AS oauth_client_id, correlation_id, tool, entity_type, entity_id, action, changes"
+        " FROM settings_changes WHERE organization_id = %s AND entity_id = %s ORDER BY id",
+        (org_id, entity_id)).fetchall()
+
+
+# -- the organization's feed -------------------------------------------------------------------------------
+EVENTS, SETTINGS = 1, 0
+"""The feed's sources, in the order they sort at the same instant (newest first: events before settings)."""
+OWNER_OF_TOPIC = "left(e.topic, length(e.topic) - strpos(reverse(e.topic), '.'))"
+"""`domain.deals:Deal.Created` -> `domain.deals:Deal`: the aggregate an event's topic belongs to."""
+INVALID_CURSOR = "cursor is not valid; pass next_cursor from the previous page unchanged"
+
+
+@dataclass(frozen=True)
+class FeedFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    user_id: UUID | None = None
+    tool: str | None = None
+    owners: tuple[str, ...] | None = None
+    """Aggregate topics (`domain.deals:Deal`) to keep; None: every aggregate; empty: no events at all."""
+    settings_types: tuple[str, ...] | None = None
+    """settings_changes entity types to keep; None: all; empty: no settings changes."""
+
+
+def encode_cursor(at: datetime, source: int, seq: int) -> str:
+    raw = json.dumps([at.isoformat(), f"{'e' if source == EVENTS else 's'}{seq}"])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int, int]:
+    """(time, source, sequence) of the last row of the previous page; anything else is the caller's error."""
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+            raise ValueError
+        at = datetime.fromisoformat(value[0])
+        key = value[1]
+        if at.tzinfo is None or len(key) < 2 or len(key) > 20 or key[0] not in "es" or not key[1:].isdigit():
+            raise ValueError
+        seq = int(key[1:])
+        if seq >= 2**63:
+            raise ValueError
+        return at, EVENTS if key[0] == "e" else SETTINGS, seq
+    except (ValueError, TypeError, UnicodeError, binascii.Error, RecursionError, OverflowError):
+        raise DomainError(INVALID_CURSOR, field="cursor") from None
+
+
+def _event_rows(conn: Any, org_id: UUID, f: FeedFilter, after: tuple[datetime, int, int] | None, limit: int
+                ) -> list[dict[str, Any]]:
+    where = ["c.organization_id = %(org)s", "e.organization_id = %(org)s"]
+    params: dict[str, Any] = {"org": org_id, "limit": limit}
+    if f.since is not None:
+        where.append("c.recorded_at >= %(since)s")
+        params["since"] = f.since
+    if f.until is not None:
+        where.append("c.recorded_at < %(until)s")
+        params["until"] = f.until
+    if f.user_id is not None:
+        where.append("c.user_id = %(user)s")
+        params["user"] = f.user_id
+    if f.tool is not None:
+        where.append("c.tool = %(tool)s")
+        params["tool"] = f.tool
+    if f.owners is not None:
+        where.append(f"{OWNER_OF_TOPIC} = ANY(%(owners)s)")
+        params["owners"] = list(f.owners)
+    if after is not None:
+        # (time, source, sequence) below the cursor's; the plain bound on time lets the index range stop early
+        where.append("c.recorded_at <= %(at)s AND (c.recorded_at, %(events)s, e.notification_id)"
+                     " < (%(at)s, %(source)s, %(seq)s)")
+        params.update(at=after[0], events=EVENTS, source=after[1], seq=after[2])
+    return conn.execute(
+        "SELECT c.recorded_at AS at, e.notification_id AS seq, e.originator_id, e.originator_version, e.topic,"
+        " c.user_id, c.token_id, c.oauth_client_id, c.correlation_id, c.tool, c.workflow_run_id"
+        " FROM event_causes c"
+        " JOIN stored_events e ON e.notification_id BETWEEN c.first_notification_id AND c.last_notification_id"
+        f" WHERE {' AND '.join(where)}"
+        " ORDER BY c.recorded_at DESC, e.notification_id DESC LIMIT %(limit)s", params).fetchall()
+
+
+def _settings_rows(conn: Any, org_id: UUID, f: FeedFilter, after: tuple[datetime, int, int] | None, limit: int
+                   ) -> list[dict[str, Any]]:
+    where = ["organization_id = %(org)s"]
+    params: dict[str, Any] = {"org": org_id, "limit": limit}
+    if f.since is not None:
+        where.append("occurred_at >= %(since)s")
+        params["since"] = f.since
+    if f.until is not None:
+        where.append("occurred_at < %(until)s")
+        params["until"] = f.until
+    if f.user_id is not None:
+        where.append("actor_user_id = %(user)s")
+        params["user"] = f.user_id
+    if f.tool is not None:
+        where.append("tool = %(tool)s")
+        params["tool"] = f.tool
+    if f.settings_types is not None:
+        where.append("entity_type = ANY(%(types)s)")
+        params["types"] = list(f.settings_types)
+    if after is not None:
+        where.append("occurred_at <= %(at)s AND (occurred_at, %(settings)s, id) < (%(at)s, %(source)s, %(seq)s)")
+        params.update(at=after[0], settings=SETTINGS, source=after[1], seq=after[2])
+    return conn.execute(
+        "SELECT occurred_at AS at, id AS seq, entity_type, entity_id, action, changes, actor_user_id AS user_id,"
+        " actor_token_id AS token_id, actor_oauth_client_id AS oauth_client_id, correlation_id, tool"
+        f" FROM settings_changes WHERE {' AND '.join(where)}"
+        " ORDER BY occurred_at DESC, id DESC LIMIT %(limit)s", params).fetchall()
+
+
+def changes_page(conn: Any, org_id: UUID, f: FeedFilter, limit: int, cursor: str | None
+                 ) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the organization's changes, newest first: events (`source` EVENTS) and settings changes
+    (`source` SETTINGS) merged by time."""
+    after = decode_cursor(cursor) if cursor else None
+    rows: list[dict[str, Any]] = []
+    if f.owners is None or f.owners:
+        rows += [{**r, "source": EVENTS} for r in _event_rows(conn, org_id, f, after, limit + 1)]
+    if f.settings_types is None or f.settings_types:
+        rows += [{**r, "source": SETTINGS} for r in _settings_rows(conn, org_id, f, after, limit + 1)]
+    rows.sort(key=lambda r: (r["at"], r["source"], r["seq"]), reverse=True)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if rows else None
+    return rows, encode_cursor(last["at"], last["source"], last["seq"]) if more and last else None
+
+
+# -- names beside ids --------------------------------------------------------------------------------------
+def actor_names(conn: Any, org_id: UUID, rows: list[dict[str, Any]]) -> dict[str, dict[Any, Any]]:
+    """Names of the users, API tokens, OAuth clients and workflow runs the rows name: {"users": {id: name},
+    "tokens": {id: name}, "clients": {client_id: name}, "runs": {run_id: (workflow_id, workflow name)}}."""
+    def ids(key: str) -> list[Any]:
+        return sorted({r[key] for r in rows if r.get(key) is not None}, key=str)
+
+    out: dict[str, dict[Any, Any]] = {"users": {}, "tokens": {}, "clients": {}, "runs": {}}
+    if users := ids("user_id"):
+        out["users"] = {r["id"]: r["name"] for r in conn.execute(
+            "SELECT id, name FROM users WHERE organization_id = %s AND id = ANY(%s)", (org_id, users)).fetchall()}
+    if tokens := ids("token_id"):
+        out["tokens"] = {r["id"]: r["name"] for r in conn.execute(
+            "SELECT id, name FROM api_tokens WHERE organization_id = %s AND id = ANY(%s)", (org_id, tokens)).fetchall()}
+    if clients := ids("oauth_client_id"):
+        out["clients"] = {r["client_id"]: r["client_name"] for r in conn.execute(
+            "SELECT client_id, client_name FROM oauth_clients WHERE client_id = ANY(%s)", (clients,)).fetchall()}
+    if runs := ids("workflow_run_id"):
+        out["runs"] = {r["id"]: (r["workflow_id"], r["workflow_name"]) for r in conn.execute(
+            "SELECT id, workflow_id, workflow_name FROM workflow_runs WHERE organization_id = %s AND id = ANY(%s)",
+            (org_id, runs)).fetchall()}
+    return out
+
+
+def first_events(conn: Any, org_id: UUID, entity_ids: list[UUID]) -> list[dict[str, Any]]:
+    """The first event of each entity (its creation): where the feed finds the names shown beside ids."""
+    if not entity_ids:
+        return []
+    return conn.execute(
+        "SELECT originator_id, originator_version, topic, state FROM stored_events"
+        " WHERE originator_id = ANY(%s) AND originator_version = 1 AND organization_id = %s",
+        (entity_ids, org_id)).fetchall()
