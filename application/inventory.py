@@ -4,7 +4,7 @@ tests read. The order of the imports is the order of `tools/list` and of the REA
 from application.registry import Registry, registry
 from application.toolsets import (  # noqa: F401 - imported for their declarations
     users, clients, tasks, deals, pipelines, services, activities, projects, wiki, stats, newsletter, qr_codes,
-    invoices, settings,
+    invoices, settings, whatsapp,
     workflows, audit, tools,
 )
 

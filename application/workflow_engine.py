@@ -93,7 +93,7 @@ log = logging.getLogger("flusia.workflows")
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 WEBHOOK_ATTEMPTS = 3
 SWEEP_SECONDS = 5.0
-TRANSIENT = {"busy", "timeout", "internal_error", "conflict"}
+TRANSIENT = {"busy", "timeout", "internal_error", "conflict", "rate_limited"}  # rate_limited: WhatsApp sent nothing
 MAX_ATTEMPTS = 5
 """A step whose tool answered a transient error (nothing changed) is retried with back-off this many times."""
 
@@ -344,8 +344,11 @@ def plan_call(step: dict[str, Any], context: dict[str, Any], today: datetime) ->
         return ToolCall(ASSIGN_TOOLS[entity], {f"{entity}_id": context[f"{entity}.id"],
                                                "user_id": _user_ref(config["user_id"], context, "user_id")})
     if kind == "send_whatsapp_template":
-        return ToolCall("crm_whatsapp_send_template", {"to": render(config["to"]), "template_name": config["template_name"],
-                                                       "language": config["language"]})
+        args = {"to": render(config["to"]), "template_name": config["template_name"], "language": config["language"]}
+        if config.get("parameters"):  # explicit values for {{1}}, {{2}}...; else a settings template fills its own
+            args["parameters"] = [render(p) for p in config["parameters"]]
+        args.update({f"{s}_id": context[f"{s}.id"] for s in ("client", "deal") if context.get(f"{s}.id")})
+        return ToolCall("crm_whatsapp_send_template", args)
     raise StepRefused(f"step type {kind} does not call a tool")
 
 
@@ -1010,7 +1013,7 @@ SUBJECT_RESOURCES = {"deal": "deals", "client": "clients", "task": "tasks"}
 def step_reads(step_type: str, subjects: set[str]) -> list[tuple[str, str]]:
     """What a step needs besides the tools it calls: a webhook or an e-mail carries the trigger's entities' data
     out of the CRM, so its activator must be allowed to read them (and an e-mail reads its settings template)."""
-    if step_type not in ("webhook", "send_email"):
+    if step_type not in ("webhook", "send_email", "send_whatsapp_template"):
         return []
     needs = [(SUBJECT_RESOURCES[s], "read") for s in sorted(subjects) if s in SUBJECT_RESOURCES]
     return needs + ([("settings", "read")] if step_type == "send_email" else [])

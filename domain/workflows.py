@@ -535,6 +535,9 @@ class SendWhatsappTemplateStep(Struct, kw_only=True, forbid_unknown_fields=True)
     template_name: Annotated[str, Meta(min_length=1, max_length=200)]
     language: Annotated[str, Meta(min_length=2, max_length=10)] = "it"
     to: Annotated[str, Meta(max_length=60, description="Phone number or {{client.phone}}.")] = "{{client.phone}}"
+    parameters: Annotated[list[Annotated[str, Meta(min_length=1, max_length=1024)]], Meta(max_length=20, description=(
+        "Values for the template's {{1}}, {{2}}... (placeholders allowed); a settings template without them fills "
+        "its own from the triggering client/deal."))] = []
 
 
 class WaitStep(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -29,6 +29,7 @@ from interfaces.health import health_routes
 from interfaces.list_cache import ToolListCache
 from interfaces.invite import invite_routes
 from interfaces.tracking import tracking_routes
+from interfaces.whatsapp_webhook import whatsapp_routes
 
 log = logging.getLogger("flusia.http")
 VERSION = "1.0.0"
@@ -256,7 +257,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
 
     app = Litestar(
         [mcp_endpoint, protected_resource, protected_resource_mcp, *health_routes, *oauth_routes(runtime, auth, urls),
-         download_route, *tracking_routes, *invite_routes(runtime)],
+         download_route, *tracking_routes, *invite_routes(runtime), *whatsapp_routes],
         lifespan=[lifespan],
         debug=False,
         logging_config=None,  # our handler (interfaces/logs.py): value-free tracebacks, written at once

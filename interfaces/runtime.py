@@ -25,6 +25,7 @@ from application.inventory import registry
 from application.invoice_sync import InvoiceSyncWorker
 from application.newsletter_sending import NewsletterSender
 from application.runner import ToolRunner
+from application.whatsapp_inbox import WhatsappWorker
 from application.workflow_engine import WorkflowEngine
 from application.store import EventStore
 from projections.inventory import all_projections
@@ -69,6 +70,8 @@ class Runtime:
         self._engine_task: asyncio.Task[None] | None = None
         self.invoice_sync = InvoiceSyncWorker(database_url, self.store)
         """Drains the invoice sync queue; started with the server. Tests and benchmarks call `run_pending()`."""
+        self.whatsapp = WhatsappWorker(database_url, self.store)
+        """Applies WhatsApp webhook deliveries in order; started with the server. Tests call `run_pending()`."""
 
     def projection(self, name: str):
         for p in self.projections:
@@ -98,6 +101,7 @@ class Runtime:
 
         await anyio.to_thread.run_sync(self._secret_key)  # generated into $FLUSIA_HOME on first start when unset
         self.invoice_sync.start()
+        self.whatsapp.start()
 
     async def stop(self) -> None:
         import anyio
@@ -112,6 +116,7 @@ class Runtime:
             self._engine_task = None
         await anyio.to_thread.run_sync(self.newsletter.stop)
         await anyio.to_thread.run_sync(self.invoice_sync.stop)
+        await anyio.to_thread.run_sync(self.whatsapp.stop)
         if self.positions is not None:
             await self.positions.stop()
         self.projector.stop()
@@ -126,6 +131,7 @@ class Runtime:
     def close(self) -> None:
         self.newsletter.stop()
         self.invoice_sync.stop()
+        self.whatsapp.stop()
         self.projector.stop()
         self.workflow_engine.close()
         self.pool.close()

@@ -17,6 +17,7 @@ from projections.services import ServicesProjection
 from projections.settings import SettingsProjection
 from projections.tasks import TasksProjection
 from projections.timeline import TimelineProjection
+from projections.whatsapp import WhatsappProjection
 from projections.wiki import WikiProjection
 from projections.workflows import WorkflowsProjection, WorkflowTriggers
 
@@ -26,6 +27,6 @@ def all_projections() -> list[Projection]:
         ClientsProjection(), NotesProjection(), RecordingsProjection(), TasksProjection(), ProjectsProjection(),
         WikiProjection(), PipelinesProjection(), DealsProjection(), ServicesProjection(), ActivitiesProjection(),
         TimelineProjection(), NewsletterProjection(), QrCodesProjection(), WorkflowsProjection(),
-        SettingsProjection(), InvoicesProjection(),
+        SettingsProjection(), InvoicesProjection(), WhatsappProjection(),
         WorkflowTriggers(),  # last: the read models a run's first step reads have applied its event by then
     ]

@@ -62,6 +62,7 @@ def seed(runtime: Any, admin: Any) -> dict[str, Any]:
     user = str(admin.user_id)
     return {
         **seed_settings_and_invoices(runtime, admin, client["id"], deal["id"]),
+        **seed_whatsapp(runtime, admin, client["id"]),
         "workflow_id": workflow["id"], "workflows.step_id": step_id, "workflows.step_ids": [step_id], "run_id": run_id,
         "crm_workflows_set_trigger.config": {"to_status": "accepted"},
         "crm_workflows_add_step.config": {"title": "MARK-workflows-step"},
@@ -161,3 +162,41 @@ def seed_settings_and_invoices(runtime: Any, admin: Any, client_id: str, deal_id
         "crm_invoices_allocate.client_id": None, "crm_invoices_list.client_id": None,
         "crm_invoices_list.deal_id": None, "crm_invoices_sync.document_id": None,
     }
+
+
+WORLD_NUMBER = "106540352242999"
+"""The world's WhatsApp business number id. The world does not connect WhatsApp (sends are refused as not connected,
+so no test reaches a real Cloud API); its chat arrives as a webhook delivery does."""
+
+
+def seed_whatsapp(runtime: Any, admin: Any, client_id: str) -> dict[str, Any]:
+    """A WhatsApp chat (contact name, a text, a photo, a reaction) stored as the webhook stores deliveries and applied
+    by the worker, then linked to the client, assigned to the admin, granted to the admin, with a note."""
+    import time as clock
+
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from application import whatsapp_inbox
+    from tests.whatsapp_stub import contact, delivery, text_message
+
+    def do(tool: str, **args: Any) -> dict[str, Any]:
+        return call(runtime, admin, tool, args)
+
+    wa_id = "393330000001"
+    photo = {"from": wa_id, "id": "wamid.MARKPHOTO", "timestamp": str(int(clock.time())), "type": "image",
+             "image": {"id": "9990001", "mime_type": "image/jpeg", "sha256": "abc", "caption": "MARK-whatsapp-caption"}}
+    reaction = {"from": wa_id, "id": "wamid.MARKREACT", "timestamp": str(int(clock.time())), "type": "reaction",
+                "reaction": {"message_id": "wamid.MARKTEXT", "emoji": "\U0001f44d"}}
+    body = delivery(WORLD_NUMBER, contacts=[contact(wa_id, "MARK-whatsapp-contact")],
+                    messages=[text_message(wa_id, "wamid.MARKTEXT", "MARK-whatsapp-message preventivo"), photo, reaction])
+    with psycopg.connect(runtime.database_url, autocommit=True, row_factory=dict_row) as conn:
+        whatsapp_inbox.store_delivery(conn, admin.organization_id, WORLD_NUMBER, body)
+    runtime.whatsapp.run_pending()
+    runtime.settle()
+    chat = do("crm_whatsapp_list_chats")["items"][0]
+    do("crm_whatsapp_link_client", chat_id=chat["id"], client_id=client_id)
+    do("crm_whatsapp_assign_chat", chat_id=chat["id"], user_id=str(admin.user_id))
+    do("crm_whatsapp_grant_access", chat_id=chat["id"], user_id=str(admin.user_id))
+    note = do("crm_whatsapp_add_note", chat_id=chat["id"], body="MARK-whatsapp-note")
+    return {"chat_id": chat["id"], "whatsapp.note_id": note["id"], "crm_whatsapp_send_template.template_id": None}

@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 
 from application import identity, invites
 from application import secrets as sealed
+from application import whatsapp_cloud
 from application.logsafe import describe
 from application.mail import MailError, SmtpSettings
 from application.permissions import RESOURCES
@@ -109,6 +110,7 @@ class OrganizationOut(Struct, kw_only=True, omit_defaults=True):
     today: Annotated[date, Meta(description="Today in the organization's time zone: what due dates are compared with.")]
     local_time: Annotated[datetime, Meta(description="Now, in the organization's time zone.")]
     fattureincloud: Annotated[ConnectionOut, Meta(description="The FattureInCloud connection; the access token is never shown.")]
+    whatsapp: Annotated[whatsapp_cloud.WhatsappConnectionOut, Meta(description="The WhatsApp Cloud API connection; secrets are never shown.")]
     created_at: datetime
     updated_at: datetime | None = None
 
@@ -126,7 +128,8 @@ def present_organization(ctx: QueryContext, _: Any = None) -> OrganizationOut:
         fic = ConnectionOut(configured=bool(conn_row["has_secret"]), company_id=conn_row["settings"].get("company_id"),
                             updated_at=conn_row["updated_at"])
     return msgspec.convert({**row, "today": now.date(), "local_time": now.replace(microsecond=0),
-                            "fattureincloud": msgspec.to_builtins(fic)}, OrganizationOut)
+                            "fattureincloud": msgspec.to_builtins(fic),
+                            "whatsapp": msgspec.to_builtins(whatsapp_cloud.present(ctx.conn, ctx.org_id))}, OrganizationOut)
 
 
 class GetOrganization(Query, kw_only=True):
@@ -151,7 +154,8 @@ ORG_FIELDS = ("name", "vat_number", "address", "currency", "timezone", "locale",
 
 class UpdateOrganization(Command, kw_only=True):
     """Change the organization's profile or preferences; only what you send changes. The time zone decides what
-    'today' and 'overdue' mean from the next call on. fattureincloud connects invoices (null disconnects)."""
+    'today' and 'overdue' mean from the next call on. fattureincloud connects invoices, whatsapp the WhatsApp Cloud
+    API (null disconnects)."""
 
     name: Annotated[str, Meta(min_length=1, max_length=200)] | UnsetType = UNSET
     vat_number: Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9 .\-]+$")] | None | UnsetType = UNSET
@@ -162,6 +166,7 @@ class UpdateOrganization(Command, kw_only=True):
     locale: Annotated[str, Meta(pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$", description="e.g. 'it-IT'.")] | UnsetType = UNSET
     logo_url: Url | None | UnsetType = UNSET
     fattureincloud: FattureInCloudArg | None | UnsetType = UNSET
+    whatsapp: whatsapp_cloud.WhatsappArg | None | UnsetType = UNSET
 
 
 def _connect_fattureincloud(tx: Any, arg: FattureInCloudArg | None) -> None:
@@ -213,6 +218,8 @@ def update_organization(cmd: UpdateOrganization, uow: UnitOfWork) -> bool:
             tx.record("organization", uow.org_id, "updated", diff)
         if cmd.fattureincloud is not UNSET:
             _connect_fattureincloud(tx, cmd.fattureincloud)
+        if cmd.whatsapp is not UNSET:
+            whatsapp_cloud.connect(tx, cmd.whatsapp)
         tx.returned.append(True)
     return True
 

@@ -82,6 +82,7 @@ def listed(runtime, database_url) -> dict[str, Any]:
     ids.update(ids_13)
     ids.update(seed_newsletter_and_qr_lists(runtime, do))
     ids.update(seed_workflow_lists(runtime, do))
+    ids.update(seed_whatsapp_lists(runtime, admin, do))
     return {"runtime": runtime, "admin": admin, "ids": ids}
 
 
@@ -110,6 +111,25 @@ def seed_workflow_lists(runtime: Any, do: Any) -> dict[str, Any]:
         time.sleep(0.1)
     do("crm_workflows_deactivate", workflow_id=workflows[0]["id"])
     return {"workflow_id": workflows[0]["id"]}
+
+
+def seed_whatsapp_lists(runtime: Any, admin: Any, do: Any) -> dict[str, Any]:
+    """Three WhatsApp chats (deliveries stored as the webhook stores them, applied by the worker), three messages in
+    the first, three notes on it."""
+    from application import whatsapp_inbox
+    from tests.whatsapp_stub import delivery, text_message
+
+    number = "106540352242888"
+    messages = [text_message(wa_id, f"wamid.PAGES{wa_id}{i}", f"messaggio {i}")
+                for wa_id in ("393330000011", "393330000012", "393330000013") for i in range(3 if wa_id.endswith("1") else 1)]
+    with psycopg.connect(runtime.database_url, autocommit=True, row_factory=dict_row) as conn:
+        whatsapp_inbox.store_delivery(conn, admin.organization_id, number, delivery(number, messages=messages))
+    runtime.whatsapp.run_pending()
+    runtime.settle()
+    chat = next(c for c in do("crm_whatsapp_list_chats")["items"] if c["phone"] == "+393330000011")
+    for body in ("uno", "due", "tre"):
+        do("crm_whatsapp_add_note", chat_id=chat["id"], body=body)
+    return {"chat_id": chat["id"], "crm_whatsapp_list_chats.client_id": None}
 
 
 def seed_newsletter_and_qr_lists(runtime: Any, do: Any) -> dict[str, Any]:

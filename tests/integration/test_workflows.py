@@ -469,9 +469,7 @@ def test_building_refuses_unknown_placeholders_and_missing_permissions_naming_th
     err = world.call.error("crm_workflows_activate", {"workflow_id": w["id"]})  # but its steps no longer fit
     assert err.code == "not_activatable" and "step 1 (create_task" in err.message and "deal.title" in err.message
     world.call("crm_workflows_set_trigger", {"workflow_id": w["id"], **WON})
-    err = world.call.error("crm_workflows_add_step", {"workflow_id": w["id"], "type": "send_whatsapp_template",
-                                                      "config": {"template_name": "hello"}})
-    assert err.field == "type" and "not available" in err.message
+    # send_whatsapp_template is available: the WhatsApp toolset exists (tests/integration/test_whatsapp.py)
     with psycopg.connect(world.url, autocommit=True, row_factory=dict_row) as conn:
         token, _ = identity.create_token(conn, world.org_id, world.user_id, {"workflows": "rwd"})
         narrow = Caller(world.rt, identity.principal_for_token(conn, token))
@@ -479,7 +477,7 @@ def test_building_refuses_unknown_placeholders_and_missing_permissions_naming_th
     assert err.code == "not_activatable" and "tasks:write" in err.message and "step 1 (create_task)" in err.message
     types = world.call("crm_workflows_list_step_types")["items"]
     whatsapp = next(t for t in types if t["name"] == "send_whatsapp_template")
-    assert whatsapp["available"] is False and "WhatsApp" in whatsapp["unavailable_reason"]
+    assert whatsapp["available"] is True  # crm_whatsapp_send_template exists (tests/integration/test_whatsapp.py)
     triggers = {t["name"]: t for t in world.call("crm_workflows_list_trigger_types")["items"]}
     assert {"deal_status_changed", "deal_stage_changed", "client_created", "client_status_changed", "task_completed",
             "task_due", "schedule", "event"} <= set(triggers)
