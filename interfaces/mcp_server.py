@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
@@ -20,11 +21,15 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
 from application.errors import PermissionDenied, ToolError
+from interfaces import mcp_prompts
 from application.principal import Principal
 from application.registry import Operation, Registry
 from application.runner import ToolRunner
 
 TOOLS_PAGE_SIZE = 200
+RESOURCES_PAGE_SIZE = 50
+RESOURCE_URI = re.compile(r"^flusia://([a-z_]+)/([^/?#]+)$")
+LABEL_FIELDS = ("business_name", "title", "name", "subject", "label", "number", "code", "domain")
 SERVER_INSTRUCTIONS = (
     "Flusia CRM. Resolve people with crm_users_list and leads/clients with crm_clients_search before acting on them; "
     "ids returned by one tool are the arguments of the next. Dates are YYYY-MM-DD in the organization's timezone "
@@ -95,6 +100,81 @@ def images(result: dict[str, Any]) -> list[types.ImageContent]:
     return []
 
 
+# -- resources: entities by URI, read through their get tool ----------------------------------------------------
+@dataclass(frozen=True)
+class EntityResource:
+    """`flusia://<toolset>/{id}`: one entity of a toolset that has a get tool, read by calling that tool (the same
+    permission, tenancy and selection checks, the same answer); listed through the toolset's list tool."""
+
+    toolset: str
+    title: str
+    entity: str
+    id_field: str
+    get: Operation
+    listing: Operation | None
+
+    @property
+    def template(self) -> str:
+        return f"flusia://{self.toolset}/{{id}}"
+
+    def uri(self, entity_id: Any) -> str:
+        return f"flusia://{self.toolset}/{entity_id}"
+
+
+def _required(op: Operation) -> set[str]:
+    return set(op.input_schema().get("required", []))
+
+
+@cache
+def entity_resources(registry: Registry) -> tuple[EntityResource, ...]:
+    """Generated from the toolset declarations: a toolset with an entity (id argument, output) and a read tool
+    taking only that id and answering that output (`crm_<toolset>_get`, or e.g. `crm_wiki_get_page`)."""
+    out = []
+    for toolset in registry.toolsets.values():
+        if toolset.meta or not toolset.id_field or toolset.output is None:
+            continue
+        ops = [op for op in registry if op.toolset == toolset.name and op.kind == "query"]
+        get = next((op for op in ops if op.output is toolset.output and _required(op) == {toolset.id_field}), None)
+        if get is None:
+            continue
+        entity = toolset.entity
+        names = (f"crm_{toolset.name}_list", f"crm_{toolset.name}_list_{entity.split()[-1]}s")
+        listing = next((op for name in names for op in ops if op.name == name and not _required(op)
+                        and {"limit", "cursor"} <= set(op.input_schema().get("properties", {}))), None)
+        out.append(EntityResource(toolset.name, toolset.title, entity, toolset.id_field, get, listing))
+    return tuple(out)
+
+
+def _label(row: dict[str, Any], entity: str) -> str:
+    for name in LABEL_FIELDS:
+        value = row.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return f"{entity} {row.get('id')}"
+
+
+def _resource_error(e: ToolError) -> MCPError:
+    """A tool error as the JSON-RPC error of a resource request (its code and field in `data`)."""
+    return MCPError(code=INVALID_PARAMS, message=e.message, data={"code": e.code, **({"field": e.field} if e.field else {})})
+
+
+def _page_cursor(cursor: str | None, kind: str) -> tuple[int, str | None]:
+    if not cursor:
+        return 0, None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor.encode()).decode())
+        if data.get("k") != kind or not isinstance(data.get("i"), int) or data["i"] < 0:
+            raise ValueError
+        inner = data.get("c")
+        return data["i"], inner if isinstance(inner, str) else None
+    except Exception:
+        raise MCPError(code=INVALID_PARAMS, message=f"invalid cursor for {kind}") from None
+
+
+def _next_cursor(kind: str, index: int, inner: str | None) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"k": kind, "i": index, "c": inner}).encode()).decode()
+
+
 def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server:
     defaults = frozenset(t.name for t in registry.toolsets.values() if t.default)
 
@@ -126,6 +206,105 @@ def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server
         return types.CallToolResult(content=[types.TextContent(type="text", text=render(result)), *images(result)],
                                     structuredContent=result)
 
+    def readable(principal: Principal, tool_filter: ToolFilter) -> list[EntityResource]:
+        return [r for r in entity_resources(registry)
+                if not r.get.missing(principal.grants) and tool_filter.admits(r.get, defaults)]
+
+    async def list_resource_templates(ctx: Any, params: types.PaginatedRequestParams | None
+                                      ) -> types.ListResourceTemplatesResult:
+        templates = [types.ResourceTemplate(
+            uri_template=r.template, name=r.toolset, title=r.title, mime_type="application/json",
+            description=f"One {r.entity} by id, as {r.get.name} answers it ({r.id_field} = id).")
+            for r in readable(current_principal.get(), current_filter.get())]
+        return types.ListResourceTemplatesResult(resource_templates=templates)
+
+    async def list_resources(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        """The entities the token may read, toolset by toolset, each as its list tool orders them (newest first for
+        most), RESOURCES_PAGE_SIZE a page; the cursor holds the toolset and that list's own cursor."""
+        principal = current_principal.get()
+        entries = [r for r in readable(principal, current_filter.get())
+                   if r.listing is not None and not r.listing.missing(principal.grants)]
+        index, inner = _page_cursor(params.cursor if params else None, "resources/list")
+        found: list[types.Resource] = []
+        while index < len(entries) and len(found) < RESOURCES_PAGE_SIZE:
+            entry = entries[index]
+            arguments: dict[str, Any] = {"limit": RESOURCES_PAGE_SIZE - len(found)}
+            if inner:
+                arguments["cursor"] = inner
+            try:
+                page = await runner.call(principal, entry.listing.name, arguments)  # type: ignore[union-attr]
+            except ToolError as e:
+                raise _resource_error(e) from None
+            for row in page.get("items", []):
+                label = _label(row, entry.entity)
+                found.append(types.Resource(uri=entry.uri(row["id"]), name=label, title=label,
+                                            mime_type="application/json", description=entry.title))
+            inner = page.get("next_cursor")
+            if not inner:
+                index, inner = index + 1, None
+        more = index < len(entries)
+        return types.ListResourcesResult(resources=found,
+                                         next_cursor=_next_cursor("resources/list", index, inner) if more else None)
+
+    async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        principal = current_principal.get()
+        uri = str(params.uri)
+        match = RESOURCE_URI.match(uri)
+        entry = next((r for r in entity_resources(registry) if match and r.toolset == match.group(1)), None)
+        if match is None or entry is None:
+            known = ", ".join(r.template for r in entity_resources(registry))
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown resource {uri!r}; resources are {known}",
+                           data={"code": "invalid_arguments", "field": "uri"})
+        try:
+            if not current_filter.get().admits(entry.get, defaults):
+                raise PermissionDenied(f"{entry.toolset} is outside this connection's tool selection (toolsets/readonly "
+                                       "in the /mcp URL)", code="tool_not_enabled")
+            result = await runner.call(principal, entry.get.name, {entry.id_field: match.group(2)})
+        except ToolError as e:
+            raise _resource_error(e) from None
+        return types.ReadResourceResult(contents=[types.TextResourceContents(
+            uri=uri, mime_type="application/json", text=render(result))])
+
+    # -- prompts ---------------------------------------------------------------------------------------------
+    def usable(principal: Principal) -> Any:
+        def check(tool: str) -> bool:
+            op = registry.get(tool)
+            return op is not None and not op.missing(principal.grants)
+        return check
+
+    def offered(principal: Principal) -> list[mcp_prompts.PromptSpec]:
+        can = usable(principal)
+        return [p for p in mcp_prompts.PROMPTS if all(can(t) for t in p.tools)]
+
+    async def list_prompts(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        principal = current_principal.get()
+        can = usable(principal)
+        return types.ListPromptsResult(prompts=[types.Prompt(
+            name=p.name, title=p.title, description=p.description,
+            arguments=[types.PromptArgument(name=a.name, description=a.description, required=a.required)
+                       for a in p.arguments],
+            _meta={"io.flusia/tools": [*p.tools, *(t for t in p.optional if can(t))]})
+            for p in offered(principal)])
+
+    async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        principal = current_principal.get()
+        spec = mcp_prompts.prompt(params.name)
+        if spec is None:
+            names = ", ".join(p.name for p in mcp_prompts.PROMPTS)
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown prompt {params.name!r}; prompts are {names}")
+        missing = sorted({f"{r}:{a}" for t in spec.tools if (op := registry.get(t)) is not None
+                          for r, a in op.missing(principal.grants)})
+        if missing or any(registry.get(t) is None for t in spec.tools):
+            raise MCPError(code=INVALID_PARAMS, message=f"prompt {spec.name} uses tools this token may not call "
+                                                        f"(missing {', '.join(missing) or 'tools'})")
+        try:
+            arguments = mcp_prompts.check_arguments(spec, params.arguments)
+        except ValueError as e:
+            raise MCPError(code=INVALID_PARAMS, message=str(e)) from None
+        text = spec.render(arguments, usable(principal))
+        return types.GetPromptResult(description=spec.description, messages=[
+            types.PromptMessage(role="user", content=types.TextContent(type="text", text=text))])
+
     server = Server(
         "flusia-crm",
         version=version,
@@ -133,6 +312,11 @@ def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server
         instructions=SERVER_INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_resource_templates,
+        on_read_resource=read_resource,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
         # The SDK checks Mcp-Param-* headers of 2026-07-28 calls against the tool's schema; without this lookup
         # it would run the whole tools/list handler on every call to find one schema.
         get_tool_input_schema=lambda name: tool_of(op).input_schema if (op := registry.get(name)) else None,
