@@ -1,14 +1,18 @@
 """Importing this module declares every toolset and tool: the one inventory the MCP layer, the CLI and the
-tests read. The order of the imports is the order of `tools/list` and of the README's table."""
+tests read. TOOLSET_ORDER is the order of `tools/list` and of the README's table."""
 
 from application.registry import Registry, registry
 from application.toolsets import (  # noqa: F401 - imported for their declarations
-    users, clients, tasks, deals, pipelines, services, activities, projects, wiki, stats, newsletter, qr_codes,
-    invoices, settings, whatsapp,
+    users, clients, tasks, deals, pipelines, services, activities, projects, wiki, client_overview, stats, newsletter,
+    qr_codes, invoices, settings,
     workflows, audit, tools,
 )
 
-__all__ = ["PRESETS", "registry", "toolset_table"]
+__all__ = ["PRESETS", "TOOLSET_ORDER", "registry", "toolset_table"]
+
+TOOLSET_ORDER = ("users", "clients", "deals", "pipelines", "services", "activities", "tasks", "projects", "wiki",
+                 "stats", "newsletter", "qr_codes", "invoices", "settings", "whatsapp", "workflows", "audit", "tools")
+registry.arrange(TOOLSET_ORDER)
 
 PRESETS = {
     "sales": ("users", "clients", "deals", "pipelines", "services", "activities", "stats"),

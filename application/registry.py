@@ -287,6 +287,15 @@ class Registry:
             raise ValueError(f"toolset {toolset.name} is not a permission resource ({', '.join(RESOURCES)})")
         self.toolsets[toolset.name] = toolset
 
+    def arrange(self, order: list[str] | tuple[str, ...]) -> None:
+        """Put toolsets, and tools grouped by toolset, in this order (others after, as declared): the order of
+        `tools/list` and of the README's table must not depend on which module happened to be imported first."""
+        rank = {name: i for i, name in enumerate(order)}
+        names = sorted(self.toolsets, key=lambda n: rank.get(n, len(rank)))
+        self.toolsets = {n: self.toolsets[n] for n in names}
+        position = {n: i for i, n in enumerate(names)}
+        self._ops = dict(sorted(self._ops.items(), key=lambda item: position[item[1].toolset]))
+
     def add(self, op: Operation) -> Operation:
         if op.name in self._ops:
             raise ValueError(f"operation {op.name} declared twice")

@@ -43,6 +43,7 @@ class NoteOut(Struct, kw_only=True, omit_defaults=True):
     subject_id: UUID
     body: str
     author_id: UUID | None = None
+    author_name: str | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -13,8 +13,8 @@ from domain.errors import NotFound
 from projections.base import Projection, handles, set_columns
 from projections.pagination import Sort, paginate
 
-ACTIVITY_COLUMNS = ("id, type, client_id, deal_id, user_id, occurred_at, subject, body, details, created_by,"
-                    " created_at, updated_at")
+ACTIVITY_COLUMNS = ("id, type, client_id, deal_id, user_id, (SELECT name FROM users WHERE users.id = user_id) AS user_name,"
+                    " occurred_at, subject, body, details, created_by, created_at, updated_at")
 
 
 class ActivitiesProjection(Projection):

@@ -12,7 +12,8 @@ from domain.personal_data import ERASED
 from projections.base import Projection, handles, touch
 from projections.pagination import NEWEST, paginate
 
-NOTE_COLUMNS = "id, subject_type, subject_id, body, author_id, created_at, updated_at"
+NOTE_COLUMNS = ("id, subject_type, subject_id, body, author_id,"
+                " (SELECT name FROM users WHERE users.id = author_id) AS author_name, created_at, updated_at")
 
 
 class NotesProjection(Projection):

@@ -35,6 +35,7 @@ class ActivityOut(Struct, kw_only=True, omit_defaults=True):
     client_id: UUID | None = None
     deal_id: UUID | None = None
     user_id: UUID | None = None
+    user_name: str | None = None
     occurred_at: datetime
     subject: str | None = None
     body: str | None = None

@@ -74,3 +74,13 @@ def test_the_readme_table_of_tool_groups_is_generated_from_the_registry():
     start = readme.index("<!-- toolsets:start")
     section = readme[readme.index("\n", start) + 1: readme.index("<!-- toolsets:end -->")]
     assert section == toolset_table(), "README's tool table differs: paste the output of `flusia tools --markdown`"
+
+
+def test_every_toolset_has_its_place_whatever_was_imported_first():
+    import application.toolsets.tasks  # noqa: F401 - imported before the inventory, as a test module may
+    from application.inventory import TOOLSET_ORDER, registry
+
+    assert list(registry.toolsets) == [name for name in TOOLSET_ORDER if name in registry.toolsets]
+    assert set(registry.toolsets) <= set(TOOLSET_ORDER), "add the new toolset to TOOLSET_ORDER"
+    toolsets = [op.toolset for op in registry]
+    assert toolsets == sorted(toolsets, key=TOOLSET_ORDER.index), "tools are listed grouped by toolset, in order"
