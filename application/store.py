@@ -157,27 +157,6 @@ def postgres_env(database_url: str, *, create_table: bool = False, pool_size: in
     }
 
 
-class PersonalDataMapper(Mapper[UUID]):
-    """The library's mapper with personal data sealed on the way in and read back (or as erased) on the way out
-    (application/personal_data.py: crypto-shredding for erasure on request)."""
-
-    def __init__(self, transcoder: Any, keyring: Any) -> None:
-        super().__init__(transcoder)
-        self.keyring = keyring
-
-    def to_stored_event(self, domain_event: Any) -> StoredEvent:
-        return super().to_stored_event(personal_data.sealed_for_storage(domain_event))
-
-    def to_domain_event(self, stored_event: StoredEvent) -> Any:
-        event = super().to_domain_event(stored_event)
-        if type(event) in personal_data.SPEC and personal_data.MARK not in stored_event.state and \
-                self.keyring.erased_aggregate(event.originator_id):
-            event = personal_data.redacted(event)  # written before encryption existed, and erased since
-        elif stored_event.topic == personal_data.ERASURE_TOPIC:
-            self.keyring.forget()  # another process erased: read the keys again
-        return event
-
-
 class EventStore(Application[UUID]):
     """All aggregates of all organizations; org_id lives inside every aggregate."""
 
@@ -200,7 +179,7 @@ class EventStore(Application[UUID]):
 
     def construct_mapper(self) -> Mapper[UUID]:
         self.keyring = personal_data.KeyRing(self.factory.datastore)  # type: ignore[attr-defined]
-        return PersonalDataMapper(self.construct_transcoder(), self.keyring)
+        return personal_data.PersonalDataMapper(self.construct_transcoder(), self.keyring)
 
     def save(self, *aggregates: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Append the pending events of our aggregates in one statement (kwargs: `cause`, `idempotency`,

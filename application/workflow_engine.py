@@ -126,11 +126,11 @@ class EngineSettings:
 def event_mapper() -> Mapper[UUID]:
     """Decodes stored events as the event store does (same transcodings; no compression or cipher configured)."""
     transcoder = JSONTranscoder()
-    from application.personal_data import PersonalTranscoding  # personal data: decrypted, or "[erased]"
+    from application.personal_data import PersonalDataMapper, PersonalTranscoding  # decrypted, or "[erased]"
 
     for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), DateAsISO(), PersonalTranscoding()):
         transcoder.register(transcoding)
-    return Mapper(transcoder=transcoder)
+    return PersonalDataMapper(transcoder)
 
 
 def decode(row: dict[str, Any]) -> Any:

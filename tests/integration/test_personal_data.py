@@ -151,6 +151,12 @@ def test_erasure_shows_everywhere_and_survives_a_full_rebuild(iso_runtime, fresh
         from application.workflow_engine import decode
 
         assert "Mario Rossi" not in repr([vars(decode(r)) for r in rows])  # the workflow engine's reader too
+        audited = repr([call("crm_audit_entity_history", {"entity_id": i, "limit": 100})
+                        for i in (lead_id, made["note"]["id"], made["recording"]["id"], made["deal"]["id"])])
+        as_of = call("crm_audit_entity_as_of", {"entity_id": lead_id, "version": 2})  # before the erasure
+        for secret in SECRETS:
+            assert secret not in audited and secret not in repr(as_of), secret
+        assert ERASED in audited and ERASED in repr(as_of) and "Rossi Impianti" in repr(as_of)
         first = rt.store.repository.get(uuid.UUID(lead_id), version=1)  # as of its creation
         assert (first.contact_name, first.email, first.business_name) == (ERASED, ERASED, "Rossi Impianti")
         assert rt.store.repository.get(uuid.UUID(made["note"]["id"])).body == ERASED
@@ -235,6 +241,9 @@ def test_events_written_before_encryption_read_as_erased_once_erased(iso_runtime
         rt.store.keyring.forget()
         history = repr([vars(e) for e in _decoded(rt, rows)])
     assert "Elena" not in history and "elena@viola.example" not in history and "Storico" in history
+    audited = repr(call("crm_audit_entity_history", {"entity_id": old["id"]})) + repr(
+        call("crm_audit_entity_history", {"entity_id": note["id"]}))
+    assert "Elena" not in audited and "elena@viola.example" not in audited and ERASED in audited
     assert call("crm_clients_get", {"client_id": old["id"]})["contact_name"] == ERASED
     for projection in rt.projections:
         if projection.rebuildable:
