@@ -4,7 +4,7 @@ tests read. TOOLSET_ORDER is the order of `tools/list` and of the README's table
 from application.registry import Registry, registry
 from application.toolsets import (  # noqa: F401 - imported for their declarations
     users, clients, tasks, deals, pipelines, services, activities, projects, wiki, client_overview, stats, newsletter,
-    qr_codes, invoices, settings,
+    qr_codes, invoices, settings, whatsapp,
     workflows, audit, tools,
 )
 
