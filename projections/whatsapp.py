@@ -4,6 +4,7 @@ number granted to them (`visible`)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 from uuid import UUID
@@ -96,8 +97,6 @@ class WhatsappProjection(Projection):
     # -- messages ---------------------------------------------------------------------------------------------
     @handles(WhatsappMessage.Recorded)
     def recorded(self, cur: Any, e: Any) -> None:
-        import json
-
         inbound = e.direction == "in"
         values = {"id": e.originator_id, "org": e.org_id, "chat": e.chat_id, "seq": self.notification_id or 0,
                   "direction": e.direction, "kind": e.kind, "body": e.text, "details": json.dumps(e.details),
@@ -130,8 +129,6 @@ class WhatsappProjection(Projection):
 
     @handles(WhatsappMessage.SendFailed)
     def send_failed(self, cur: Any, e: Any) -> None:
-        import json
-
         error = {"code": e.code, "title": e.title, "retryable": e.retryable}
         self._status(cur, e, "failed_at = %s, error = %s::jsonb", (e.timestamp, json.dumps(error)))
 
@@ -145,8 +142,6 @@ class WhatsappProjection(Projection):
 
     @handles(WhatsappMessage.StatusReported)
     def status_reported(self, cur: Any, e: Any) -> None:
-        import json
-
         column = {"sent": "sent_at", "delivered": "delivered_at", "read": "read_at", "failed": "failed_at"}[e.status]
         sets, params = f"{column} = %s, wamid = coalesce(wamid, %s)", [e.at, e.wamid]
         if e.status == "failed":

@@ -136,6 +136,7 @@ def start_server(database_url: str, extra_env: dict[str, str] | None = None) -> 
     # No test reaches the real FattureInCloud: unless a test points it at its local stub, the server's invoice sync
     # worker talks to a closed loopback port (queued items of seeded organizations then fail at once).
     env = {**os.environ, "DATABASE_URL": database_url, "FLUSIA_FATTUREINCLOUD_URL": "http://127.0.0.1:9",
+           "FLUSIA_WHATSAPP_URL": "http://127.0.0.1:9",  # nor the real WhatsApp Cloud API
            **(extra_env or {})}
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"flusia-e2e-{port}.log", "w")
     proc = subprocess.Popen(

@@ -610,9 +610,22 @@ def test_another_organizations_ids_find_nothing_and_its_webhook_never_writes_her
 
 
 # -- workflows ------------------------------------------------------------------------------------------------------------
-def test_a_workflow_step_sends_a_template_through_the_send_path(wa):
+@pytest.fixture
+def wa_alone(iso_runtime, stub):
+    """An organization on a database of its own: the workflow engine of another process sharing the session database
+    (the e2e server) must not take this test's runs."""
+    with psycopg.connect(iso_runtime.database_url, autocommit=True, row_factory=dict_row) as conn:
+        org = identity.create_organization(conn, "WhatsApp alone", "alone@example.com", "Admin")
+        principal = identity.principal_for_token(conn, org.token)
+        out = Org(iso_runtime, org, Caller(iso_runtime, principal), stub, conn, number=stub.phone_number_id)
+        out.connect()
+        yield out
+
+
+def test_a_workflow_step_sends_a_template_through_the_send_path(wa_alone):
     from application.workflow_engine import WorkflowEngine
 
+    wa = wa_alone
     types = {t["name"]: t for t in wa.call("crm_workflows_list_step_types")["items"]}
     assert types["send_whatsapp_template"]["available"] is True
     wa.stub.add_template("benvenuto_lead", "it", "Ciao {{1}}, grazie per averci contattato!")
@@ -635,7 +648,8 @@ def test_a_workflow_step_sends_a_template_through_the_send_path(wa):
         engine.close()
     wa.call("crm_workflows_deactivate", {"workflow_id": flow["id"]})
     runs = wa.call("crm_workflows_list_runs", {"workflow_id": flow["id"]})["items"]
-    assert len(wa.stub.sent) == 1, runs and wa.stub.sent[0]["to"] == "393334040404"
+    assert len(wa.stub.sent) == 1, runs
+    assert wa.stub.sent[0]["to"] == "393334040404"
     assert wa.stub.sent[0]["template"]["components"][0]["parameters"][0]["text"] == "Pasticceria Dolce"
     wa.rt.settle()
     chat = wa.chat("393334040404")
