@@ -160,12 +160,14 @@ def label_of(state: dict[str, Any] | None) -> str | None:
 # -- one entity's events --------------------------------------------------------------------------------------
 @dataclass
 class Entity:
-    """An entity of the caller's organization: its stored events (with their causes), decoded, oldest first."""
+    """An entity of the caller's organization: its stored events, oldest first, decoded when first needed."""
 
     id: UUID
     kind: type
-    rows: list[dict[str, Any]]
-    events: list[Any]
+    records: list[tuple[Any, ...]]
+    """(notification_id, originator_id, originator_version, topic, state, organization_id), oldest first."""
+    decode: Callable[[tuple[Any, ...]], Any]
+    _events: list[Any] = field(default_factory=list)
 
     @property
     def type(self) -> str:
@@ -173,11 +175,11 @@ class Entity:
 
     @property
     def version(self) -> int:
-        return self.events[-1].originator_version
+        return self.records[-1][2]
 
     @property
     def last_topic(self) -> str:
-        return self.rows[-1]["topic"]
+        return self.records[-1][3]
 
     @property
     def deleted(self) -> bool:
@@ -187,12 +189,21 @@ class Entity:
     def merged(self) -> bool:
         return self.last_topic.endswith(".MergedInto")
 
+    def event(self, index: int) -> Any:
+        while len(self._events) <= index:
+            self._events.append(self.decode(self.records[len(self._events)]))
+        return self._events[index]
+
+    @property
+    def events(self) -> list[Any]:
+        self.event(len(self.records) - 1)
+        return self._events
+
     def states(self, upto: int | None = None) -> Iterable[tuple[Any, Any]]:
         """(event, aggregate after it) for versions 1..upto; the same aggregate object, mutated."""
         aggregate = None
-        for event in self.events:
-            if upto is not None and event.originator_version > upto:
-                return
+        for index in range(len(self.records) if upto is None else min(upto, len(self.records))):
+            event = self.event(index)
             aggregate = event.mutate(aggregate)
             yield event, aggregate
 
@@ -203,33 +214,35 @@ class Entity:
         return aggregate
 
 
-def decoder(mapper: Any) -> Callable[[dict[str, Any]], Any]:
-    def decode(row: dict[str, Any]) -> Any:
-        return mapper.to_domain_event(StoredEvent(originator_id=row["originator_id"],
-                                                  originator_version=row["originator_version"], topic=row["topic"],
-                                                  state=bytes(row["state"])))
+def decoder(mapper: Any) -> Callable[[tuple[Any, ...]], Any]:
+    """Decodes an `entity_events` record with the given mapper (the event store's)."""
+    def decode(record: tuple[Any, ...]) -> Any:
+        return mapper.to_domain_event(StoredEvent(originator_id=record[1], originator_version=record[2],
+                                                  topic=record[3], state=bytes(record[4])))
     return decode
 
 
-def default_decoder() -> Callable[[dict[str, Any]], Any]:
+def default_decoder() -> Callable[[tuple[Any, ...]], Any]:
     """Decodes as the event store does (application.workflow_engine.event_mapper keeps the same transcodings)."""
     from application.workflow_engine import event_mapper
 
     return decoder(event_mapper())
 
 
-def load(conn: Any, org_id: UUID, entity_id: UUID, reg: Registry, decode: Callable[[dict[str, Any]], Any] | None = None
+def load(conn: Any, org_id: UUID, entity_id: UUID, reg: Registry, decode: Callable[[tuple[Any, ...]], Any] | None = None
          ) -> Entity | None:
     """The entity's events if it is an entity of this organization (another tenant's id is unknown here)."""
-    rows = audit_q.entity_events(conn, entity_id)
-    if not rows or any(r["organization_id"] not in (None, org_id) for r in rows):
+    records = audit_q.entity_events(conn, entity_id)
+    if not records or any(r[5] not in (None, org_id) for r in records):
         return None
-    decode = decode or default_decoder()
-    events = [decode(r) for r in rows]
-    kind = aggregate_of(type(events[0]))
-    if kind is None or kind not in entity_types().values() or getattr(events[0], "org_id", org_id) != org_id:
+    kinds = entity_types()
+    kind = next((k for k in kinds.values() if records[0][3].startswith(get_topic(k) + ".")), None)
+    if kind is None:
         return None
-    return Entity(entity_id, kind, rows, events)
+    entity = Entity(entity_id, kind, records, decode or default_decoder())
+    if getattr(entity.event(0), "org_id", org_id) != org_id:
+        return None
+    return entity
 
 
 def require(conn: Any, org_id: UUID, entity_id: UUID, reg: Registry, decode: Any = None) -> Entity:
@@ -283,42 +296,46 @@ class HistoryView:
 
 
 def history(conn: Any, org_id: UUID, entity: Entity, *, newest_first: bool, limit: int, cursor: str | None,
-            with_values: bool, workflow_names: bool = True) -> HistoryView:
+            with_values: bool, workflow_names: bool = True, name: str | None = None) -> HistoryView:
     """One page of the entity's changes: time, event, who, tool, correlation id and (`with_values`) the fields
     that changed. States are replayed from the first event; only the page's ones are rendered."""
     after = _version_cursor(cursor, entity) if cursor else None
-    versions = [e.originator_version for e in entity.events]
+    versions = [r[2] for r in entity.records]
     if newest_first:
         versions.reverse()
     if after is not None:
         versions = [v for v in versions if (v < after if newest_first else v > after)]
     page = set(versions[:limit])
     more = len(versions) > limit
-    names = audit_q.actor_names(conn, org_id, [r for r in entity.rows if r["originator_version"] in page])
+    page_records = [r for r in entity.records if r[2] in page]
+    causes = audit_q.causes_of(conn, org_id, [r[0] for r in page_records])
+    names = audit_q.actor_names(conn, org_id, list(causes.values()))
     items: list[dict[str, Any]] = []
     previous: dict[str, Any] = {}
     last_state: dict[str, Any] = {}
-    need_before = {v - 1 for v in page} | page
-    for (event, aggregate), row in zip(entity.states(), entity.rows, strict=True):
+    want_name = with_values and name is None  # the current name, from the last state, unless the caller knows it
+    need = {v - 1 for v in page} | page | ({entity.version} if want_name else set())
+    upto = max(need, default=0)
+    for (event, aggregate), record in zip(entity.states(upto), entity.records, strict=False):
         version = event.originator_version
-        state = readable(public_state(aggregate)) if version in need_before or version == entity.version else None
+        state = readable(public_state(aggregate)) if with_values and version in need else None
         if version in page:
+            cause = causes.get(record[0], {})
             item: dict[str, Any] = {
-                "version": version, "notification_id": row["notification_id"], "at": event.timestamp,
-                "event": type(event).__name__, "by": actor(row, names, workflow_names=workflow_names),
-                "tool": row.get("tool"),
-                "correlation_id": row.get("correlation_id")}
+                "version": version, "notification_id": record[0], "at": event.timestamp,
+                "event": type(event).__name__, "by": actor(cause, names, workflow_names=workflow_names),
+                "tool": cause.get("tool"), "correlation_id": cause.get("correlation_id")}
             if isinstance(event, TenantAggregate.Reinstated):
                 item["restored_to_version"] = event.to_version
             if with_values:
                 item["changes"] = diff(previous, state)
             items.append(item)
-        previous = state if state is not None else previous
         if state is not None:
-            last_state = state
+            previous = last_state = state
     items.sort(key=lambda i: i["version"], reverse=newest_first)
     next_cursor = _encode_version(items[-1]["version"], entity.id) if more and items else None
-    return HistoryView(entity, items, label_of(last_state) if with_values else None, next_cursor)
+    return HistoryView(entity, items, (label_of(last_state) if want_name else name) if with_values else None,
+                       next_cursor)
 
 
 def _encode_version(version: int, entity_id: UUID) -> str:
@@ -432,13 +449,6 @@ def restorable(kind: type, reg: Registry) -> str | None:
     return None
 
 
-@dataclass
-class Plan:
-    entity: Entity
-    to_version: int
-    state: dict[str, Any]
-
-
 def plan_restore(entity: Entity, to_version: int | None) -> int:
     """The version to go back to: the one given, or (for a deleted entity) the last before its deletion."""
     if entity.merged:
@@ -481,7 +491,7 @@ def check_references(conn: Any, org_id: UUID, entity: Entity, state: dict[str, A
             missing_parts[name] = value
     for name, value in missing_parts.items():
         for owner_field, other in live.items():
-            raw = [bytes(r["state"]) for r in other.rows]
+            raw = [bytes(r[4]) for r in other.records]
             if any(value.hex.encode() in s or str(value).encode() in s for s in raw):
                 now = json.dumps(readable(public_state(other.at_version(other.version))))
                 if str(value) not in now and value.hex not in now:

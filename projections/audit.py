@@ -5,7 +5,8 @@
   (user, API token, OAuth client, workflow run, tool, correlation id, time);
 - `changes_page`: an organization's changes, newest first, events and settings changes merged into one feed,
   paged by a keyset cursor on (time, source, sequence) so that each page is a few index probes however long the
-  history (`event_causes (organization_id, recorded_at)` and its user and tool variants, migration 0060);
+  history (`event_causes (organization_id, recorded_at)` and its user and tool variants, migration 0060; the
+  aggregate of each event, 0061);
 - `actor_names`: the names beside the ids (users, API tokens, OAuth clients, workflows of runs).
 
 Callers check tenancy: every query filters on the organization, and `entity_events` returns the organization of
@@ -22,24 +23,31 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from psycopg.rows import tuple_row
+
 from domain.errors import DomainError
 
-ENTITY_EVENTS = """
-SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state, e.organization_id,
-       c.recorded_at, c.user_id, c.token_id, c.oauth_client_id, c.correlation_id, c.tool, c.workflow_run_id
-FROM stored_events e
-LEFT JOIN LATERAL (
-    SELECT * FROM event_causes WHERE first_notification_id <= e.notification_id
-    ORDER BY first_notification_id DESC LIMIT 1
-) c ON c.last_notification_id >= e.notification_id
-WHERE e.originator_id = %s
-ORDER BY e.originator_version
-"""
+def entity_events(conn: Any, entity_id: UUID) -> list[tuple[Any, ...]]:
+    """Every event of one entity (any organization: the caller compares the organization), oldest first, as
+    (notification_id, originator_id, originator_version, topic, state, organization_id) tuples (an entity may have
+    thousands: no per-row dictionaries)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(
+            "SELECT notification_id, originator_id, originator_version, topic, state, organization_id"
+            " FROM stored_events WHERE originator_id = %s ORDER BY originator_version", (entity_id,)).fetchall()
 
 
-def entity_events(conn: Any, entity_id: UUID) -> list[dict[str, Any]]:
-    """Every event of one entity (any organization: the caller compares `organization_id`), oldest first."""
-    return conn.execute(ENTITY_EVENTS, (entity_id,)).fetchall()
+def causes_of(conn: Any, org_id: UUID, notification_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The cause row (who, tool, correlation id, time) of each of these events of the organization."""
+    if not notification_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT n.id AS notification_id, c.recorded_at, c.user_id, c.token_id, c.oauth_client_id, c.correlation_id,"
+        " c.tool, c.workflow_run_id FROM unnest(%s::bigint[]) AS n(id)"
+        " CROSS JOIN LATERAL (SELECT * FROM event_causes WHERE first_notification_id <= n.id"
+        "   ORDER BY first_notification_id DESC LIMIT 1) c"
+        " WHERE c.last_notification_id >= n.id AND c.organization_id = %s", (notification_ids, org_id)).fetchall()
+    return {r["notification_id"]: r for r in rows}
 
 
 def settings_entity_changes(conn: Any, org_id: UUID, entity_id: str) -> list[dict[str, Any]]:
@@ -94,9 +102,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, int, int]:
         raise DomainError(INVALID_CURSOR, field="cursor") from None
 
 
+TYPE_PROBE_CAUSES = 500
+"""With an entity type filter, how many of the newest cause rows are looked at before asking the type index."""
+
+
 def _event_rows(conn: Any, org_id: UUID, f: FeedFilter, after: tuple[datetime, int, int] | None, limit: int
                 ) -> list[dict[str, Any]]:
-    where = ["c.organization_id = %(org)s", "e.organization_id = %(org)s"]
+    """The newest events matching the filter, from the cause rows newest first (an index probe per command); with
+    an entity type, a type seen in the newest commands is found there, a rarer one through the type index."""
+    where = ["c.organization_id = %(org)s"]
     params: dict[str, Any] = {"org": org_id, "limit": limit}
     if f.since is not None:
         where.append("c.recorded_at >= %(since)s")
@@ -110,21 +124,40 @@ def _event_rows(conn: Any, org_id: UUID, f: FeedFilter, after: tuple[datetime, i
     if f.tool is not None:
         where.append("c.tool = %(tool)s")
         params["tool"] = f.tool
-    if f.owners is not None:
-        where.append(f"{OWNER_OF_TOPIC} = ANY(%(owners)s)")
-        params["owners"] = list(f.owners)
     if after is not None:
         # (time, source, sequence) below the cursor's; the plain bound on time lets the index range stop early
-        where.append("c.recorded_at <= %(at)s AND (c.recorded_at, %(events)s, e.notification_id)"
-                     " < (%(at)s, %(source)s, %(seq)s)")
+        where.append("c.recorded_at <= %(at)s")
+        where.append("(c.recorded_at, %(events)s, e.notification_id) < (%(at)s, %(source)s, %(seq)s)")
         params.update(at=after[0], events=EVENTS, source=after[1], seq=after[2])
+    columns = ("c.recorded_at AS at, e.notification_id AS seq, e.originator_id, e.originator_version, e.topic,"
+               " c.user_id, c.token_id, c.oauth_client_id, c.correlation_id, c.tool, c.workflow_run_id")
+    order = " ORDER BY c.recorded_at DESC, e.notification_id DESC LIMIT %(limit)s"
+    # Each cause row's events by position (OFFSET 0 keeps the planner walking the causes newest first and probing
+    # the events of each, instead of guessing a filter on topics selective and scanning the whole store).
+    by_causes = ("FROM {causes} CROSS JOIN LATERAL ("
+                 "   SELECT e.notification_id, e.originator_id, e.originator_version, e.topic FROM stored_events e"
+                 "   WHERE e.notification_id BETWEEN c.first_notification_id AND c.last_notification_id"
+                 "     AND e.organization_id = c.organization_id OFFSET 0) e")
+    if f.owners is None:
+        return conn.execute(f"SELECT {columns} {by_causes.format(causes='event_causes c')}"
+                            f" WHERE {' AND '.join(where)}{order}", params).fetchall()
+    params["owners"] = list(f.owners)
+    typed = f"{OWNER_OF_TOPIC} = ANY(%(owners)s)"
+    cause_where = [w for w in where if "e." not in w]
+    probe = (f"(SELECT * FROM event_causes c WHERE {' AND '.join(cause_where)}"
+             f" ORDER BY c.recorded_at DESC, c.first_notification_id DESC LIMIT {TYPE_PROBE_CAUSES}) c")
+    rows = conn.execute(f"SELECT {columns} {by_causes.format(causes=probe)} WHERE {' AND '.join([*where, typed])}"
+                        f"{order}", params).fetchall()
+    if len(rows) >= limit:
+        return rows
+    # Not enough among the newest commands: every event of the type (index on organization and aggregate, 0060),
+    # each with its cause, sorted here.
     return conn.execute(
-        "SELECT c.recorded_at AS at, e.notification_id AS seq, e.originator_id, e.originator_version, e.topic,"
-        " c.user_id, c.token_id, c.oauth_client_id, c.correlation_id, c.tool, c.workflow_run_id"
-        " FROM event_causes c"
-        " JOIN stored_events e ON e.notification_id BETWEEN c.first_notification_id AND c.last_notification_id"
-        f" WHERE {' AND '.join(where)}"
-        " ORDER BY c.recorded_at DESC, e.notification_id DESC LIMIT %(limit)s", params).fetchall()
+        f"SELECT {columns} FROM stored_events e CROSS JOIN LATERAL ("
+        "   SELECT * FROM event_causes WHERE first_notification_id <= e.notification_id"
+        "   ORDER BY first_notification_id DESC LIMIT 1) c"
+        f" WHERE e.organization_id = %(org)s AND {typed} AND c.last_notification_id >= e.notification_id"
+        f" AND {' AND '.join(where)}{order}", params).fetchall()
 
 
 def _settings_rows(conn: Any, org_id: UUID, f: FeedFilter, after: tuple[datetime, int, int] | None, limit: int
