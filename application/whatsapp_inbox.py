@@ -151,16 +151,22 @@ def cause(org_id: UUID) -> dict[str, Any]:
 
 
 class _Batch:
-    """One organization's rows of one pass: the aggregates they change, the outcome of each row."""
+    """One organization's rows of one pass: the aggregates they change, the outcome of each row.
+
+    Chats are read in bulk: a chat whose read model is at its event store version is known from its row, and its
+    aggregate is loaded only when a delivery changes it (a new profile name, archived, a client to link); messages
+    only name their chat. Numbers are matched to clients in one query per pass."""
 
     def __init__(self, store: EventStore, conn: Any, org_id: UUID) -> None:
         self.store = store
         self.conn = conn
         self.org_id = org_id
         self.chats: dict[UUID, Chat] = {}
+        self.known: dict[UUID, dict[str, Any]] = {}
+        """Chats known from their read model row (contact_name, archived, client_link), not loaded."""
+        self.matches: dict[str, set[UUID]] = {}
         self.messages: dict[UUID, WhatsappMessage] = {}
         self.outcomes: dict[int, str] = {}
-        self.checked_links: set[UUID] = set()
         self._code: str | None = None
 
     def calling_code(self) -> str:
@@ -176,45 +182,70 @@ class _Batch:
         except AggregateNotFoundError:
             return None
 
-    def chat(self, phone_number_id: str, wa_id: str, display: str | None, name: str | None) -> Chat:
-        cid = chat_id(self.org_id, phone_number_id, wa_id)
-        chat = self.chats.get(cid) or self._load(cid)
-        if chat is None:
-            chat = Chat.open(self.org_id, phone_number_id, wa_id, display_number=display, contact_name=name,
-                             client_id=self.matching_client(wa_id))
-            self.checked_links.add(cid)
-        elif chat.client_link is None and cid not in self.checked_links:
-            self.checked_links.add(cid)
-            found = self.matching_client(wa_id)
-            if found is not None:
-                chat.link_client(found, automatic=True)
-        self.chats[cid] = chat
-        return chat
+    def prepare(self, parsed: list[tuple[str, dict[str, Any]]]) -> None:
+        """Read the pass's chats (event store versions, read model rows) and match their numbers to clients."""
+        numbers = {chat_id(self.org_id, pnid, p["from"]): p["from"] for pnid, p in parsed}
+        if not numbers:
+            return
+        ids = list(numbers)
+        versions = {r["originator_id"]: r["v"] for r in self.conn.execute(
+            "SELECT originator_id, max(originator_version) AS v FROM stored_events WHERE originator_id = ANY(%s)"
+            " GROUP BY originator_id", (ids,)).fetchall()}
+        rows = self.conn.execute("SELECT id, version, contact_name, archived, client_link FROM whatsapp_chats"
+                                 " WHERE organization_id = %s AND id = ANY(%s)", (self.org_id, ids)).fetchall()
+        self.known = {r["id"]: r for r in rows if versions.get(r["id"]) == r["version"]}
+        unlinked = [cid for cid in ids if cid not in self.known or self.known[cid]["client_link"] is None]
+        keys = {phone_key(k): numbers[cid] for cid in unlinked for k in match_keys(numbers[cid], self.calling_code())}
+        if keys:
+            found = self.conn.execute(
+                "SELECT k.key, c.id AS client_id FROM unnest(%s::text[]) AS k(key)"
+                " JOIN clients c ON c.organization_id = %s AND c.phone_key = k.key"
+                " UNION SELECT k.key, cc.client_id FROM unnest(%s::text[]) AS k(key) JOIN client_contacts cc"
+                " ON cc.organization_id = %s AND cc.phone IS NOT NULL"
+                " AND regexp_replace(regexp_replace(cc.phone, '^\\s*00', ''), '\\D', '', 'g') = k.key",
+                (list(keys), self.org_id, list(keys), self.org_id)).fetchall()
+            for r in found:
+                self.matches.setdefault(keys[r["key"]], set()).add(r["client_id"])
 
     def matching_client(self, wa_id: str) -> UUID | None:
         """The one client whose phone, or whose contact's phone, is this number (international, or national in the
         organization's country); None when none or several match."""
-        keys = [phone_key(k) for k in match_keys(wa_id, self.calling_code())]
-        rows = self.conn.execute(
-            "SELECT id FROM clients WHERE organization_id = %s AND phone_key = ANY(%s)"
-            " UNION SELECT client_id FROM client_contacts WHERE organization_id = %s AND phone IS NOT NULL"
-            " AND regexp_replace(regexp_replace(phone, '^\\s*00', ''), '\\D', '', 'g') = ANY(%s) LIMIT 2",
-            (self.org_id, keys, self.org_id, keys)).fetchall()
-        return rows[0]["id"] if len(rows) == 1 else None
+        found = self.matches.get(wa_id, set())
+        return next(iter(found)) if len(found) == 1 else None
 
-    def message(self, row: dict[str, Any], existing: set[UUID]) -> str:
-        payload = row["payload"]
-        parsed = parse_message(payload.get("message") or {}, row["received_at"])
+    def chat(self, phone_number_id: str, wa_id: str, display: str | None, name: str | None) -> UUID:
+        """The chat a message from `wa_id` belongs to, opened, renamed, brought back from the archive and linked to
+        its client as needed."""
+        cid = chat_id(self.org_id, phone_number_id, wa_id)
+        row = self.known.get(cid)
+        if cid not in self.chats and row is not None:
+            match = self.matching_client(wa_id) if row["client_link"] is None else None
+            if not ((name and name != row["contact_name"]) or row["archived"] or match):
+                return cid  # nothing about the chat changes
+        chat = self.chats.get(cid) or self._load(cid)
+        if chat is None:
+            chat = Chat.open(self.org_id, phone_number_id, wa_id, display_number=display, contact_name=name,
+                             client_id=self.matching_client(wa_id))
+        elif cid not in self.chats and chat.client_link is None:
+            found = self.matching_client(wa_id)
+            if found is not None:
+                chat.link_client(found, automatic=True)
+        chat.rename_contact(name)
+        chat.unarchive()
+        self.chats[cid] = chat
+        self.known.pop(cid, None)
+        return cid
+
+    def message(self, row: dict[str, Any], parsed: dict[str, Any] | None, existing: set[UUID]) -> str:
         if parsed is None:
             return "ignored"
         mid = inbound_message_id(self.org_id, parsed["wamid"])
         if mid in existing or mid in self.messages:
             return "duplicate"
-        chat = self.chat(row["phone_number_id"], parsed["from"], payload.get("display_number"),
-                         clean(payload.get("name"), 256))
-        chat.rename_contact(clean(payload.get("name"), 256))
-        chat.unarchive()
-        self.messages[mid] = WhatsappMessage.received(self.org_id, chat.id, parsed)
+        payload = row["payload"]
+        cid = self.chat(row["phone_number_id"], parsed["from"], payload.get("display_number"),
+                        clean(payload.get("name"), 256))
+        self.messages[mid] = WhatsappMessage.received(self.org_id, cid, parsed)
         return "applied"
 
     def status(self, row: dict[str, Any]) -> str:
@@ -258,16 +289,18 @@ class _Batch:
 def apply_rows(store: EventStore, conn: Any, org_id: UUID, rows: list[dict[str, Any]]) -> dict[int, str]:
     """Apply one organization's inbox rows (in id order) in one append with their `processed` marks; a concurrent
     change of one of the chats or messages makes the whole batch start again from the event store."""
+    parsed = {r["id"]: parse_message(r["payload"].get("message") or {}, r["received_at"])
+              for r in rows if r["kind"] == "message" and isinstance(r["payload"].get("message"), dict)}
+    wamids = [inbound_message_id(org_id, p["wamid"]) for p in parsed.values() if p]
     for _ in range(8):
         batch = _Batch(store, conn, org_id)
-        wamids = [inbound_message_id(org_id, wamid) for r in rows if r["kind"] == "message"
-                  for m in [r["payload"].get("message")] if isinstance(m, dict)
-                  for wamid in [clean_id(m.get("id"))] if wamid]
+        batch.prepare([(r["phone_number_id"], parsed[r["id"]]) for r in rows if parsed.get(r["id"])])
         existing = {r["originator_id"] for r in conn.execute(
             "SELECT originator_id FROM stored_events WHERE originator_id = ANY(%s) AND originator_version = 1",
             (wamids,)).fetchall()} if wamids else set()
         for row in rows:
-            batch.outcomes[row["id"]] = batch.message(row, existing) if row["kind"] == "message" else batch.status(row)
+            batch.outcomes[row["id"]] = batch.message(row, parsed.get(row["id"]), existing) \
+                if row["kind"] == "message" else batch.status(row)
         ids = list(batch.outcomes)
         side = [SideWrite("UPDATE whatsapp_inbox SET processed_at = now(), outcome = o.outcome FROM"
                           " unnest(%s::bigint[], %s::text[]) AS o(id, outcome) WHERE whatsapp_inbox.id = o.id",

@@ -46,6 +46,11 @@ STATUS_CASE = (
 """The furthest status a message reached (domain.whatsapp.display_status, in SQL)."""
 
 
+def _chat(cur: Any, e: Any, sets: str, params: tuple[Any, ...] = ()) -> None:
+    """A chat event applied: its row changed, and is now at the event's version."""
+    touch(cur, "whatsapp_chats", e, f"{sets}, version = %s", (*params, e.originator_version))
+
+
 class WhatsappProjection(Projection):
     name = "whatsapp"
     tables = ("whatsapp_chats", "whatsapp_messages", "whatsapp_acl")
@@ -56,9 +61,10 @@ class WhatsappProjection(Projection):
     def opened(self, cur: Any, e: Any) -> None:
         cur.execute(
             "INSERT INTO whatsapp_chats (id, organization_id, phone_number_id, display_number, wa_id, contact_name,"
-            " client_id, client_link, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " client_id, client_link, version, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s)",
             (e.originator_id, e.org_id, e.phone_number_id, e.display_number, e.wa_id, e.contact_name, e.client_id,
-             "automatic" if e.client_id else None, e.timestamp, e.timestamp))
+             "automatic" if e.client_id else None, e.originator_version, e.timestamp, e.timestamp))
         self._refresh_chat_search(cur, e.originator_id)
 
     def _refresh_chat_search(self, cur: Any, chat: UUID) -> None:
@@ -66,33 +72,33 @@ class WhatsappProjection(Projection):
 
     @handles(Chat.ContactRenamed)
     def renamed(self, cur: Any, e: Any) -> None:
-        touch(cur, "whatsapp_chats", e, "contact_name = %s", (e.name,))
+        _chat(cur, e, "contact_name = %s", (e.name,))
         self._refresh_chat_search(cur, e.originator_id)
 
     @handles(Chat.ClientLinked)
     def linked(self, cur: Any, e: Any) -> None:
         link = "automatic" if e.automatic else "manual"
-        touch(cur, "whatsapp_chats", e, "client_id = %s, client_link = %s", (e.client_id, link))
+        _chat(cur, e, "client_id = %s, client_link = %s", (e.client_id, link))
 
     @handles(Chat.Assigned)
     def assigned(self, cur: Any, e: Any) -> None:
-        touch(cur, "whatsapp_chats", e, "assignee_id = %s", (e.user_id,))
+        _chat(cur, e, "assignee_id = %s", (e.user_id,))
 
     @handles(Chat.Unassigned)
     def unassigned(self, cur: Any, e: Any) -> None:
-        touch(cur, "whatsapp_chats", e, "assignee_id = NULL")
+        _chat(cur, e, "assignee_id = NULL")
 
     @handles(Chat.Archived)
     def archived(self, cur: Any, e: Any) -> None:
-        touch(cur, "whatsapp_chats", e, "archived = true, archived_at = %s", (e.timestamp,))
+        _chat(cur, e, "archived = true, archived_at = %s", (e.timestamp,))
 
     @handles(Chat.Unarchived)
     def unarchived(self, cur: Any, e: Any) -> None:
-        touch(cur, "whatsapp_chats", e, "archived = false, archived_at = NULL")
+        _chat(cur, e, "archived = false, archived_at = NULL")
 
     @handles(Chat.Read)
     def read(self, cur: Any, e: Any) -> None:
-        touch(cur, "whatsapp_chats", e, "unread_count = 0, last_read_at = %s", (e.timestamp,))
+        _chat(cur, e, "unread_count = 0, last_read_at = %s", (e.timestamp,))
 
     # -- messages ---------------------------------------------------------------------------------------------
     @handles(WhatsappMessage.Recorded)
