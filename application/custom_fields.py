@@ -23,14 +23,11 @@ CustomKey = Annotated[str, Meta(pattern=KEY_PATTERN)]
 CustomValue = (Annotated[str, Meta(max_length=2000)] | int | float | bool
                | Annotated[list[Annotated[str, Meta(max_length=200)]], Meta(max_length=100)] | None)
 CustomFieldsArg = Annotated[dict[CustomKey, CustomValue], Meta(max_length=50, description=(
-    "Custom field values by key, e.g. {\"industry\": \"Dental\", \"employees\": 12}; null clears one. Keys, types "
-    "and required fields: crm_settings_list_custom_fields."))]
+    "Keys: crm_settings_list_custom_fields. null clears one."))]
 CustomFieldsOut = Annotated[dict[str, Any], Meta(description="Custom field values by key (see crm_settings_list_custom_fields).")]
 CustomFilterKey = Annotated[str, Meta(pattern=KEY_PATTERN, description=(
-    "Only entities whose custom field with this key equals custom_value (crm_settings_list_custom_fields)."))]
-CustomFilterValue = Annotated[str, Meta(min_length=1, max_length=2000, description=(
-    "The value custom_field must have, as text: 'Dental', '12', 'true', '2025-01-31'; for a multiple choice field, "
-    "one of the choices."))]
+    "Key of a custom field (crm_settings_list_custom_fields) that must equal custom_value."))]
+CustomFilterValue = Annotated[str, Meta(min_length=1, max_length=2000, description="As text: 'Dental', '12', 'true'.")]
 
 
 class WithCustomFields(Command, kw_only=True):

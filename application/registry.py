@@ -36,14 +36,13 @@ Kind = Literal["query", "command", "destructive"]
 KIND_ACTION = {"query": "read", "command": "write", "destructive": "delete"}
 
 
-CONFIRM_SENTENCE = ("For bulk or uncertain work call it first with preview:true (changes nothing; says what would change "
-                    "and returns a confirmation), show that to the user, then repeat the call with that confirmation.")
-"""Added to every destructive tool's description (application.confirmation: preview and confirmed calls)."""
-CONFIRM_INPUTS = {
-    "preview": {"type": "boolean", "description": "true: change nothing; answer what this call would do and a confirmation."},
-    "confirmation": {"type": "string", "description": "From a preview of this same call: does exactly what was previewed, "
-                                                      "or is refused if anything it touches changed since."},
-}
+CONFIRM_SENTENCE = "Dry run first with preview:true."
+"""Added to every destructive tool's description (application.confirmation: preview and confirmed calls). The
+preview's own answer says how to confirm, and the server instructions say it once, so 80 tools do not repeat it."""
+REPEAT_ADDS = ("create", "add_", "log_", "send_", "invite", "allocate", "sync", "restore")
+REPEAT_ADDS_EXCEPT = {"add_tag", "add_to_blacklist"}
+"""Tool verbs (`crm_<toolset>_<verb>`) whose repetition adds something again (see Operation.repeat_adds)."""
+CONFIRM_INPUTS = {"preview": {"type": "boolean"}, "confirmation": {"type": "string"}}
 CONFIRM_OUTPUTS = {"preview": {"type": "object"}, "confirmation": {"type": "string"}}
 """A preview's answer, `{preview: {...}, confirmation}`, is admitted by every destructive tool's output schema."""
 
@@ -81,7 +80,8 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return resolve(schema)
 
 
-LEAN_DROPS = {"additionalProperties", "minLength", "maxLength", "pattern", "minItems", "maxItems"}
+LEAN_DROPS = {"additionalProperties", "minLength", "maxLength", "pattern", "minItems", "maxItems", "minProperties",
+              "maxProperties", "propertyNames"}
 """Rules the published input schemas leave to the server: it enforces every one of them (the msgspec Struct is
 the validation; an unknown argument is refused too) and its error names the field and the limit. What an
 assistant needs to fill in arguments (types, formats, enums, required, defaults, ranges of numbers,
@@ -110,6 +110,10 @@ def compact(node: Any, *, prose: bool = True, lean: bool = False) -> Any:
             continue
         elif (key == "required" and not value) or (lean and key in LEAN_DROPS):
             continue
+        elif lean and key == "format" and value == "uuid":
+            continue  # an id is never made up: it comes from another tool's answer (the descriptions say which)
+        elif lean and key == "default" and (value is False or value == [] or value == {}):
+            continue  # an empty list, object or false is what leaving an argument out plainly means
         else:
             out[key] = compact(value, prose=prose, lean=lean)
     if node.get("format") == "decimal":
@@ -231,8 +235,17 @@ class Operation:
         return self.kind == "destructive" and not self.meta
 
     @property
+    def repeat_adds(self) -> bool:
+        """Whether running it twice would add something twice (a second lead, note, call, e-mail): only these
+        publish `idempotency_key`. Every write tool accepts it (the server instructions say so); setting a field,
+        a status or a tag, or deleting, comes out the same when repeated, and 60 schemas need not carry it."""
+        verb = self.name.removeprefix("crm_").removeprefix(self.toolset).strip("_")
+        return (self.kind == "command" and not self.meta and verb.startswith(REPEAT_ADDS)
+                and verb not in REPEAT_ADDS_EXCEPT)
+
+    @property
     def description(self) -> str:
-        text = inspect.cleandoc(self.input.__doc__ or "").strip()
+        text = " ".join(inspect.cleandoc(self.input.__doc__ or "").split())  # one line: a docstring's wrapping is not prose
         return f"{text} {CONFIRM_SENTENCE}" if self.confirmable and text else text
 
     @property
@@ -249,6 +262,8 @@ class Operation:
             own.pop("description", None)
         if self.confirmable:
             schema["properties"] = {**schema.get("properties", {}), **CONFIRM_INPUTS}
+        if not self.repeat_adds:
+            schema.get("properties", {}).pop("idempotency_key", None)
         return schema
 
     def full_input_schema(self) -> dict[str, Any]:

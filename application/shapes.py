@@ -22,8 +22,9 @@ class Command(Struct, kw_only=True, forbid_unknown_fields=True):
     in the server's instructions rather than in every write tool's schema)."""
 
 
-Limit = Annotated[int, Meta(ge=1, le=100, description="Page size (default 25).")]
-CursorArg = Annotated[str, Meta(max_length=500, description="next_cursor of the previous page.")] | None
+Limit = Annotated[int, Meta(ge=1, le=100)]
+CursorArg = Annotated[str, Meta(max_length=500)] | None
+"""The previous page's next_cursor (the name says it; 16 tools would repeat the sentence)."""
 ShortText = Annotated[str, Meta(min_length=1, max_length=200)]
 Tag = Annotated[str, Meta(min_length=1, max_length=60, pattern=r"^\S(.*\S)?$")]
 Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]

@@ -33,7 +33,10 @@ LABEL_FIELDS = ("business_name", "title", "name", "subject", "label", "number", 
 SERVER_INSTRUCTIONS = (
     "Flusia CRM. Resolve people with crm_users_list and leads/clients with crm_clients_search before acting on them; "
     "ids returned by one tool are the arguments of the next. Dates are YYYY-MM-DD in the organization's timezone "
-    "(crm_users_me tells it). Write tools accept idempotency_key so a retry never does the work twice."
+    "(crm_users_me tells it). Write tools accept idempotency_key so a retry never does the work twice. "
+    "Destructive tools accept preview:true: nothing changes, the answer says what would and carries a confirmation; "
+    "show it to the user and, once they agree, repeat the call with confirmation=<it> to do exactly that (refused "
+    "if anything it touches changed meanwhile)."
 )
 
 
@@ -63,7 +66,8 @@ def tool_of(op: Operation) -> types.Tool:
         inputSchema=op.input_schema(),
         outputSchema=op.output_schema(),
         annotations=types.ToolAnnotations(**op.annotations()),  # the title is the tool's own, not repeated here
-        _meta={"io.flusia/toolset": op.toolset},
+        # The toolset, only where the name does not say it (`search`, `fetch`): crm_<toolset>_* do.
+        _meta=None if op.name.startswith(f"crm_{op.toolset}_") else {"io.flusia/toolset": op.toolset},
     )
 
 

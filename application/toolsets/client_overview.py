@@ -60,10 +60,9 @@ class ClientOverview(Struct, kw_only=True, omit_defaults=True):
 
 
 class ClientOverviewQuery(Query, kw_only=True):
-    """One lead/client at a glance: its details and counts, open deals first then the latest closed ones, open
-    tasks (soonest due first), latest activities, latest notes and the wiki pages that mention it by name. Use
-    it for "everything about ACME" after crm_clients_search; parts the token may not read are left out and
-    listed in `omitted`. For more of one part: crm_clients_list_deals, crm_tasks_list, crm_activities_timeline."""
+    """Everything about one lead/client (after crm_clients_search): details and counts, open then latest closed
+    deals, open tasks, latest activities and notes, wiki pages mentioning it. Parts the token may not read are
+    listed in `omitted`. More of one part: crm_clients_list_deals, crm_tasks_list, crm_activities_timeline."""
 
     client_id: ClientId
     limit: Annotated[int, Meta(ge=1, le=20, description="Most items of each part (default 5).")] = 5

@@ -25,8 +25,8 @@ from projections import recordings as recordings_q
 
 ClientId = Annotated[UUID, Meta(description="From crm_clients_search or _list.")]
 UserId = Annotated[UUID, Meta(description="From crm_users_list.")]
-BusinessName = Annotated[str, Meta(min_length=1, max_length=200, description="E.g. 'Studio Bianchi Srl'.")]
-PersonName = Annotated[str, Meta(min_length=1, max_length=200, description="E.g. 'Mario Rossi'.")]
+BusinessName = Annotated[str, Meta(min_length=1, max_length=200)]
+PersonName = Annotated[str, Meta(min_length=1, max_length=200)]
 VatNumber = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9 .\-]+$", description="E.g. 'IT12345678901'.")]
 TaxCode = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9]+$", description="Codice fiscale.")]
 Url = Annotated[str, Meta(max_length=2000, pattern=r"^https?://\S+$")]
@@ -186,8 +186,8 @@ def get_client(q: GetClient, ctx: QueryContext) -> ClientDetail:
 
 class SearchClients(Query, kw_only=True):
     """Search leads and clients by business name, contact person name, VAT number, e-mail or phone.
-    Tolerates typos, accents and letter case; best match first. Use it to find an id from a name. When no one
-    has every word, answers those with some (match: 'any')."""
+    Tolerates typos, accents and case; best match first; if none has every word, those with some (match: 'any').
+    Use it to find an id from a name."""
 
     q: SearchText
     type: Kind | None = None
@@ -274,7 +274,7 @@ class NewClientFields(custom_fields.WithCustomFields, kw_only=True):
     address: Address | None = None
     source: Source | None = None
     assigned_to: Annotated[UUID | None, Meta(description="From crm_users_list.")] = None
-    tags: Annotated[list[Tag], Meta(max_length=20, description="Tags to attach.")] = []
+    tags: Annotated[list[Tag], Meta(max_length=20)] = []
 
 
 class CreateLead(NewClientFields, kw_only=True):
@@ -468,10 +468,9 @@ def delete_recording(cmd: DeleteRecording, uow: UnitOfWork) -> Removed:
 
 # -- erasure on request (GDPR art. 17) ---------------------------------------------------------------------------
 class ErasePersonalData(Command, kw_only=True):
-    """Erase a person's personal data on request (GDPR art. 17): the lead/client's contact name, tax code, e-mail,
-    phone, address, contact persons, notes and call transcripts (also of duplicates merged into it) read "[erased]"
-    from now on everywhere, history included: their encryption keys are destroyed. The record, business name and
-    VAT number stay. Works on deleted leads/clients too. Cannot be undone."""
+    """Erase a person's data on request (GDPR art. 17): contact name, tax code, e-mail, phone, address, contact
+    persons, notes and call transcripts (of merged duplicates too) read "[erased]" everywhere, history included.
+    Business name and VAT number stay. Works on deleted leads/clients. Cannot be undone."""
 
     client_id: ClientId
 

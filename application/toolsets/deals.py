@@ -262,8 +262,8 @@ def get_deal(q: GetDeal, ctx: QueryContext) -> DealDetail:
 
 
 class SearchDeals(Query, kw_only=True):
-    """Search deals by title, client name or the text of their notes (typo-tolerant); best match first. When no
-    deal has every word, answers those with some (match: 'any')."""
+    """Search deals by title, client name or note text (typo-tolerant); best match first; if none has every word,
+    those with some (match: 'any')."""
 
     q: SearchText
     limit: Annotated[int, Meta(ge=1, le=100)] = 25

@@ -21,8 +21,8 @@ from projections import pipelines as pipelines_q
 from projections import newsletter as newsletter_q
 from projections import stats as stats_q
 
-StartDate = Annotated[date, Meta(description="First day, inclusive.")]
-EndDate = Annotated[date, Meta(description="Last day, inclusive.")]
+StartDate = date
+EndDate = Annotated[date, Meta(description="Inclusive.")]
 
 stats = Toolset("stats", title="Statistics", description="KPI snapshot, revenue, conversion, forecast")
 
@@ -179,9 +179,8 @@ class PipelineConversion(Struct, kw_only=True, omit_defaults=True):
 
 
 class GetConversion(Query, kw_only=True):
-    """Stage-to-stage conversion of a pipeline: per stage, how many deals entered it, how many moved on to the
-    next stage, and the average days spent in it; plus won/lost and win rate. Optionally for deals entering
-    stages in start_date..end_date."""
+    """Stage-to-stage conversion of a pipeline: per stage, deals that entered, moved on, and average days in it;
+    won/lost and win rate. Optionally for deals entering stages in start_date..end_date."""
 
     pipeline_id: Annotated[UUID | None, Meta(description="Default: the organization's default pipeline.")] = None
     start_date: StartDate | None = None
@@ -367,10 +366,9 @@ class NewsletterPerformance(Struct, kw_only=True, omit_defaults=True):
 
 
 class GetNewsletterPerformance(Query, kw_only=True):
-    """Newsletter campaigns that started sending in start_date..end_date: delivered, bounced, unique opens and
-    clicks, unsubscribes, and delivery, open and click rates per campaign and overall. When there is nothing to
-    measure, `available` is false with a `reason` and no figures. One campaign in detail:
-    crm_newsletter_campaign_stats."""
+    """Newsletter campaigns that started sending in start_date..end_date: delivered, bounced, opens, clicks,
+    unsubscribes and rates, per campaign and overall. With nothing to measure, `available` is false with a
+    `reason` and no figures (not zeros)."""
 
     start_date: StartDate
     end_date: EndDate

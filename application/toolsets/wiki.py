@@ -141,8 +141,8 @@ def get_page(q: GetPage, ctx: QueryContext) -> PageOut:
 
 class SearchWiki(Query, kw_only=True):
     """Search the knowledge base in the organization's language ('fatture' finds 'fattura'); "quoted phrases",
-    OR, -excluded words. Best match first, with highlighted snippets. When no page has every word (and the
-    query has no quotes, OR or -), answers pages with some (match: 'any')."""
+    OR, -excluded words. Best match first, with highlighted snippets. If no page has every word, pages with
+    some (match: 'any')."""
 
     q: SearchText
     category_id: UUID | None = None

@@ -46,8 +46,9 @@ def test_kind_decides_annotations_and_permission(op):
     assert schema["type"] == "object" and "properties" in schema
     assert op.input.__struct_config__.forbid_unknown_fields  # published lean, enforced in full
     assert op.output_schema()["type"] == "object"
-    if op.kind != "query":
-        assert "idempotency_key" in schema["properties"]
+    if op.kind != "query" and not op.meta:  # every write tool accepts it; those that would add twice show it
+        assert "idempotency_key" in op.input.__struct_fields__
+        assert ("idempotency_key" in schema["properties"]) == op.repeat_adds
 
 
 def snapshot() -> dict:
