@@ -5,12 +5,13 @@ from application.registry import Registry, registry
 from application.toolsets import (  # noqa: F401 - imported for their declarations
     users, clients, tasks, deals, pipelines, services, activities, projects, wiki, client_overview, stats, newsletter,
     qr_codes, invoices, settings, whatsapp,
-    workflows, audit, tools,
+    workflows, audit, connector, tools,
 )
 
 __all__ = ["PRESETS", "TOOLSET_ORDER", "registry", "toolset_table"]
 
-TOOLSET_ORDER = ("users", "clients", "deals", "pipelines", "services", "activities", "tasks", "projects", "wiki",
+TOOLSET_ORDER = ("connector", "users", "clients", "deals", "pipelines", "services", "activities", "tasks", "projects",
+                 "wiki",
                  "stats", "newsletter", "qr_codes", "invoices", "settings", "whatsapp", "workflows", "audit", "tools")
 registry.arrange(TOOLSET_ORDER)
 
@@ -42,8 +43,12 @@ def toolset_table(reg: Registry = registry) -> str:
     """The README's table of tool groups, generated (`flusia tools --markdown`): README and code cannot drift."""
     lines = ["| toolset | tools | what it does |", "|---|---|---|"]
     for t in reg.toolsets.values():
-        count = sum(1 for op in reg if op.toolset == t.name)
+        ops = [op for op in reg if op.toolset == t.name]
+        names = (f"`crm_{t.name}_*` ({len(ops)})" if all(op.name.startswith(f"crm_{t.name}_") for op in ops)
+                 else ", ".join(f"`{op.name}`" for op in ops))
         default = "" if t.default else " (listed only when chosen: `?toolsets=discover`)" if t.name == "tools" \
             else " (listed only when chosen)"
-        lines.append(f"| `{t.name}` | `crm_{t.name}_*` ({count}) | {t.description}{default} |")
+        if t.always:
+            default = " (listed in every connection, whatever toolsets it chooses, except `?toolsets=discover`)"
+        lines.append(f"| `{t.name}` | {names} | {t.description}{default} |")
     return "\n".join(lines) + "\n"

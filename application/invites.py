@@ -24,19 +24,13 @@ from application import oauth
 from application.mail import SmtpSettings, build_message, send
 from domain.errors import DomainError
 from domain.settings import INVITE_HOURS
+from application.public import public_base
 
 PREFIX = "finv_"
-PUBLIC_URL_ENV = "FLUSIA_PUBLIC_URL"
-LISTEN_URL_ENV = "FLUSIA_LISTEN_URL"
 
 
 def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
-
-
-def base_url() -> str:
-    """Where users reach this server: FLUSIA_PUBLIC_URL, else the listening address `flusia serve` sets."""
-    return (os.environ.get(PUBLIC_URL_ENV) or os.environ.get(LISTEN_URL_ENV) or "http://127.0.0.1:8000").rstrip("/")
 
 
 def create(conn: Any, org_id: UUID, user_id: UUID, created_by: UUID | None) -> tuple[str, datetime]:
@@ -67,7 +61,7 @@ def revoke_all(conn: Any, org_id: UUID, user_id: UUID) -> int:
 
 
 def link(secret: str) -> str:
-    return f"{base_url()}/invite/{secret}"
+    return f"{public_base()}/invite/{secret}"
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from application import secrets as org_secrets
 from application.mail import SmtpSettings
 from application.logsafe import describe
 from application.organization import org_settings
+from application.public import public_base
 from application.store import SideWrite
 from domain.errors import DomainError
 from domain.newsletter import (Campaign, Engagement, MailingList, is_blacklisted, render)
@@ -188,14 +189,6 @@ def dkim_sign(message: bytes, *, domain: str, selector: str, private_key: Any, n
 
 
 # -- tracking links ----------------------------------------------------------------------------------------------
-def public_base() -> str:
-    for name in ("FLUSIA_PUBLIC_URL", "FLUSIA_LISTEN_URL"):
-        value = os.environ.get(name, "").strip().rstrip("/")
-        if value:
-            return value
-    return "http://127.0.0.1:8000"
-
-
 def _mac(secret: bytes, text: str) -> str:
     return base64.urlsafe_b64encode(hmac.new(secret, text.encode(), hashlib.sha256).digest()).decode()[:22]
 

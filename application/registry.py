@@ -47,7 +47,7 @@ CONFIRM_OUTPUTS = {"preview": {"type": "object"}, "confirmation": {"type": "stri
 """A preview's answer, `{preview: {...}, confirmation}`, is admitted by every destructive tool's output schema."""
 
 
-META_TOOLSETS = ("tools",)
+META_TOOLSETS = ("tools", "connector")
 """Toolsets that are not permission resources: their tools need no permission of their own (see Operation.meta)."""
 
 
@@ -325,14 +325,14 @@ class Registry:
 
     def query(
         self, name: str, *, output: type, input: type[msgspec.Struct] | None = None, open_world: bool = False,
-        reads: tuple[str, ...] = (), free: bool = False,
+        reads: tuple[str, ...] = (), free: bool = False, group: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """`handler(query, ctx) -> output`; `reads`: other resources whose data the result shows; `free`: no
-        permission needed."""
+        permission needed; `group`: the toolset of a tool whose name does not start with crm_<toolset>_."""
 
         def register(handler: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Operation(name, "query", input or _input_of(handler), output, handler, returns=output,
-                               open_world=open_world, reads=reads, free=free))
+                               open_world=open_world, reads=reads, free=free, group=group))
             return handler
 
         return register
@@ -381,7 +381,7 @@ class Registry:
         return [
             op
             for op in self._ops.values()
-            if (wanted is None or op.toolset in wanted)
+            if (wanted is None or op.toolset in wanted or self.toolsets[op.toolset].always)
             and (not read_only or op.read_only)
             and (grants is None or not op.missing(grants))
         ]

@@ -309,6 +309,15 @@ class ToolRunner:
                 if running is not None:
                     running.conn = None
 
+    async def read(self, principal: Principal, fn: Callable[[QueryContext], Any]) -> Any:
+        """Run `fn(ctx)` as a query runs (a worker thread, a pooled connection, cancelled if the caller goes
+        away): for tools run by the runner itself that read the database (the connector's `search`)."""
+        def run(running: _Running) -> Any:
+            with self.query_context(principal, running) as ctx:
+                return fn(ctx)
+
+        return await self._cancellable(run)
+
     def run_query(self, op: Operation, params: Any, principal: Principal, running: _Running | None = None) -> Any:
         with self.query_context(principal, running) as ctx:
             parked = self.parked_for(principal.organization_id, ctx.conn)

@@ -60,6 +60,9 @@ class Toolset:
     """Listed when a client does not choose toolsets (`/mcp` without `?toolsets=`)."""
     meta: bool = False
     """Tools about tools (registry.META_TOOLSETS): no permission of their own, run by the runner itself."""
+    always: bool = False
+    """Listed whatever toolsets a client chooses, read-only mode included (`search` and `fetch`: ChatGPT needs
+    them in every connection), except in discovery mode, which lists exactly the crm_tools_* tools."""
     aggregate: type[TenantAggregate] | None = None
     id_field: str | None = None
     id_type: Any = None

@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 
 from application import secrets as sealed
 from application.logsafe import describe
+from application.public import public_base
 from domain.errors import DomainError
 
 log = logging.getLogger("flusia.whatsapp")
@@ -142,15 +143,6 @@ class WhatsappConnectionOut(Struct, kw_only=True, omit_defaults=True):
     business_account_id: str | None = None
     webhook_url: Annotated[str | None, Meta(description="Give Meta this callback URL (and your verify token).")] = None
     updated_at: datetime | None = None
-
-
-def public_base() -> str:
-    """Where this server is reached (as links in newsletters and QR codes): FLUSIA_PUBLIC_URL, else the listen URL."""
-    for name in ("FLUSIA_PUBLIC_URL", "FLUSIA_LISTEN_URL"):
-        value = os.environ.get(name, "").strip().rstrip("/")
-        if value:
-            return value
-    return "http://127.0.0.1:8000"
 
 
 def webhook_url(org_id: UUID) -> str:

@@ -19,6 +19,7 @@ from litestar.response import Response
 from litestar.types import Receive, Scope, Send
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
+from application.errors import ToolError
 from application.principal import Principal
 from interfaces.mcp_server import ToolFilter, build_server, current_filter, current_principal
 from interfaces.oauth import oauth_audience, oauth_routes
@@ -69,12 +70,19 @@ async def send_json(send: Send, status: int, body: Any, headers: dict[str, str] 
     await send({"type": "http.response.body", "body": payload})
 
 
+def challenge(base: str, error: str, description: str) -> str:
+    """The WWW-Authenticate of a 401: where an OAuth client learns how to get a token (RFC 9728)."""
+    return (f'Bearer realm="flusia", error="{error}", error_description="{description}", '
+            f'resource_metadata="{base}/.well-known/oauth-protected-resource"')
+
+
 async def send_unauthorized(send: Send, base: str, error: str, description: str) -> None:
-    challenge = (
-        f'Bearer realm="flusia", error="{error}", error_description="{description}", '
-        f'resource_metadata="{base}/.well-known/oauth-protected-resource"'
-    )
-    await send_json(send, 401, {"error": error, "error_description": description}, {"WWW-Authenticate": challenge})
+    await send_json(send, 401, {"error": error, "error_description": description},
+                    {"WWW-Authenticate": challenge(base, error, description)})
+
+
+ERROR_STATUS = {"not_found": 404, "permission_denied": 403, "internal_error": 500, "busy": 503, "timeout": 504,
+                "read_model_degraded": 503, "read_model_behind": 503}
 
 
 def _tool_filter(scope: Scope) -> ToolFilter:
@@ -246,6 +254,20 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     def protected_resource_mcp(request: Request[Any, Any, Any]) -> dict[str, Any]:
         return resource_metadata(request)
 
+    @get("/crm/{kind:str}/{entity_id:str}", sync_to_thread=False)
+    async def citation(request: Request[Any, Any, Any], kind: str, entity_id: str) -> Response[Any]:
+        """A `search` result's url: with an authorised token, what `fetch` answers for it (JSON), within that
+        token's permissions; without one, the same 401 challenge as /mcp (an OAuth client can sign in)."""
+        principal = await auth(request.scope)
+        if principal is None:
+            return Response({"error": "invalid_request", "error_description": "authorization required"}, status_code=401,
+                            headers={"WWW-Authenticate": challenge(urls.base(request.scope), "invalid_request",
+                                                                  "authorization required")})
+        try:
+            return Response(await runtime.runner.call(principal, "fetch", {"id": f"{kind}:{entity_id}"}))
+        except ToolError as e:
+            return Response({"error": e.as_dict()}, status_code=ERROR_STATUS.get(e.code, 400))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.start(run_projector=run_projector)
@@ -256,7 +278,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             await runtime.stop()
 
     app = Litestar(
-        [mcp_endpoint, protected_resource, protected_resource_mcp, *health_routes, *oauth_routes(runtime, auth, urls),
+        [mcp_endpoint, protected_resource, protected_resource_mcp, citation, *health_routes, *oauth_routes(runtime, auth, urls),
          download_route, *tracking_routes, *invite_routes(runtime), *whatsapp_routes],
         lifespan=[lifespan],
         debug=False,

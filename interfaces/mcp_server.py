@@ -47,11 +47,19 @@ class ToolFilter:
     toolsets: frozenset[str] | None = None
     read_only: bool = False
 
-    def admits(self, op: Operation, default_toolsets: frozenset[str] = frozenset()) -> bool:
-        """Without a choice, the toolsets listed by default; with one, exactly those chosen."""
-        chosen = op.toolset in self.toolsets if self.toolsets is not None else op.toolset in default_toolsets
+    def admits(self, op: Operation, default_toolsets: frozenset[str] = frozenset(),
+               always: frozenset[str] = frozenset()) -> bool:
+        """Without a choice, the toolsets listed by default; with one, those chosen; `always` toolsets in both
+        (not in discovery mode: exactly the crm_tools_* tools there)."""
+        if self.toolsets is not None:
+            chosen = op.toolset in self.toolsets or (op.toolset in always and self.toolsets != DISCOVERY)
+        else:
+            chosen = op.toolset in default_toolsets
         return chosen and (not self.read_only or op.read_only)
 
+
+DISCOVERY = frozenset({"tools"})
+"""The selection of `?toolsets=discover`."""
 
 current_principal: ContextVar[Principal] = ContextVar("current_principal")
 current_filter: ContextVar[ToolFilter] = ContextVar("current_filter", default=ToolFilter())
@@ -181,11 +189,12 @@ def _next_cursor(kind: str, index: int, inner: str | None) -> str:
 
 def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server:
     defaults = frozenset(t.name for t in registry.toolsets.values() if t.default)
+    always = frozenset(t.name for t in registry.toolsets.values() if t.always)
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         principal = current_principal.get()
         tool_filter = current_filter.get()
-        ops = [op for op in registry.select(principal.grants) if tool_filter.admits(op, defaults)]
+        ops = [op for op in registry.select(principal.grants) if tool_filter.admits(op, defaults, always)]
         start = _cursor_offset(params.cursor if params else None)
         page = ops[start : start + TOOLS_PAGE_SIZE]
         more = start + TOOLS_PAGE_SIZE < len(ops)
@@ -197,7 +206,7 @@ def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server
         principal = current_principal.get()
         op = registry.get(params.name)
         try:
-            if op is not None and not current_filter.get().admits(op, defaults):
+            if op is not None and not current_filter.get().admits(op, defaults, always):
                 raise PermissionDenied(
                     f"{op.name} is outside this connection's tool selection (toolsets/readonly in the /mcp URL)",
                     code="tool_not_enabled",

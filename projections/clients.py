@@ -287,7 +287,7 @@ SIMILAR_WORDS_PER_TERM = 6
 NAME_CANDIDATES = 500
 
 
-def _name_groups(conn: Any, org_id: UUID, text: str) -> list[str]:
+def name_groups(conn: Any, org_id: UUID, text: str) -> list[str]:
     """One tsquery group per word of `text`: the word, from 3 letters on also as a prefix (the user may still be
     typing), or any of the similar words of this organization's lexicon (typos). Empty when `text` has no words."""
     rows = conn.execute(
@@ -317,7 +317,7 @@ def search_statement(conn: Any, org_id: UUID, text: str, *, kind: str | None = N
     stripped = text.strip().lower()
     whole_email = re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", stripped) is not None  # answered by the exact key
     fragment = stripped if ("@" in stripped or "." in stripped) and len(stripped) >= 3 and not whole_email else None
-    groups = [] if whole_email else _name_groups(conn, org_id, text)  # an address is not a name
+    groups = [] if whole_email else name_groups(conn, org_id, text)  # an address is not a name
     name_query = " & ".join(groups) or None
     params = {"org": org_id, "q": text, "tsq": name_query, "vat": vat_key(text),
               "email": email_key(text), "phone": phone_key(text), "digits": digits, "fragment": fragment,
@@ -376,7 +376,7 @@ def search_clients(conn: Any, org_id: UUID, text: str, *, kind: str | None = Non
     rows = conn.execute(*search_statement(conn, org_id, text, kind=kind, limit=limit)).fetchall()
     if rows:
         return Found(rows, "all")
-    groups = _name_groups(conn, org_id, text)
+    groups = name_groups(conn, org_id, text)
     if len(groups) < 2:
         return Found(rows, "all")
     return Found.some_words(conn.execute(ANY_WORD_SEARCH, {"q": text, "org": org_id, "groups": groups, "kind": kind,

@@ -47,3 +47,22 @@ def tsquery_literal(lexemes: list[str], prefix: set[str] | None = None) -> str:
         return "'" + word.replace("\\", "\\\\").replace("'", "''") + "'" + (":*" if prefix and word in prefix else "")
 
     return "(" + " | ".join(quoted(w) for w in sorted(set(lexemes))) + ")"
+
+
+def prefix_tsquery(text: str, joiner: str = " & ") -> str | None:
+    """The words of `text` as prefixes ('offer' finds 'offerta'), joined by AND (or ' | ' for any word), for
+    `to_tsquery('simple', lower(f_unaccent(...)))` over 'simple' tsvectors of lower-cased, unaccented text.
+    None when `text` has no words."""
+    words = [w for w in re.findall(r"\w+", text.lower()) if w.strip("_")]
+    return joiner.join(f"{w.strip('_')}:*" for w in dict.fromkeys(words[:MAX_WORDS * 2])) or None
+
+
+def search_both(run: Any, text: str) -> Found:
+    """`run(tsquery)` with every word, then, when that finds nothing and there are several words, with any."""
+    every = prefix_tsquery(text)
+    if every is None:
+        return Found([], "all")
+    rows = run(every)
+    if rows or " & " not in every:
+        return Found(rows, "all")
+    return Found.some_words(run(prefix_tsquery(text, " | ")))

@@ -11,6 +11,7 @@ from domain.custom_fields import CustomField
 from domain.errors import NotFound
 from domain.tasks import PRIORITIES, Task
 from projections.base import Projection, exists, handles, set_columns, touch
+from projections.matching import Found, search_both
 from projections import custom_fields as custom_values
 from projections.pagination import BY_CREATION, Sort, by_date, paginate
 
@@ -205,19 +206,16 @@ def list_tasks(conn: Any, org_id: UUID, *, sort: str = "due_asc", limit: int = 2
     return paginate(conn, TASK_COLUMNS, "FROM tasks WHERE " + " AND ".join(where), params, SORTS[sort], limit, cursor)
 
 
-def search_tasks(conn: Any, org_id: UUID, text: str, *, status: str | None = None, limit: int = 25) -> list[dict[str, Any]]:
-    """Words of title and description, accent- and case-insensitive, prefixes allowed; best match first."""
-    words = [w for w in "".join(ch if ch.isalnum() else " " for ch in text).split() if w]
-    if not words:
-        return []
-    tsq = " & ".join(f"{w}:*" for w in words)
-    return conn.execute(
+def search_tasks(conn: Any, org_id: UUID, text: str, *, status: str | None = None, limit: int = 25) -> Found:
+    """Words of title and description, accent- and case-insensitive, prefixes allowed; best match first; when
+    no task has every word, those with any (see projections.matching)."""
+    return search_both(lambda tsq: conn.execute(
         f"SELECT {TASK_COLUMNS}, round(ts_rank(search_tsv, q)::numeric, 4)::float AS score"
         " FROM tasks, to_tsquery('simple', lower(f_unaccent(%s))) q"
         " WHERE organization_id = %s AND search_tsv @@ q AND (%s::text IS NULL OR status = %s)"
         " ORDER BY score DESC, created_at DESC, id LIMIT %s",
         (tsq, org_id, status, status, limit),
-    ).fetchall()
+    ).fetchall(), text)
 
 
 def get_task(conn: Any, org_id: UUID, task_id: UUID) -> dict[str, Any]:

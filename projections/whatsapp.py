@@ -318,16 +318,18 @@ def acl_of_chat(conn: Any, org_id: UUID, chat: dict[str, Any]) -> list[dict[str,
     """Who may see a chat besides admins: its assignee, users granted the chat, users granted its business number."""
     return conn.execute(
         "SELECT a.user_id, u.name AS user_name, CASE WHEN a.chat_id IS NOT NULL THEN 'chat' ELSE 'business_number' END"
-        " AS via, a.granted_by, a.granted_at FROM whatsapp_acl a LEFT JOIN users u ON u.id = a.user_id"
+        " AS via, a.granted_by, (SELECT name FROM users g WHERE g.id = a.granted_by) AS granted_by_name, a.granted_at"
+        " FROM whatsapp_acl a LEFT JOIN users u ON u.id = a.user_id"
         " WHERE a.organization_id = %s AND (a.chat_id = %s OR a.phone_number_id = %s)"
-        " UNION ALL SELECT c.assignee_id, u.name, 'assignee', NULL, NULL FROM whatsapp_chats c"
+        " UNION ALL SELECT c.assignee_id, u.name, 'assignee', NULL, NULL, NULL FROM whatsapp_chats c"
         " LEFT JOIN users u ON u.id = c.assignee_id WHERE c.id = %s AND c.assignee_id IS NOT NULL"
         " ORDER BY 2, 3", (org_id, chat["id"], chat["phone_number_id"], chat["id"])).fetchall()
 
 
 def acl_of_number(conn: Any, org_id: UUID, phone_number_id: str) -> list[dict[str, Any]]:
     return conn.execute(
-        "SELECT a.user_id, u.name AS user_name, 'business_number' AS via, a.granted_by, a.granted_at"
+        "SELECT a.user_id, u.name AS user_name, 'business_number' AS via, a.granted_by,"
+        " (SELECT name FROM users g WHERE g.id = a.granted_by) AS granted_by_name, a.granted_at"
         " FROM whatsapp_acl a LEFT JOIN users u ON u.id = a.user_id WHERE a.organization_id = %s"
         " AND a.phone_number_id = %s ORDER BY u.name, a.user_id", (org_id, phone_number_id)).fetchall()
 

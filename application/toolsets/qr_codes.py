@@ -18,7 +18,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from application import attachments
 from application.links import check_links
-from application.newsletter_sending import public_base
+from application.public import public_base
 from application.organization import org_settings, org_today
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, Page, Query, sent

@@ -16,7 +16,7 @@ from application.identity import ensure_user
 from application.links import changed_links, check_links, link_reads
 from application.organization import org_today
 from application.runner import QueryContext, UnitOfWork
-from application.shapes import Command, Limit, ListQuery, Page, Query, Removed, SearchText, Tag, sent
+from application.shapes import Command, Limit, ListQuery, Matches, Page, Query, Removed, SearchText, Tag, sent
 from application import custom_fields
 from application.toolset import Toolset
 from domain.errors import DomainError, NotFound
@@ -98,7 +98,7 @@ class TaskHit(TaskRow, kw_only=True, omit_defaults=True):
     score: float
 
 
-class TaskSearchResult(Struct, kw_only=True, omit_defaults=True):
+class TaskSearchResult(Matches, kw_only=True, omit_defaults=True):
     items: list[TaskHit]
 
 
@@ -214,7 +214,7 @@ def list_tasks(q: ListTasks, ctx: QueryContext) -> Page[TaskRow]:
 
 class SearchTasks(Query, kw_only=True):
     """Search tasks by words in their title and description (accents and case ignored, word beginnings match:
-    'contr' finds 'contract'). Best match first."""
+    'contr' finds 'contract'). Best match first; if none has every word, those with some (match: 'any')."""
 
     q: SearchText
     status: Annotated[Status | None, Meta(description="Only open or only done tasks.")] = None
@@ -223,8 +223,8 @@ class SearchTasks(Query, kw_only=True):
 
 @tasks.query("search", output=TaskSearchResult)
 def search_tasks(q: SearchTasks, ctx: QueryContext) -> TaskSearchResult:
-    rows = tasks_q.search_tasks(ctx.conn, ctx.org_id, q.q, status=q.status, limit=q.limit)
-    return TaskSearchResult(items=[msgspec.convert(r, TaskHit) for r in rows])
+    found = tasks_q.search_tasks(ctx.conn, ctx.org_id, q.q, status=q.status, limit=q.limit)
+    return TaskSearchResult(items=[msgspec.convert(r, TaskHit) for r in found.rows], match=found.match)
 
 
 class ListChecklist(Query, kw_only=True):

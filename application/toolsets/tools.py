@@ -53,7 +53,7 @@ class Called(Struct, kw_only=True, omit_defaults=True):
 
 
 def _usable(principal: Any) -> list[Operation]:
-    return [op for op in registry.select(principal.grants) if not op.meta]
+    return [op for op in registry.select(principal.grants) if op.toolset != tools.name]
 
 
 def _score(op: Operation, wanted: set[str]) -> int:
@@ -104,7 +104,7 @@ def _caller(kind: str, suffix: str, doc: str, base: type[Struct]) -> None:
 
     async def call(c: Any, runner: Any, principal: Any) -> dict[str, Any]:
         op = registry.get(c.name)
-        if op is None or op.meta:
+        if op is None or op.toolset == tools.name:
             raise InvalidArguments(f"{c.name!r} is not a tool; find one with crm_tools_search", field="name")
         if op.kind != kind:
             right = "read" if op.kind == "query" else KIND_WORDS[op.kind]

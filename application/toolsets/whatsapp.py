@@ -23,6 +23,7 @@ from msgspec import Meta, Struct
 from application import attachments
 from application import whatsapp_cloud as cloud
 from application import whatsapp_send as sending
+from application.public import public_base
 from application.identity import ensure_user
 from application.runner import QueryContext, UnitOfWork
 from application.shapes import Command, ListQuery, NoteBody, Page, Query, Removed, SearchText
@@ -206,6 +207,7 @@ class AclEntry(Struct, kw_only=True, omit_defaults=True):
     via: Annotated[Literal["chat", "business_number", "assignee"], Meta(description=(
         "chat / business_number: granted; assignee: the chat is assigned to them."))]
     granted_by: UUID | None = None
+    granted_by_name: str | None = None
     granted_at: datetime | None = None
 
 
@@ -254,7 +256,7 @@ def present_chat(ctx: QueryContext, chat: UUID) -> ChatOut:
 def _media_link(secret: bytes, message: UUID) -> tuple[str, int]:
     expires = int(time.time()) + MEDIA_LINK_TTL
     signature = attachments.signature(secret, f"whatsapp-media:{message}", expires)
-    return f"{cloud.public_base()}/whatsapp/media/{message}?expires={expires}&sig={signature}", expires
+    return f"{public_base()}/whatsapp/media/{message}?expires={expires}&sig={signature}", expires
 
 
 def _message(row: dict[str, Any], secret: bytes | None = None) -> MessageOut:

@@ -47,7 +47,7 @@ async def test_discover_lists_four_tools_that_reach_every_tool_the_token_may_use
     async with mcp_client(server.mcp_url, token, query="toolsets=discover") as client:
         names = {i["name"] for i in (await call(client, "crm_tools_search", {"limit": 50}))["items"]}
         assert names == {op.name for op in registry if op.toolset == "clients" and op.kind == "query"
-                         and not op.missing({"clients": "r"})} | {op.name for op in registry if op.free}
+                         and not op.missing({"clients": "r"})} | {op.name for op in registry if op.free} | {"search", "fetch"}
         err = await call_error(client, "crm_tools_call_write", {"name": "crm_clients_create_lead",
                                                                 "arguments": {"business_name": "No"}})
         assert err["code"] == "permission_denied" and "clients:write" in err["message"]
@@ -57,7 +57,7 @@ async def test_presets_and_unknown_toolsets(server, make_org):
     org = make_org()
     async with mcp_client(server.mcp_url, org.token, query="toolsets=sales") as client:
         names = {t.name for t in await all_tools(client)}
-    assert {op.toolset for op in registry if op.name in names} == set(PRESETS["sales"])
+    assert {op.toolset for op in registry if op.name in names} == {*PRESETS["sales"], "connector"}
     async with mcp_client(server.mcp_url, org.token) as client:  # by default: every toolset but discovery
         names = {t.name for t in await all_tools(client)}
     assert names == {op.name for op in registry if registry.toolsets[op.toolset].default}

@@ -104,7 +104,8 @@ async def test_toolsets_and_read_only_narrow_the_list_and_the_calls(server, make
     org = make_org()
     async with mcp_client(server.mcp_url, org.token, query="toolsets=clients,users&readonly=1") as client:
         names = {t.name for t in await all_tools(client)}
-        assert names == {op.name for op in registry if op.toolset in {"clients", "users"} and op.kind == "query"}
+        assert names == {op.name for op in registry  # search and fetch are in every connection
+                         if op.toolset in {"clients", "users", "connector"} and op.kind == "query"}
         err = await call_error(client, "crm_clients_create_lead", {"business_name": "X"})
         assert err["code"] == "tool_not_enabled"
         err = await call_error(client, "crm_tasks_list")
@@ -117,7 +118,7 @@ async def test_list_shows_only_what_the_token_allows(server, make_org, db):
     async with mcp_client(server.mcp_url, token) as client:
         names = {t.name for t in await all_tools(client)}
     granted = {"clients:read", "tasks:read", "tasks:write"}
-    assert names == {op.name for op in registry if set(op.permissions) <= granted and not op.meta}
+    assert names == {op.name for op in registry if set(op.permissions) <= granted and not op.meta} | {"search", "fetch"}
     assert "crm_clients_list" in names and "crm_tasks_complete" in names
     assert "crm_clients_list_deals" not in names and "crm_tasks_create" not in names  # they also read deals, ...
 
