@@ -1,5 +1,5 @@
 """Searches the other read models do not answer on their own, for the connector's `search` tool: contact persons,
-projects, activities and notes. Each reads one index (0015) and has the any-word fallback of the others."""
+projects, activities and notes. Each reads one index (0070) and has the any-word fallback of the others."""
 
 from __future__ import annotations
 

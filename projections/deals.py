@@ -267,11 +267,11 @@ def list_deals(conn: Any, org_id: UUID, *, filters: dict[str, Any], sort: str, l
 SEARCH_CANDIDATES = 300
 """Deals taken from each index (title trigrams, matching clients, matching notes) before they are scored."""
 NOTE_TSV = "to_tsvector('simple', lower(f_unaccent(n.body)))"
-"""The expression of the notes_search index (0015): a query must spell it the same to use it."""
+"""The expression of the notes_search index (0070): a query must spell it the same to use it."""
 
 
 def _candidates(title: str, clients_tsq: str | None, notes_tsq: str | None) -> str:
-    """Ids of deals whose title, client's name or a note matches, each set from its own index (0005, 0008, 0015):
+    """Ids of deals whose title, client's name or a note matches, each set from its own index (0005, 0008, 0070):
     a UNION of index scans rather than one OR that would read every deal of the organization."""
     parts = [f"(SELECT d.id FROM deals d WHERE d.organization_id = %(org)s AND ({title}) LIMIT %(cap)s)"]
     if clients_tsq is not None:
