@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import msgspec
 import psycopg
@@ -49,6 +49,17 @@ class AdminTransaction:
             (p.organization_id, p.user_id, p.token_id, p.oauth_client_id, p.correlation_id, self.tool, entity_type,
              str(entity_id), action, Jsonb(msgspec.to_builtins(changes or {}))),
         )
+
+
+def record_console(conn: Any, org_id: UUID, command: str, entity_type: str, entity_id: Any, action: str,
+                   changes: dict[str, Any]) -> None:
+    """A change made with the server's command line (`flusia user deactivate`, `flusia token revoke`, ...): no user,
+    token or OAuth client acted, so the row names none and its tool is the command; operators see it beside the
+    assistant's changes (`flusia settings changes`, crm_audit_recent_changes)."""
+    conn.execute(
+        "INSERT INTO settings_changes (organization_id, correlation_id, tool, entity_type, entity_id, action, changes)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (org_id, uuid4(), command, entity_type, str(entity_id), action, Jsonb(msgspec.to_builtins(changes))))
 
 
 def request_hash(command: Any) -> str:

@@ -57,6 +57,14 @@ def cmd_migrate(args: argparse.Namespace, url: str) -> None:
     emit({"applied": migrate(url)})
 
 
+def record_console(*change: Any) -> None:
+    """settings_changes.record_console, imported when a command changes settings (the tool runner it brings is
+    slow to import for every other command)."""
+    from application.settings_changes import record_console as record
+
+    record(*change)
+
+
 def cmd_org_create(args: argparse.Namespace, url: str) -> None:
     migrate(url)
     with connect(url) as conn:
@@ -66,8 +74,10 @@ def cmd_org_create(args: argparse.Namespace, url: str) -> None:
 
 
 def cmd_user_create(args: argparse.Namespace, url: str) -> None:
-    with connect(url) as conn:
+    with connect(url) as conn, conn.transaction():
         user_id = identity.create_user(conn, args.org, args.email, args.name, args.role)
+        record_console(conn, args.org, "flusia user create", "user", user_id, "created",
+                       {"email": {"before": None, "after": args.email}, "role": {"before": None, "after": args.role}})
     emit({"user_id": user_id})
 
 
@@ -85,8 +95,11 @@ def cmd_token_create(args: argparse.Namespace, url: str) -> None:
         grants = permissions.parse_permissions(args.perm) if args.perm else None
     except permissions.InvalidPermission as e:
         fail(str(e))
-    with connect(url) as conn:
+    with connect(url) as conn, conn.transaction():
         token, token_id = identity.create_token(conn, args.org, args.user, grants, name=args.name or "")
+        record_console(conn, args.org, "flusia token create", "api_token", token_id, "created",
+                       {"name": {"before": None, "after": args.name or ""},
+                        "permissions": {"before": None, "after": grants or "the user's role"}})
     emit({"token": token, "token_id": token_id})
 
 
@@ -96,13 +109,22 @@ def cmd_token_list(args: argparse.Namespace, url: str) -> None:
 
 
 def cmd_token_revoke(args: argparse.Namespace, url: str) -> None:
-    with connect(url) as conn:
-        emit({"revoked": identity.revoke_token(conn, args.org, args.token_id)})
+    with connect(url) as conn, conn.transaction():
+        live = conn.execute("SELECT 1 FROM api_tokens WHERE organization_id = %s AND id = %s AND revoked_at IS NULL",
+                            (args.org, args.token_id)).fetchone()
+        revoked = identity.revoke_token(conn, args.org, args.token_id)
+        if live:  # revoking it again changes nothing, and records nothing
+            record_console(conn, args.org, "flusia token revoke", "api_token", args.token_id, "revoked",
+                           {"status": {"before": "active", "after": "revoked"}})
+    emit({"revoked": revoked})
 
 
 def cmd_user_deactivate(args: argparse.Namespace, url: str) -> None:
-    with connect(url) as conn:
-        emit(identity.deactivate_user(conn, args.org, args.user))
+    with connect(url) as conn, conn.transaction():
+        done = identity.deactivate_user(conn, args.org, args.user)
+        record_console(conn, args.org, "flusia user deactivate", "user", args.user, "deactivated",
+                       {"status": {"before": None, "after": "inactive"}, "revoked": {"before": None, "after": done["revoked"]}})
+    emit(done)
 
 
 def cmd_settings_changes(args: argparse.Namespace, url: str) -> None:

@@ -62,6 +62,10 @@ def test_token_list_shows_no_secret_and_revoke_stops_the_token(server, make_org,
     assert status_of(server, org.token) == 200  # the other token is untouched
     again = flusia("token", "revoke", "--org", str(org.organization_id), "--token-id", str(scoped_id), env=env)
     assert again == revoked
+    changes = flusia("settings", "changes", "--org", str(org.organization_id), env=env)["changes"]
+    assert [(c["tool"], c["entity_type"], c["entity_id"], c["action"]) for c in changes] == [
+        ("flusia token revoke", "api_token", str(scoped_id), "revoked")]  # once: the second revoke changed nothing
+    assert changes[0]["actor_user_id"] is None and changes[0]["actor_token_id"] is None
     other_org = make_org()  # another organization's token id is not found
     error = flusia_error("token", "revoke", "--org", str(other_org.organization_id), "--token-id", str(scoped_id), env=env)
     assert "not found" in error
@@ -82,6 +86,10 @@ def test_deactivating_a_user_refuses_their_api_and_oauth_tokens_at_once(server, 
     assert status_of(server, access) == 401
     assert status_of(server, org.token) == 200  # the admin is untouched
     assert db.execute("SELECT status FROM users WHERE id = %s", (user,)).fetchone()["status"] == "inactive"
+    answer = post(server, org.token, rpc("tools/call", {"name": "crm_audit_recent_changes", "arguments": {}})).json()
+    seen = answer["result"]["structuredContent"]["items"]
+    console = [c for c in seen if c.get("tool") == "flusia user deactivate"]
+    assert len(console) == 1 and console[0]["entity_id"] == str(user), seen
     left = db.execute("SELECT count(*) AS n FROM oauth_refresh_tokens WHERE user_id = %s AND revoked_at IS NULL",
                       (user,)).fetchone()["n"]
     assert left == 0
