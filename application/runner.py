@@ -138,6 +138,9 @@ def _format_validation(e: msgspec.ValidationError) -> InvalidArguments:
     if m:
         path = m.group(1) or None
         text = text[: m.start()]
+    elif m := re.search(r" - at `key` in `\$\.?(.*)`$", text):  # an object's key, e.g. of custom_fields
+        path = m.group(1) or None
+        text = f"a key is not allowed: {text[: m.start()]}"
     m2 = re.match(r"Object contains unknown field `(.+)`", text)
     if m2:
         path = (f"{path}." if path else "") + m2.group(1)
