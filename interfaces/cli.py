@@ -400,6 +400,7 @@ def cmd_projections_rebuild_online(args: argparse.Namespace, url: str) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flusia", description="Flusia CRM: MCP server, migrations and administration.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, the embedded PostgreSQL's included")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="migrate, start the projector, serve HTTP (MCP at /mcp)")
@@ -407,6 +408,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--public-url", metavar="URL",
                    help="the URL clients reach this server at (sets FLUSIA_PUBLIC_URL; default: the listening address)")
+    s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as flusia --verbose")
     s.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=cmd_migrate)
@@ -508,11 +510,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from interfaces.logs import configure
 
-    configure()
     args = parser().parse_args(argv)
-    url = resolve_database_url() if getattr(args, "needs_database", True) else ""
+    configure(verbose=args.verbose)
     try:
+        url = resolve_database_url() if getattr(args, "needs_database", True) else ""
         args.func(args, url)
+    except KeyboardInterrupt:  # Ctrl-C: exit handlers (the embedded PostgreSQL's stop) run, no traceback
+        sys.exit(130)
     except identity.DomainError as e:  # type: ignore[attr-defined]
         fail(e.message)
     except MigrationError as e:  # refused before anything is applied (changed file, no files, reused number)

