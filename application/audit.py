@@ -8,7 +8,9 @@ the event store's mapper (`Aggregate.Event.mutate`): a version's state is the ag
 that event, and a change is the difference between two states, field by field (nested mappings by key).
 
 Restore (`restore`) appends one compensating `<Aggregate>.Reinstated` event carrying the state of the chosen
-version (domain.base); history is never rewritten. It is refused, saying why, when
+version (domain.base); history is never rewritten. The personal values in that state are sealed with their
+person's key like those of the events they came from (application.personal_data.STATE), so an erasure reaches a
+restored entity too. It is refused, saying why, when
 - the entity was merged into another (a merge is not undone by bringing one side back),
 - a read model could not take it back (it keeps the entity's rows but cannot remove them, e.g. invoices imported
   from FattureInCloud; or the deletion carries data for other read models, e.g. a custom field's values; or a

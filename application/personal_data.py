@@ -3,7 +3,10 @@
 What is personal data (domain/personal_data.py, `SPEC` below): a lead/client's contact name, tax code, e-mail,
 phone and address; its contact persons (name, role, e-mail, phone), also where a deal names them; the text of
 notes on it; the transcripts of its call recordings. The *subject* is the lead/client the data is about (`SUBJECTS`:
-a client is its own subject, a note on a client and a recording have that client, a deal its client).
+a client is its own subject, a note on a client and a recording have that client, a deal its client). The same
+values inside an aggregate's state (`STATE`) are personal wherever a whole state is stored: the audit restore's
+compensating `<Aggregate>.Reinstated` event carries the state of an earlier version, sealed at those paths with the
+subject's key like the events it was replayed from, so a restored entity is erased like any other.
 
 Writing (application/store.py, `EventStore.save`): before the events of an aggregate are encoded, the subject's key
 is looked up (created on first use); the encoder then replaces every text at a personal path of the event by
@@ -30,8 +33,9 @@ names; search words that only the erased data used leave the search lexicon). Th
 keys at once; another process that had read one forgets it within `CACHE_SECONDS`. Data written about the person
 afterwards gets a new key (erasure is not a block list). Events stay: history is never rewritten.
 
-Events written before encryption existed hold plaintext: for the aggregates listed in `personal_data_erasures`,
-the event store's mapper reads their personal paths as `"[erased]"` too, so history, as-of and rebuilds show them
+Events written before encryption existed hold plaintext (so do restores stored before their state was covered):
+for the aggregates listed in `personal_data_erasures`, the event store's mapper reads their personal paths as
+`"[erased]"` too, so history, as-of and rebuilds show them
 erased; the projections blank them as above. Not covered: activities' texts, custom field values, newsletter
 subscribers (their own consent and unsubscribe flow), and free text elsewhere that quotes a person.
 """
@@ -83,8 +87,18 @@ SPEC: dict[type, tuple[Path, ...]] = {
     Recording.Created: (("transcript",),),
     Deal.ContactAdded: (("name",),),
 }
-"""Event class -> the paths of its personal values (`*`: every item of a list). A path ending at a dict or list
-covers every text inside it (an address)."""
+"""Event class -> the paths of its personal values (`*`: every item of a list, every value of a mapping). A path
+ending at a dict or list covers every text inside it (an address). Completed below with every `Reinstated`."""
+STATE: dict[type, tuple[Path, ...]] = {
+    Client: (*((f,) for f in CLIENT_PERSONAL_FIELDS), *(("contacts", "*", f) for f in CONTACT_PERSONAL_FIELDS)),
+    Note: (("body",),),
+    Recording: (("transcript",),),
+    Deal: (("contacts", "*", "name"),),
+}
+"""Aggregate class -> the paths of the personal values in its state (`public_state`: its own attributes), where
+the values its personal events carry end up. A state travels whole in one event, the audit restore's compensating
+`<Aggregate>.Reinstated` (domain.base): its `state` is sealed at these paths, for every aggregate listed here, so
+a restored entity's earlier state is erased with the rest."""
 SUBJECTS: dict[type, Callable[[Any], UUID | None]] = {
     Client: lambda client: client.id,
     Note: lambda note: note.subject_id if note.subject_type == "client" else None,
@@ -92,6 +106,16 @@ SUBJECTS: dict[type, Callable[[Any], UUID | None]] = {
     Deal: lambda deal: getattr(deal, "client_id", None),
 }
 """Aggregate class -> the lead/client its personal data is about (None: not a person's data, stored as it is)."""
+
+
+def _owner(event_class: type) -> str:
+    return f"{event_class.__module__}:{event_class.__qualname__.partition('.')[0]}"
+
+
+for _kind, _paths in STATE.items():
+    SPEC[_kind.Reinstated] = tuple(("state", *path) for path in _paths)
+if not {_owner(c) for c in SPEC} <= {f"{k.__module__}:{k.__qualname__}" for k in STATE} or set(STATE) != set(SUBJECTS):
+    raise RuntimeError("every aggregate with personal events needs its personal state paths and its subject")
 
 
 # -- values ----------------------------------------------------------------------------------------------------------
@@ -130,6 +154,8 @@ def _map_path(value: Any, path: Path, fn: Callable[[str], Any]) -> Any:
         return value
     head, rest = path[0], path[1:]
     if head == "*":
+        if isinstance(value, dict):
+            return {k: _map_path(v, rest, fn) for k, v in value.items()}
         return [_map_path(v, rest, fn) for v in value] if isinstance(value, list) else value
     if isinstance(value, dict) and head in value:
         return {**value, head: _map_path(value[head], rest, fn)}

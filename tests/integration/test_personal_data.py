@@ -278,3 +278,100 @@ def test_cli_gdpr_erase(iso_runtime, fresh_database_url):
                              " BETWEEN c.first_notification_id AND c.last_notification_id WHERE e.topic = %s",
                              (personal_data.ERASURE_TOPIC,)).fetchone()
     assert cause == {"user_id": None, "tool": "crm_clients_erase_personal_data"}
+
+
+def test_restored_state_is_erased_too(iso_runtime, fresh_database_url):
+    """The audit restore's compensating `<Aggregate>.Reinstated` carries the entity's whole earlier state: its
+    personal values are sealed there like in the events they came from, so an erasure reaches them."""
+    rt = iso_runtime
+    org, call = _org(rt, fresh_database_url)
+    made = _person(call)
+    lead_id, note_id = made["lead"]["id"], made["note"]["id"]
+    recording_id, deal_id = made["recording"]["id"], made["deal"]["id"]
+    call("crm_clients_update", {"client_id": lead_id, "website": "https://rossi.example"})
+    restored = {}
+    for tool, args, entity_id in (("crm_clients_delete_note", {"client_id": lead_id, "note_id": note_id}, note_id),
+                                  ("crm_clients_delete_recording", {"recording_id": recording_id}, recording_id),
+                                  ("crm_deals_delete", {"deal_id": deal_id}, deal_id),
+                                  ("crm_clients_delete", {"client_id": lead_id}, lead_id)):
+        call(tool, args)
+        restored[entity_id] = call("crm_audit_restore_entity", {"entity_id": entity_id})
+    call("crm_audit_restore_entity", {"entity_id": lead_id, "to_version": 1})  # an earlier version, not deleted
+    assert call("crm_clients_get", {"client_id": lead_id})["email"] == PERSON["email"]  # readable until erased
+    assert call("crm_clients_list_notes", {"client_id": lead_id})["items"][0]["body"] == "Mario ama il blu"
+    assert call("crm_deals_list_contacts", {"deal_id": deal_id})["items"][0]["name"] == "Lucia Bianchi"
+    ids = [lead_id, note_id, recording_id, deal_id]
+    with psycopg.connect(fresh_database_url, autocommit=True, row_factory=dict_row) as conn:
+        reinstated = [r for r in _raw_events(conn, ids) if r["topic"].endswith(".Reinstated")]
+        assert len(reinstated) == 5
+        stored = b"".join(bytes(r["state"]) for r in reinstated)
+        for secret in SECRETS:
+            assert secret.encode() not in stored, f"{secret} stored in plaintext in a restore"
+        assert personal_data.MARK in stored and b"Rossi Impianti" in stored and b"Impianto" in stored
+
+        call("crm_clients_erase_personal_data", {"client_id": lead_id})
+
+        # the raw events (never rewritten) and the event store's mapper
+        rows = _raw_events(conn, ids)
+        raw = b"".join(bytes(r["state"]) for r in rows)
+        for secret in SECRETS:
+            assert secret.encode() not in raw, secret
+        decoded = [e for e in _decoded(rt, rows) if type(e).__name__ == "Reinstated"]
+        assert len(decoded) == 5 and ERASED in repr([e.state for e in decoded])
+        assert all(secret not in repr([vars(e) for e in decoded]) for secret in SECRETS)
+        assert rt.store.repository.get(uuid.UUID(lead_id)).contact_name == ERASED
+
+        # the audit tools: every version, as of each restore
+        for entity_id in ids:
+            history = call("crm_audit_entity_history", {"entity_id": entity_id, "limit": 100})
+            versions = [i["version"] for i in history["items"]]
+            as_of = [call("crm_audit_entity_as_of", {"entity_id": entity_id, "version": v}) for v in versions]
+            shown = repr(history) + repr(as_of)
+            for secret in SECRETS:
+                assert secret not in shown, (entity_id, secret)
+            assert ERASED in shown
+        last = call("crm_audit_entity_as_of", {"entity_id": lead_id, "version": restored[lead_id]["version"]})
+        assert last["state"]["contact_name"] == ERASED and last["state"]["business_name"] == "Rossi Impianti"
+        assert {c["name"] for c in last["state"]["contacts"].values()} == {ERASED}
+
+        # the read models, live and rebuilt from the first event
+        live = _read_models(conn, org.organization_id)
+        for projection in rt.projections:
+            if projection.rebuildable:
+                rt.projector.rebuild_report(projection, lambda done, total: None)
+        rt.store.keyring.forget()
+        rebuilt = _read_models(conn, org.organization_id)
+        # the search lexicon aside: live, it still holds words of the version the client was restored away from
+        # (the contact person's name; erasure forgets the words of the client's current version only)
+        assert rebuilt[:-1] == live[:-1]
+        assert {"mario", "lucia", "bianchi"}.isdisjoint(r["word"] for r in rebuilt[-1])
+        shown = _shown(call, made) + repr(rebuilt)
+        for secret in SECRETS:
+            assert secret not in shown, secret
+        assert call("crm_clients_get", {"client_id": lead_id})["contact_name"] == ERASED
+        assert call("crm_clients_list_notes", {"client_id": lead_id})["items"][0]["body"] == ERASED
+
+
+def test_restores_written_before_their_state_was_sealed_read_as_erased(iso_runtime, fresh_database_url, monkeypatch):
+    """A `Reinstated` stored with its state in plaintext (before its personal paths were in the spec) reads
+    "[erased]" once its entity is erased, like any event written before encryption."""
+    rt = iso_runtime
+    org, call = _org(rt, fresh_database_url)
+    lead = call("crm_clients_create_lead", {"business_name": "Vecchio Restauro", "contact_name": "Sara Rosa",
+                                            "email": "sara@rosa.example"})
+    call("crm_clients_delete", {"client_id": lead["id"]})
+    reinstated = personal_data.SPEC.pop(personal_data.Client.Reinstated)
+    try:
+        call("crm_audit_restore_entity", {"entity_id": lead["id"]})
+    finally:
+        personal_data.SPEC[personal_data.Client.Reinstated] = reinstated
+    with psycopg.connect(fresh_database_url, row_factory=dict_row) as conn:
+        rows = _raw_events(conn, [lead["id"]])
+        assert b"sara@rosa.example" in bytes(rows[-1]["state"])  # as such a restore was stored
+        call("crm_clients_erase_personal_data", {"client_id": lead["id"]})
+        rt.store.keyring.forget()
+        history = repr([vars(e) for e in _decoded(rt, rows)])
+    assert "Sara" not in history and "sara@rosa.example" not in history and "Vecchio Restauro" in history
+    audited = repr(call("crm_audit_entity_history", {"entity_id": lead["id"]})) + repr(
+        call("crm_audit_entity_as_of", {"entity_id": lead["id"], "version": 3}))
+    assert "Sara" not in audited and "sara@rosa.example" not in audited and ERASED in audited
