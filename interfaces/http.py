@@ -27,6 +27,7 @@ from interfaces.public_url import PublicUrls, public_base_url  # noqa: F401 - pu
 from interfaces.runtime import Runtime
 from interfaces.attachments import download_route
 from interfaces.health import health_routes
+from interfaces.home import home_route
 from interfaces.list_cache import ToolListCache
 from interfaces.invite import invite_routes
 from interfaces.tracking import tracking_routes
@@ -278,7 +279,8 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             await runtime.stop()
 
     app = Litestar(
-        [mcp_endpoint, protected_resource, protected_resource_mcp, citation, *health_routes, *oauth_routes(runtime, auth, urls),
+        [mcp_endpoint, protected_resource, protected_resource_mcp, citation, home_route(urls), *health_routes,
+         *oauth_routes(runtime, auth, urls),
          download_route, *tracking_routes, *invite_routes(runtime), *whatsapp_routes],
         lifespan=[lifespan],
         debug=False,
