@@ -213,6 +213,10 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             await send_json(send, 204, None, {"Allow": "GET, POST, DELETE, OPTIONS", **CORS_PREFLIGHT})
             return
         send = with_cors(send)
+        refusal = urls.foreign_request(scope)  # DNS rebinding, another site's page (MCP: servers MUST check Origin)
+        if refusal is not None:
+            await send_json(send, 403, {"error": "forbidden_origin", "error_description": refusal})
+            return
         oauth_audience.set(f"{base}/mcp")
         principal = await auth(scope)
         if principal is None:

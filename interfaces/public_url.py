@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 PUBLIC_URL_ENV = "FLUSIA_PUBLIC_URL"
 LISTEN_URL_ENV = "FLUSIA_LISTEN_URL"
 TRUSTED_PROXIES_ENV = "FLUSIA_TRUSTED_PROXIES"
+ALLOWED_ORIGINS_ENV = "FLUSIA_ALLOWED_ORIGINS"
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 DEFAULT_LISTEN_URL = "http://127.0.0.1:8000"
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*"
@@ -135,6 +137,36 @@ class PublicUrls:
             netloc = host if host and len(host) <= 255 and _HOST.match(host) else default.netloc
             return f"{scheme}://{netloc}"
         return self.listen
+
+    def foreign_request(self, scope: Any) -> str | None:
+        """Why a request to /mcp comes from somewhere it must not (DNS rebinding, another site's page driving the
+        user's browser), or None. MCP requires servers to check `Origin`: a browser request is accepted from this
+        server's own host names (public URL, listening address), from localhost (MCP Inspector) and from the
+        origins in FLUSIA_ALLOWED_ORIGINS (comma-separated, `*` for any); requests without `Origin` (assistants'
+        servers, SDK clients) are not browser requests. A connection that arrived on a loopback address must also
+        name a host of this server: a page on evil.example resolving its name to 127.0.0.1 sends `Host:
+        evil.example`. Behind a trusted proxy, the proxy names the host."""
+        own = {urlsplit(url).hostname for url in (self.configured, self.listen) if url} | LOOPBACK_NAMES
+        origin = _header(scope, b"origin")
+        if origin is not None:
+            allowed = {o.strip().rstrip("/").lower() for o in os.environ.get(ALLOWED_ORIGINS_ENV, "").split(",")}
+            try:
+                origin_host = urlsplit(origin).hostname
+            except ValueError:
+                origin_host = None
+            if origin_host not in own and "*" not in allowed and origin.rstrip("/").lower() not in allowed:
+                return (f"requests from web pages of {origin[:100]!r} may not use this server: only its own address, "
+                        f"localhost and the origins in {ALLOWED_ORIGINS_ENV} may")
+        server = scope.get("server")
+        local = _ip(str(server[0])) if server else None
+        if local is not None and local.is_loopback and not self._is_trusted(self._peer(scope)):
+            try:
+                host = urlsplit("//" + (_header(scope, b"host") or "")).hostname
+            except ValueError:
+                host = None
+            if host not in own:
+                return "the Host header does not name this server (set FLUSIA_PUBLIC_URL to the name clients use)"
+        return None
 
     def client_address(self, scope: Any) -> str:
         """The client's IP address as text ("unknown" when there is no peer)."""

@@ -12,6 +12,7 @@ import pytest
 from application import identity
 from application.inventory import registry
 from application.permissions import RESOURCES
+from tests.conftest import start_server
 from tests.mcp_helpers import all_tools, call, call_error, mcp_client
 from tests.tool_args import sample_args
 
@@ -261,3 +262,31 @@ async def test_browser_clients_get_cors_headers(server, make_org):
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "*"
     meta = httpx.get(f"{server.base_url}/.well-known/oauth-protected-resource", headers=origin)
     assert meta.headers["access-control-allow-origin"] == "*"
+
+
+async def test_pages_of_other_sites_and_rebound_host_names_are_refused(server, make_org):
+    """DNS rebinding: a page on another site, or one whose name resolves to this machine, must not drive the server
+    through the user's browser (MCP: servers MUST validate Origin). The refusal comes before any token check."""
+    org = make_org()
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {org.token}", "MCP-Protocol-Version": "2025-11-25"}
+    for bad in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Host": "evil.example"},
+                {"Host": "evil.example:80", "Origin": "http://evil.example"}):
+        r = httpx.post(server.mcp_url, json=rpc("tools/list"), headers={**headers, **bad})
+        assert r.status_code == 403, (bad, r.status_code)
+        assert r.json()["error"] == "forbidden_origin"
+    port = server.base_url.rsplit(":", 1)[1]
+    for good in ({}, {"Origin": server.base_url}, {"Origin": "http://localhost:6274"}, {"Host": f"localhost:{port}"}):
+        assert httpx.post(server.mcp_url, json=rpc("tools/list"), headers={**headers, **good}).status_code == 200, good
+
+
+async def test_allowed_origins_are_configurable(database_url, make_org):
+    srv = start_server(database_url, {"FLUSIA_ALLOWED_ORIGINS": "https://app.example.com"})
+    try:
+        org = make_org()
+        headers = {**MCP_HEADERS, "Authorization": f"Bearer {org.token}", "MCP-Protocol-Version": "2025-11-25"}
+        post_from = lambda origin: httpx.post(srv.mcp_url, json=rpc("tools/list"), headers={**headers, "Origin": origin})
+        assert post_from("https://app.example.com").status_code == 200
+        assert post_from("https://other.example.com").status_code == 403
+    finally:
+        srv.process.terminate()
+        srv.process.wait(10)
