@@ -21,7 +21,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
 from application.errors import PermissionDenied, ToolError
-from interfaces import mcp_prompts
+from interfaces import mcp_completion, mcp_prompts
 from application.principal import Principal
 from application.registry import Operation, Registry
 from application.runner import ToolRunner
@@ -278,6 +278,29 @@ def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server
         return types.ReadResourceResult(contents=[types.TextResourceContents(
             uri=uri, mime_type="application/json", text=render(result))])
 
+    # -- completion -----------------------------------------------------------------------------------------
+    suggest = mcp_completion.guarded(runner.call, lambda tool: (op := registry.get(tool)) is not None
+                                     and current_filter.get().admits(op, defaults, always))
+
+    async def complete(ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
+        principal = current_principal.get()
+        ref, name, typed = params.ref, params.argument.name, params.argument.value or ""
+        if isinstance(ref, types.PromptReference):
+            spec = next((p for p in offered(principal) if p.name == ref.name), None)
+            if spec is None:
+                raise MCPError(code=INVALID_PARAMS, message=f"unknown prompt {ref.name!r}")
+            values = await mcp_completion.prompt_values(suggest, principal, name, typed) \
+                if any(a.name == name for a in spec.arguments) else []
+        else:
+            match = mcp_completion.TEMPLATE.match(ref.uri)
+            entry = next((r for r in entity_resources(registry) if match and r.toolset == match.group(1)), None)
+            if entry is None:
+                raise MCPError(code=INVALID_PARAMS, message=f"unknown resource template {ref.uri!r}")
+            search = registry.get(f"crm_{entry.toolset}_search")
+            values = await mcp_completion.resource_values(suggest, principal, search.name if search else None,
+                                                          entry.listing.name if entry.listing else None, typed)
+        return types.CompleteResult(completion=types.Completion(values=values, has_more=False))
+
     # -- prompts ---------------------------------------------------------------------------------------------
     def usable(principal: Principal) -> Any:
         def check(tool: str) -> bool:
@@ -330,6 +353,7 @@ def build_server(registry: Registry, runner: ToolRunner, version: str) -> Server
         on_read_resource=read_resource,
         on_list_prompts=list_prompts,
         on_get_prompt=get_prompt,
+        on_completion=complete,
         # The SDK checks Mcp-Param-* headers of 2026-07-28 calls against the tool's schema; without this lookup
         # it would run the whole tools/list handler on every call to find one schema.
         get_tool_input_schema=lambda name: tool_of(op).input_schema if (op := registry.get(name)) else None,

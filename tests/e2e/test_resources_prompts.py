@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+from mcp import types
 from mcp.shared.exceptions import MCPError
 
 from application import identity
@@ -165,3 +166,41 @@ async def test_prompts_are_listed_and_fetched(server, make_org, db):
         with pytest.raises(MCPError) as denied:
             await client.get_prompt("duplicate_cleanup", {})
         assert "clients:delete" in str(denied.value)
+
+
+async def test_prompt_arguments_and_resource_ids_are_completed_from_what_the_token_may_read(server, make_org, db):
+    """completion/complete: a client fills a prompt's `client` argument or a resource template's {id} as a person
+    types, from the caller's own data; a token without deals:read gets no deal suggestions."""
+    org = make_org("Completion")
+    async with mcp_client(server.mcp_url, org.token) as client:
+        acme = await call(client, "crm_clients_create_lead", {"business_name": "ACME Logistica Srl"})
+        await call(client, "crm_clients_create_lead", {"business_name": "Bianchi Impianti"})
+        deal = await call(client, "crm_deals_create", {"title": "Magazzino automatico", "client_id": acme["id"],
+                                                       "value": "1000"})
+        onboarding = types.PromptReference(type="ref/prompt", name="customer_onboarding")
+        named = await client.complete(onboarding, {"name": "client", "value": "acme"})
+        assert named.completion.values == ["ACME Logistica Srl"]
+        assert set((await client.complete(onboarding, {"name": "client", "value": ""})).completion.values) >= {
+            "ACME Logistica Srl", "Bianchi Impianti"}
+        assert (await client.complete(onboarding, {"name": "deal", "value": "magaz"})).completion.values == [
+            "Magazzino automatico"]
+        report = types.PromptReference(type="ref/prompt", name="monthly_won_deals_report")
+        months = (await client.complete(report, {"name": "month", "value": ""})).completion.values
+        assert len(months) == 20 and all(re.fullmatch(r"\d{4}-\d{2}", m) for m in months)
+        cleanup = types.PromptReference(type="ref/prompt", name="duplicate_cleanup")
+        assert (await client.complete(cleanup, {"name": "match", "value": "e"})).completion.values == ["email"]
+        clients = types.ResourceTemplateReference(type="ref/resource", uri="flusia://clients/{id}")
+        assert (await client.complete(clients, {"name": "id", "value": "ACME"})).completion.values == [acme["id"]]
+        deals = types.ResourceTemplateReference(type="ref/resource", uri="flusia://deals/{id}")
+        assert (await client.complete(deals, {"name": "id", "value": deal["id"][:4]})).completion.values == [deal["id"]]
+        with pytest.raises(MCPError):
+            await client.complete(types.ResourceTemplateReference(type="ref/resource", uri="flusia://nope/{id}"),
+                                  {"name": "id", "value": ""})
+
+    reader, _ = identity.create_token(db, org.organization_id, org.user_id, {"clients": "r"})
+    async with mcp_client(server.mcp_url, reader) as client:
+        assert (await client.complete(deals, {"name": "id", "value": ""})).completion.values == []
+        assert (await client.complete(clients, {"name": "id", "value": "Bianchi"})).completion.values != []
+    other = make_org("CompletionOther")
+    async with mcp_client(server.mcp_url, other.token) as client:
+        assert (await client.complete(onboarding, {"name": "client", "value": "acme"})).completion.values == []
