@@ -299,7 +299,8 @@ class HistoryView:
 
 def history(conn: Any, org_id: UUID, entity: Entity, *, newest_first: bool, limit: int, cursor: str | None,
             with_values: bool, workflow_names: bool = True, name: str | None = None) -> HistoryView:
-    """One page of the entity's changes: time, event, who, tool, correlation id and (`with_values`) the fields
+    """One page of the entity's changes: time, event, who, tool, correlation id, W3C trace id (when the request
+    sent a traceparent) and (`with_values`) the fields
     that changed. States are replayed from the first event; only the page's ones are rendered."""
     after = _version_cursor(cursor, entity) if cursor else None
     versions = [r[2] for r in entity.records]
@@ -326,7 +327,8 @@ def history(conn: Any, org_id: UUID, entity: Entity, *, newest_first: bool, limi
             item: dict[str, Any] = {
                 "version": version, "notification_id": record[0], "at": event.timestamp,
                 "event": type(event).__name__, "by": actor(cause, names, workflow_names=workflow_names),
-                "tool": cause.get("tool"), "correlation_id": cause.get("correlation_id")}
+                "tool": cause.get("tool"), "correlation_id": cause.get("correlation_id"),
+                "trace_id": cause.get("trace_id")}
             if isinstance(event, TenantAggregate.Reinstated):
                 item["restored_to_version"] = event.to_version
             if with_values:

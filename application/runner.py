@@ -444,7 +444,7 @@ class ToolRunner:
                 "organization_id": principal.organization_id, "user_id": principal.user_id,
                 "token_id": principal.token_id, "oauth_client_id": principal.oauth_client_id,
                 "correlation_id": principal.correlation_id, "tool": op.name,
-                "workflow_run_id": principal.workflow_run_id,
+                "workflow_run_id": principal.workflow_run_id, "trace": principal.trace,
             }
             try:
                 recordings = self.store.save(*uow.pending, idempotency=idempotency, cause=cause,

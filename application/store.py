@@ -66,8 +66,9 @@ def append_statement(events: int, with_cause: bool, with_key: bool, side_writes:
         if with_cause:
             ctes.append(
                 "cause AS (INSERT INTO event_causes (first_notification_id, last_notification_id, organization_id,"
-                " user_id, token_id, oauth_client_id, correlation_id, tool, workflow_run_id)"
-                " SELECT min(notification_id), max(notification_id), %s, %s, %s, %s, %s, %s, %s FROM ins)"
+                " user_id, token_id, oauth_client_id, correlation_id, tool, workflow_run_id, trace_id, span_id,"
+                " parent_span_id)"
+                " SELECT min(notification_id), max(notification_id), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s FROM ins)"
             )
         tail = "SELECT notification_id, pg_notify('stored_events', '') FROM ins ORDER BY notification_id"
     else:
@@ -118,6 +119,8 @@ class FlusiaRecorder(PostgresApplicationRecorder):
             params += [cause["organization_id"], cause["user_id"], cause["token_id"], cause["oauth_client_id"],
                        cause["correlation_id"], cause["tool"],
                        cause.get("workflow_run_id")]  # the workflow run acting, if any (workflow_engine)
+            trace = cause.get("trace")  # the request's W3C trace context, if any (application/principal.py)
+            params += (trace.trace_id, trace.span_id, trace.parent_id) if trace is not None else (None, None, None)
         sql = append_statement(len(stored_events), cause is not None, key is not None,
                                tuple(side.sql for side in side_writes))
         # psycopg errors are mapped as eventsourcing's own recorder maps them (the service retries conflicts).

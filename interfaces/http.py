@@ -30,6 +30,7 @@ from interfaces.health import health_routes
 from interfaces.home import home_route
 from interfaces.list_cache import ToolListCache
 from interfaces.invite import invite_routes
+from interfaces.trace_context import follow as follow_trace
 from interfaces.tracking import tracking_routes
 from interfaces.whatsapp_webhook import whatsapp_routes
 
@@ -40,12 +41,13 @@ MAX_BODY = 4 * 1024 * 1024
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": "WWW-Authenticate, Mcp-Session-Id, Mcp-Protocol-Version",
+    "Access-Control-Expose-Headers": "WWW-Authenticate, Mcp-Session-Id, Mcp-Protocol-Version, traceresponse",
 }
 CORS_PREFLIGHT = {
     **CORS_HEADERS,
     "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Accept, Mcp-Protocol-Version, Mcp-Session-Id, Last-Event-ID",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Accept, Mcp-Protocol-Version, Mcp-Session-Id, Last-Event-ID, "
+                                    "traceparent, tracestate",
     "Access-Control-Max-Age": "600",
 }
 
@@ -226,6 +228,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
                 "the access token is missing, expired or revoked" if has_header else "authorization required",
             )
             return
+        principal, send = follow_trace(scope, principal, send)  # W3C traceparent: stored with the events' cause
         current_principal.set(principal)
         try:
             current_filter.set(_tool_filter(scope))

@@ -2,7 +2,7 @@
 (`settings_changes`): no read model of their own, so nothing to rebuild and nothing a restore can miss.
 
 - `entity_events`: every stored event of one entity, each with the cause row of the command that recorded it
-  (user, API token, OAuth client, workflow run, tool, correlation id, time);
+  (user, API token, OAuth client, workflow run, tool, correlation id, the request's W3C trace id, time);
 - `changes_page`: an organization's changes, newest first, events and settings changes merged into one feed,
   paged by a keyset cursor on (time, source, sequence) so that each page is a few index probes however long the
   history (`event_causes (organization_id, recorded_at)` and its user and tool variants, migration 0060; the
@@ -38,12 +38,12 @@ def entity_events(conn: Any, entity_id: UUID) -> list[tuple[Any, ...]]:
 
 
 def causes_of(conn: Any, org_id: UUID, notification_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """The cause row (who, tool, correlation id, time) of each of these events of the organization."""
+    """The cause row (who, tool, correlation id, W3C trace id, time) of each of these events of the organization."""
     if not notification_ids:
         return {}
     rows = conn.execute(
         "SELECT n.id AS notification_id, c.recorded_at, c.user_id, c.token_id, c.oauth_client_id, c.correlation_id,"
-        " c.tool, c.workflow_run_id FROM unnest(%s::bigint[]) AS n(id)"
+        " c.tool, c.workflow_run_id, c.trace_id FROM unnest(%s::bigint[]) AS n(id)"
         " CROSS JOIN LATERAL (SELECT * FROM event_causes WHERE first_notification_id <= n.id"
         "   ORDER BY first_notification_id DESC LIMIT 1) c"
         " WHERE c.last_notification_id >= n.id AND c.organization_id = %s", (notification_ids, org_id)).fetchall()
@@ -130,7 +130,7 @@ def _event_rows(conn: Any, org_id: UUID, f: FeedFilter, after: tuple[datetime, i
         where.append("(c.recorded_at, %(events)s, e.notification_id) < (%(at)s, %(source)s, %(seq)s)")
         params.update(at=after[0], events=EVENTS, source=after[1], seq=after[2])
     columns = ("c.recorded_at AS at, e.notification_id AS seq, e.originator_id, e.originator_version, e.topic,"
-               " c.user_id, c.token_id, c.oauth_client_id, c.correlation_id, c.tool, c.workflow_run_id")
+               " c.user_id, c.token_id, c.oauth_client_id, c.correlation_id, c.tool, c.workflow_run_id, c.trace_id")
     order = " ORDER BY c.recorded_at DESC, e.notification_id DESC LIMIT %(limit)s"
     # Each cause row's events by position (OFFSET 0 keeps the planner walking the causes newest first and probing
     # the events of each, instead of guessing a filter on topics selective and scanning the whole store).

@@ -52,6 +52,9 @@ class Actor(Struct, kw_only=True, omit_defaults=True):
     workflow_name: str | None = None
 
 
+TraceId = Annotated[str | None, Meta(description="The W3C trace id of the request, when it sent a traceparent.")]
+
+
 class FieldChange(Struct, kw_only=True, omit_defaults=True):
     field: str
     before: Any = None
@@ -67,6 +70,7 @@ class HistoryEntry(Struct, kw_only=True, omit_defaults=True):
     by: Actor | None = None
     tool: str | None = None
     correlation_id: UUID | None = None
+    trace_id: TraceId = None
     restored_to_version: int | None = None
     changes: list[FieldChange] = []
 
@@ -186,6 +190,7 @@ class Change(Struct, kw_only=True, omit_defaults=True):
     by: Actor | None = None
     tool: str | None = None
     correlation_id: UUID | None = None
+    trace_id: TraceId = None
     changes: list[FieldChange] = []
 
 
@@ -233,7 +238,7 @@ def recent_changes(q: RecentChanges, ctx: QueryContext) -> Changes:
     for r in rows:
         who = audit.actor(r, names, workflow_names=ctx.principal.can("workflows", "read"))
         common = {"at": r["at"], "by": msgspec.convert(who, Actor) if who else None, "tool": r["tool"],
-                  "correlation_id": r["correlation_id"]}
+                  "correlation_id": r["correlation_id"], "trace_id": r.get("trace_id")}
         if r["source"] == audit_q.EVENTS:
             owner, _, event = r["topic"].rpartition(".")
             kind = by_topic.get(owner)
