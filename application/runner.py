@@ -182,6 +182,8 @@ class ToolRunner:
         self.statement_timeout_ms = statement_timeout_ms
         # Without the async position feed (CLI, in-process tests), a writer brings projections up to date itself.
         self.sync_settle = settle
+        self.observe: Callable[[str, str, float], None] | None = None
+        """Told of every call (tool name or "<unknown>", status, seconds) after its log line: the server's metrics."""
 
     # -- entry point -------------------------------------------------------------------------------------
     async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
@@ -222,11 +224,11 @@ class ToolRunner:
             log.error("tool failed org=%s tool=%s error=%s", principal.organization_id, name, describe(e))
             raise ToolError("internal error; nothing was changed unless the result said so", code="internal_error") from None
         finally:
-            log.info(
-                "tool_call org=%s tool=%s duration_ms=%.1f status=%s",
-                principal.organization_id, name if self.registry.get(name) else "<unknown>",
-                (time.perf_counter() - started) * 1000, status,
-            )
+            tool, seconds = name if self.registry.get(name) else "<unknown>", time.perf_counter() - started
+            log.info("tool_call org=%s tool=%s duration_ms=%.1f status=%s", principal.organization_id, tool,
+                     seconds * 1000, status)
+            if self.observe is not None:
+                self.observe(tool, status, seconds)
 
     async def _call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
         op = self.registry.get(name)

@@ -215,36 +215,43 @@ def cmd_gdpr_erase(args: argparse.Namespace, url: str) -> None:
 
 
 def cmd_project(args: argparse.Namespace, url: str) -> None:
-    """Run the projector alone (scale-out): one active instance per projection across processes; the workflow
-    engine runs beside it (several processes share the runs, each run worked on by one at a time)."""
+    """Run the stream consumers alone (scale-out), serving no HTTP: the projector (every projection and the workflow
+    trigger consumer), the workflow engine, the newsletter sender and the invoice sync and WhatsApp workers. Any
+    number of `flusia project` and `flusia serve` processes may run on one database: each projection is applied by
+    one of them at a time, and a standby takes over within about a second of the active one dying."""
+    import signal
     import threading
-
-    import anyio
 
     from interfaces.runtime import Runtime
 
     migrate(url)
-    runtime = Runtime(url, pool_size=4, consistency="settle")
-    emit({"projector": "running", "projections": [p.name for p in runtime.projections], "workflow_engine": "running"})
+    runtime = Runtime(url, pool_size=8)
+    emit({"projector": "running", "projections": [p.name for p in runtime.projections], "workflow_engine": "running",
+          "consumers": ["newsletter", "invoice_sync", "whatsapp"]})
     sys.stdout.flush()
-    threading.Thread(target=anyio.run, args=(runtime.workflow_engine.run_forever,), name="workflow-engine",
-                     daemon=True).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        runtime.projector.run_forever(url)
-    except KeyboardInterrupt:
-        pass
+        runtime.run_consumers(stop)
     finally:
         runtime.close()
+
+
+def default_workers() -> int:
+    """API worker processes of `flusia serve` unless --workers says: FLUSIA_WORKERS, else the number of cores."""
+    import os
+
+    return int(os.environ.get("FLUSIA_WORKERS") or 0) or os.cpu_count() or 1
 
 
 def cmd_serve(args: argparse.Namespace, url: str) -> None:
     import os
 
-    import uvicorn
-
-    from interfaces.http import create_app
+    workers = args.workers if args.workers is not None else default_workers()
+    if workers < 1:
+        fail("--workers: at least 1 API worker process")
     from interfaces.public_url import LISTEN_URL_ENV, PUBLIC_URL_ENV, PublicUrls, listen_url, normalize_public_url
-    from interfaces.runtime import Runtime
 
     # OAuth metadata, token audiences and 401 challenges name FLUSIA_PUBLIC_URL (--public-url sets it), else this
     # listening address; never a request's Host header.
@@ -279,14 +286,65 @@ def cmd_serve(args: argparse.Namespace, url: str) -> None:
                 f"MCP endpoint: {urls.configured or urls.listen}/mcp  (Authorization: Bearer <token>, or OAuth)\n",
                 flush=True,
             )
-    runtime = Runtime(url)
-    app = create_app(runtime)
+    with connect(url) as conn:  # the server key, created once here rather than raced for by the workers
+        from application import secrets as server_secrets
+
+        server_secrets.server_key(conn)
+    # proxy_headers off: X-Forwarded-* count only from FLUSIA_TRUSTED_PROXIES (interfaces/public_url.py)
+    options = dict(host=args.host, port=args.port, log_level="info", access_log=False, loop="uvloop", http="httptools",
+                   proxy_headers=False, log_config=None)  # our handler: see interfaces/logs.py
+    if workers == 1:  # one process: the API and the consumers, which wake its waiting writers directly
+        import uvicorn
+
+        from interfaces.http import create_app
+        from interfaces.runtime import Runtime
+
+        runtime = Runtime(url)
+        app = create_app(runtime)
+        try:
+            uvicorn.run(app, **options)
+        finally:
+            runtime.close()
+        return
+    serve_workers(url, workers, options, verbose=getattr(args, "verbose", False))
+
+
+def serve_workers(url: str, workers: int, options: dict[str, Any], *, verbose: bool) -> None:
+    """`serve --workers N`: uvicorn's supervisor starts N API worker processes (interfaces/workers.py, each with its
+    own Runtime, no consumers) and replaces any that dies; this process runs the stream consumers beside it
+    (Runtime.run_consumers in a thread). Metrics of every process go to a directory made here and removed at the end
+    (prometheus_client's multiprocess mode), so /metrics on any worker answers the sums."""
+    import os
+    import shutil
+    import tempfile
+    import threading
+
+    import uvicorn
+
+    from interfaces import workers as worker_app
+
+    metrics_dir = tempfile.mkdtemp(prefix="flusia-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before prometheus_client is imported here or in a worker
+    os.environ[worker_app.DATABASE_URL_ENV] = url
+    os.environ[worker_app.VERBOSE_ENV] = "1" if verbose else ""
     try:
-        # proxy_headers off: X-Forwarded-* count only from FLUSIA_TRUSTED_PROXIES (interfaces/public_url.py)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, loop="uvloop",
-                    http="httptools", proxy_headers=False, log_config=None)  # our handler: see interfaces/logs.py
+        from interfaces.runtime import Runtime
+
+        runtime = Runtime(url, pool_size=8)
+        stop = threading.Event()
+        consumers = threading.Thread(target=runtime.run_consumers, args=(stop,), name="consumers", daemon=True)
+        consumers.start()
+        try:
+            # A worker is replaced when it dies or stops answering the supervisor's pings for 30 s (not 5: a busy
+            # 2-core machine can starve a starting worker that long); until one has started, connections are refused.
+            uvicorn.run("interfaces.workers:create_worker_app", factory=True, workers=workers,
+                        timeout_worker_healthcheck=30, **options)
+        finally:
+            stop.set()
+            consumers.join(timeout=30)
+            runtime.close()
     finally:
-        runtime.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 # -- audit and replay (issue 11) --------------------------------------------------------------------------
@@ -408,14 +466,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--public-url", metavar="URL",
                    help="the URL clients reach this server at (sets FLUSIA_PUBLIC_URL; default: the listening address)")
-    s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as flusia --verbose")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="API worker processes (default: FLUSIA_WORKERS, else the number of cores); with more than one, "
+                        "this process runs the stream consumers and supervises the workers")
     s.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=cmd_migrate)
     tl = sub.add_parser("tools", help="the tool inventory (JSON), or with --markdown the README's table of tool groups")
     tl.add_argument("--markdown", action="store_true")
     tl.set_defaults(func=cmd_tools, needs_database=False)
-    sub.add_parser("project", help="run the projector and the workflow engine alone (scale-out)").set_defaults(
+    sub.add_parser("project", help="run the stream consumers alone, no HTTP (projector, workflow engine, newsletter, "
+                                   "invoice sync and WhatsApp workers; one active per consumer)").set_defaults(
         func=cmd_project)
 
     org = sub.add_parser("org", help="organizations").add_subparsers(dest="org_command", required=True)

@@ -29,6 +29,7 @@ from interfaces.attachments import download_route
 from interfaces.health import health_routes
 from interfaces.home import home_route
 from interfaces.list_cache import ToolListCache
+from interfaces.metrics import auth_failure, metrics_route
 from interfaces.invite import invite_routes
 from interfaces.trace_context import follow as follow_trace
 from interfaces.tracking import tracking_routes
@@ -223,6 +224,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
         principal = await auth(scope)
         if principal is None:
             has_header = any(k.lower() == b"authorization" for k, _ in scope.get("headers", []))
+            auth_failure("invalid_token" if has_header else "missing_token")
             await send_unauthorized(
                 send, base, "invalid_token" if has_header else "invalid_request",
                 "the access token is missing, expired or revoked" if has_header else "authorization required",
@@ -268,6 +270,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
         token's permissions; without one, the same 401 challenge as /mcp (an OAuth client can sign in)."""
         principal = await auth(request.scope)
         if principal is None:
+            auth_failure("invalid_token" if request.headers.get("authorization") else "missing_token")
             return Response({"error": "invalid_request", "error_description": "authorization required"}, status_code=401,
                             headers={"WWW-Authenticate": challenge(urls.base(request.scope), "invalid_request",
                                                                   "authorization required")})
@@ -288,7 +291,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     app = Litestar(
         [mcp_endpoint, protected_resource, protected_resource_mcp, citation, home_route(urls), *health_routes,
          *oauth_routes(runtime, auth, urls),
-         download_route, *tracking_routes, *invite_routes(runtime), *whatsapp_routes],
+         download_route, *tracking_routes, *invite_routes(runtime), *whatsapp_routes, metrics_route(runtime, urls)],
         lifespan=[lifespan],
         debug=False,
         logging_config=None,  # our handler (interfaces/logs.py): value-free tracebacks, written at once

@@ -10,12 +10,22 @@ every toolset, and the tool runner.
 
 Tool calls and the projector use separate pools: every tool's database work runs under a statement timeout
 (FLUSIA_STATEMENT_TIMEOUT_MS, default 5000), which must never stop a projection batch or a rebuild.
+
+Consumers of the event stream and their queues (the projector with every projection and the workflow trigger
+consumer, the workflow engine, the newsletter sender, the invoice sync and WhatsApp workers) run where `start` is
+asked to run them: in `flusia serve` with one worker, in the parent process of `flusia serve --workers N` (its API
+workers run none: `start(run_projector=False)`), and alone in `flusia project` (`run_consumers`). Any number of
+such processes may share a database: each projection is applied by one process at a time (an advisory lock per
+projection, a standby retrying every second), the newsletter sender and the WhatsApp inbox drain hold a lock of
+their own, and workflow runs and invoice sync items are claimed one by one (row and advisory locks). A process
+that dies loses its session and so its locks at once; a standby takes over at its next attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from typing import Literal
 
 from psycopg.rows import dict_row
@@ -72,6 +82,13 @@ class Runtime:
         """Drains the invoice sync queue; started with the server. Tests and benchmarks call `run_pending()`."""
         self.whatsapp = WhatsappWorker(database_url, self.store)
         """Applies WhatsApp webhook deliveries in order; started with the server. Tests call `run_pending()`."""
+        self._consumers = False
+        from interfaces import metrics
+
+        self.runner.observe = metrics.observe_tool_call
+        self.pool_metrics = metrics.PoolSampler(lambda: {
+            "tools": self.pool, "projector": self.projector_pool,
+            "workflows": self.workflow_engine._pool})  # noqa: SLF001 - opened on first use
 
     def projection(self, name: str):
         for p in self.projections:
@@ -84,9 +101,11 @@ class Runtime:
         for p in self.projections:
             self.projector.catch_up(p)
 
-    async def start(self, *, run_projector: bool = True, run_workflows: bool | None = None) -> None:
+    async def start(self, *, run_projector: bool = True, run_workflows: bool | None = None,
+                    run_consumers: bool | None = None) -> None:
         """On the server's event loop: follow positions and parked events, and run the projector thread; the
-        workflow engine runs where the projector does (FLUSIA_WORKFLOW_ENGINE=0 keeps it off in this process)."""
+        workflow engine runs where the projector does (FLUSIA_WORKFLOW_ENGINE=0 keeps it off in this process), and
+        so do the newsletter sender and the invoice sync and WhatsApp workers unless `run_consumers` says."""
         if self.positions is not None:
             await self.positions.start()
             self.projector.listener = self.positions
@@ -96,12 +115,16 @@ class Runtime:
             run_workflows = run_projector and os.environ.get("FLUSIA_WORKFLOW_ENGINE", "1") != "0"
         if run_workflows:
             self._engine_task = asyncio.create_task(self.workflow_engine.run_forever(), name="workflow-engine")
-        self.newsletter.start()
+        self._consumers = run_projector if run_consumers is None else run_consumers
+        if self._consumers:
+            self.newsletter.start()
         import anyio
 
         await anyio.to_thread.run_sync(self._secret_key)  # generated into $FLUSIA_HOME on first start when unset
-        self.invoice_sync.start()
-        self.whatsapp.start()
+        if self._consumers:
+            self.invoice_sync.start()
+            self.whatsapp.start()
+        self.pool_metrics.start()
 
     async def stop(self) -> None:
         import anyio
@@ -120,6 +143,24 @@ class Runtime:
         if self.positions is not None:
             await self.positions.stop()
         self.projector.stop()
+        await anyio.to_thread.run_sync(self.pool_metrics.stop)
+
+    def run_consumers(self, stop: threading.Event) -> None:
+        """Every stream consumer and queue worker of this process, until `stop` is set (`flusia project`, and the
+        parent of `flusia serve --workers N`): an event loop of its own in the calling thread, following positions
+        so that the workflow engine's writes wait for the read models like any tool call."""
+        import anyio
+
+        async def consume() -> None:
+            await self.start(run_projector=True, run_consumers=True)
+            try:
+                while not stop.is_set():
+                    await anyio.sleep(0.2)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.stop()
+
+        anyio.run(consume)
 
     def _secret_key(self) -> None:
         """The key organization secrets are encrypted with (application/secrets.py)."""

@@ -81,6 +81,9 @@ ON CONFLICT (consumer, organization_id) DO UPDATE SET
 """
 FIRST_RETRY_SECONDS = 2.0
 """Back-off of a parked event: 2 s, then doubling per attempt up to about an hour."""
+LOCK_RETRY_SECONDS = 1.0
+"""How often a standby tries the advisory locks of projections another process applies: it takes over about this
+long after that process dies (its session ends, and its locks with it)."""
 
 
 def advisory_key(name: str) -> int:
@@ -494,7 +497,7 @@ class Projector:
                         if len(owned) < len(self.projections) and time.monotonic() >= next_lock_attempt:
                             for p in self._take_locks(listen, owned):
                                 self.catch_up(p)
-                            next_lock_attempt = time.monotonic() + 5.0
+                            next_lock_attempt = time.monotonic() + LOCK_RETRY_SECONDS
                         head = listen.execute("SELECT coalesce(max(notification_id), 0) FROM stored_events").fetchone()[0]
                         if head > seen:
                             self._follow(listen, owned, seen, head)
@@ -517,11 +520,12 @@ class Projector:
                 self.retry_parked(p)
 
     def _take_locks(self, listen: psycopg.Connection, owned: list[Projection]) -> list[Projection]:
-        acquired = []
-        for p in self.projections:
-            if p not in owned and listen.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(p.name),)).fetchone()[0]:
-                owned.append(p)
-                acquired.append(p)
+        """Try every projection's lock not held yet, in one round trip (a standby does this every second)."""
+        free = [p for p in self.projections if p not in owned]
+        got = listen.execute("SELECT array_agg(pg_try_advisory_lock(k) ORDER BY i) FROM unnest(%s::bigint[])"
+                             " WITH ORDINALITY AS t(k, i)", ([advisory_key(p.name) for p in free],)).fetchone()[0]
+        acquired = [p for p, ok in zip(free, got or [], strict=False) if ok]
+        owned.extend(acquired)
         return acquired
 
     def _follow(self, listen: psycopg.Connection, owned: list[Projection], seen: int, head: int) -> None:

@@ -20,6 +20,7 @@ from litestar.enums import MediaType
 from litestar.response import Response
 
 from application import oauth
+from interfaces.metrics import auth_failure
 from interfaces.oauth import cimd, pages
 from interfaces.oauth.store import OAuthStore
 from interfaces.public_url import PublicUrls
@@ -70,6 +71,8 @@ def _html(body: str, status: int = 200, cookies: list[Cookie] | None = None,
 
 
 def _json_error(error: str, description: str, status: int = 400, headers: dict[str, str] | None = None) -> Response[Any]:
+    if error in ("invalid_client", "invalid_grant"):
+        auth_failure(error)
     return Response({"error": error, "error_description": description}, status_code=status,
                     headers={**NO_STORE, **(headers or {})})
 
@@ -272,6 +275,7 @@ def oauth_routes(runtime: Any, auth: Any, urls: PublicUrls | None = None) -> lis
             matched = await anyio.to_thread.run_sync(oauth.matching_candidates, candidates, password,
                                                      limiter=hash_limiter)
         if not matched:
+            auth_failure("login")
             return await login_form(request, base, authz, error="Incorrect e-mail or password.", email=email,
                                     status=401)
         await db(store.login_succeeded, buckets)
