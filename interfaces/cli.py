@@ -469,6 +469,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, metavar="N",
                    help="API worker processes (default: FLUSIA_WORKERS, else the number of cores); with more than one, "
                         "this process runs the stream consumers and supervises the workers")
+    s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as flusia --verbose")
     s.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=cmd_migrate)
