@@ -210,9 +210,9 @@ def local_request(scope: Any, urls: Any) -> bool:
             return False
     except ValueError:
         return False
-    peer = (scope.get("client") or ("",))[0]
     forwarded = any(k.lower() in FORWARDING_HEADERS for k, _ in scope.get("headers", []))
-    return not forwarded or client != peer
+    # forwarded: local only when the connection comes from a trusted proxy (client_address then followed the header)
+    return not forwarded or urls._is_trusted(urls._peer(scope))  # noqa: SLF001
 
 
 def token_ok(scope: Any) -> bool | None:
