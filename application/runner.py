@@ -32,11 +32,12 @@ from application.errors import (InvalidArguments, PermissionDenied, ReadModelDeg
                                 UnknownTool)
 from application.principal import Principal
 from application.registry import Operation, Registry
-from application.store import EventStore, SideWrite
+from application.store import AppendOutcomeUnknown, EventStore, SideWrite
 from application.shapes import without_unreadable_labels
 from application.values import check_storable, check_text
 from domain.base import TenantAggregate
 from domain.errors import DomainError, NotFound
+from projections.db_connections import connection_lost
 
 log = logging.getLogger("flusia.tools")
 MAX_CONFLICT_RETRIES = 12
@@ -182,6 +183,7 @@ class ToolRunner:
         self.statement_timeout_ms = statement_timeout_ms
         # Without the async position feed (CLI, in-process tests), a writer brings projections up to date itself.
         self.sync_settle = settle
+        self._checked_at = -1e9
         self.observe: Callable[[str, str, float], None] | None = None
         """Told of every call (tool name or "<unknown>", status, seconds) after its log line: the server's metrics."""
 
@@ -219,7 +221,23 @@ class ToolRunner:
             status = "busy"
             raise ToolError("the server is too busy to take this call now; nothing was changed. Try again shortly.",
                             code="busy") from None
+        except AppendOutcomeUnknown as e:
+            status = "unavailable"
+            log.error("tool lost its database connection while saving org=%s tool=%s error=%s",
+                      principal.organization_id, name, describe(e))
+            raise self._outcome_unknown(bool((arguments or {}).get("idempotency_key"))) from None
         except Exception as e:
+            if connection_lost(e):
+                status = "unavailable"
+                log.warning("tool lost its database connection org=%s tool=%s error=%s", principal.organization_id,
+                            name, describe(e))
+                await self._thread(self._check_connections)
+                op = self.registry.get(name)
+                raise ToolError(
+                    "the database connection was lost (the database may be restarting); nothing was changed. "
+                    "Try the call again in a moment.", code="unavailable",
+                    details={"retryable": True, **({"stored": False} if op and op.kind != "query" else {})},
+                ) from None
             status = "internal_error"
             log.error("tool failed org=%s tool=%s error=%s", principal.organization_id, name, describe(e))
             raise ToolError("internal error; nothing was changed unless the result said so", code="internal_error") from None
@@ -229,6 +247,29 @@ class ToolRunner:
                      seconds * 1000, status)
             if self.observe is not None:
                 self.observe(tool, status, seconds)
+
+    @staticmethod
+    def _outcome_unknown(keyed: bool) -> ToolError:
+        again = ("Repeat the call with the same idempotency_key: if it was stored you get its original result, "
+                 "otherwise it is done now, once." if keyed else
+                 "This call had no idempotency_key: check whether the change is there before repeating it (a write "
+                 "with an idempotency_key can always be repeated safely).")
+        return ToolError("the database connection was lost while your change was being saved, and the database did "
+                         "not come back in time to tell whether it was stored. " + again, code="unavailable",
+                         details={"retryable": True, "stored": "unknown"})
+
+    def _check_connections(self) -> None:
+        """After a lost connection (PostgreSQL restarted): replace every pooled connection that no longer works at
+        once, rather than letting each of the next calls meet one. At most once a second."""
+        now = time.monotonic()
+        if now - self._checked_at < 1.0:
+            return
+        self._checked_at = now
+        for check in (self.pool.check, self.store.check_connections):
+            try:
+                check()
+            except Exception as e:  # the database may still be down; the pools reconnect by themselves
+                log.info("checking pooled connections failed error=%s", type(e).__name__)
 
     async def _call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
         op = self.registry.get(name)
@@ -255,7 +296,14 @@ class ToolRunner:
         if op.meta:
             return await op.handler(params, self, principal)
         if op.kind == "query":
-            out = await self._cancellable(self.run_query, op, params, principal)
+            try:
+                out = await self._cancellable(self.run_query, op, params, principal)
+            except Exception as e:
+                if not connection_lost(e) or isinstance(e, PoolTimeout):
+                    raise
+                # A read that met a stale connection (PostgreSQL restarted since it was pooled): once more, afresh.
+                await self._thread(self._check_connections)
+                out = await self._cancellable(self.run_query, op, params, principal)
         elif confirm is not None and confirm.preview:
             out = await self._thread(self.preview_command, op, params, principal)
         else:
@@ -366,7 +414,12 @@ class ToolRunner:
         within WRITE_WAIT_SECONDS, or reading it fails, the error says it WAS stored, with the ids."""
         done = await self._thread(self.run_command, op, params, principal, confirmation_token)
         if done.targets:
-            state = await self._settle(done.targets, principal.organization_id)
+            try:
+                state = await self._settle(done.targets, principal.organization_id)
+            except Exception as e:  # stored: whatever fails now must not read as "nothing changed"
+                log.error("waiting for the read models failed org=%s tool=%s error=%s", principal.organization_id,
+                          op.name, type(e).__name__)
+                state = "unreadable"
             if state != "ok":
                 raise self._stored_but(done, state, principal.organization_id)
         if op.present is None:

@@ -6,13 +6,16 @@ same transaction as the events: a retried command appends nothing, and every eve
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from secrets import token_bytes
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 from eventsourcing.application import Application
@@ -24,6 +27,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from application import personal_data
+from projections.db_connections import connection_lost, heal
 
 
 class DateAsISO(Transcoding):
@@ -76,6 +80,16 @@ def append_statement(events: int, with_cause: bool, with_key: bool, side_writes:
     return "WITH " + ",\n".join(ctes) + "\n" + tail
 
 
+class AppendOutcomeUnknown(OperationalError):
+    """The connection broke while an append was running and the database could not be asked in time whether it
+    committed: the events may or may not be stored. A repeat with the same idempotency key settles it."""
+
+
+RESOLVE_SECONDS = 8.0
+"""How long an append whose connection broke waits for the database to say whether it committed (a restart of
+PostgreSQL takes a second or two) before answering that its outcome is unknown."""
+
+
 @dataclass(frozen=True)
 class SideWrite:
     """SQL (INSERT/UPDATE/DELETE, no RETURNING) committed in the same statement as a command's events."""
@@ -96,11 +110,16 @@ class FlusiaRecorder(PostgresApplicationRecorder):
         super().__init__(datastore)
         self._conninfo = conninfo
         self._append_conn: psycopg.Connection | None = None
+        self._session: tuple[int, Any] = (0, None)
         self._append_lock = threading.Lock()
 
     def _connection(self) -> psycopg.Connection:
         if self._append_conn is None or self._append_conn.closed or self._append_conn.broken:
-            self._append_conn = psycopg.connect(self._conninfo, autocommit=True, row_factory=tuple_row)
+            conn = psycopg.connect(self._conninfo, autocommit=True, row_factory=tuple_row, connect_timeout=5)
+            # The session's identity, to know for sure when it is over should the connection break mid-append.
+            self._session = conn.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+            self._append_conn = conn
         return self._append_conn
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
@@ -126,13 +145,77 @@ class FlusiaRecorder(PostgresApplicationRecorder):
         # psycopg errors are mapped as eventsourcing's own recorder maps them (the service retries conflicts).
         # A failed append is not retried here: it may have committed before the connection broke.
         with self._append_lock:
+            sending = False
             try:
-                rows = self._connection().execute(sql, params, prepare=True).fetchall()
+                conn = self._connection()
+                sending = True
+                rows = conn.execute(sql, params, prepare=True).fetchall()
             except psycopg.IntegrityError as e:
                 raise IntegrityError(str(e)) from e
             except psycopg.OperationalError as e:
-                raise OperationalError(str(e)) from e
+                if not sending or not connection_lost(e):  # never sent, or refused by the server: nothing stored
+                    raise OperationalError(str(e)) from e
+                rows = self._after_lost_append(e, stored_events, key, sql, params)
         return [row[0] for row in rows]
+
+    def _after_lost_append(self, error: Exception, stored_events: Sequence[StoredEvent], key: dict[str, Any] | None,
+                           sql: str, params: list[Any]) -> list[Any]:
+        """The connection broke during the append (a restart or crash of PostgreSQL, a killed session): it may have
+        committed or not. Once the old session is over (ended here if it lingers), the database says which: the
+        first event, byte for byte, or else the idempotency key, is stored or not. If it is, the append's rows are
+        answered as if nothing had happened; if not, the append is done now on a new connection (it cannot have
+        half-happened: one statement). When the database does not answer within RESOLVE_SECONDS,
+        AppendOutcomeUnknown."""
+        old_pid, old_start = self._session
+        self._append_conn.close()  # type: ignore[union-attr]
+        self._append_conn = None
+        deadline = time.monotonic() + RESOLVE_SECONDS
+        last: Exception = error
+        while time.monotonic() < deadline:
+            try:
+                conn = self._connection()
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s"
+                             " AND backend_start = %s", (old_pid, old_start))
+                while conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND backend_start = %s",
+                                   (old_pid, old_start)).fetchone() is not None:
+                    if time.monotonic() > deadline:
+                        raise AppendOutcomeUnknown(f"the broken append's session {old_pid} did not end") from error
+                    time.sleep(0.02)
+                if stored_events:
+                    first = stored_events[0]
+                    found = conn.execute(
+                        "SELECT 1 FROM stored_events WHERE originator_id = %s AND originator_version = %s"
+                        " AND state = %s", (first.originator_id, first.originator_version, first.state)).fetchone()
+                elif key is not None:
+                    found = conn.execute(
+                        "SELECT 1 FROM idempotency_keys WHERE organization_id = %s AND key = %s AND request_hash = %s",
+                        (key["organization_id"], key["key"], key["request_hash"])).fetchone()
+                else:
+                    raise AppendOutcomeUnknown("nothing to look for: no events and no idempotency key") from error
+                if found is None:  # not stored: do it now (should this break too, this session is the one to ask)
+                    old_pid, old_start = self._session
+                    return conn.execute(sql, params, prepare=True).fetchall()
+                if not stored_events:
+                    return []
+                ids = conn.execute(
+                    "SELECT e.notification_id FROM stored_events e JOIN unnest(%s::uuid[], %s::bigint[]) AS k(id, v)"
+                    " ON e.originator_id = k.id AND e.originator_version = k.v ORDER BY e.notification_id",
+                    ([e.originator_id for e in stored_events], [e.originator_version for e in stored_events])
+                ).fetchall()
+                return ids
+            except psycopg.IntegrityError as e:  # the retried append met a concurrent writer: an ordinary conflict
+                raise IntegrityError(str(e)) from e
+            except AppendOutcomeUnknown:
+                raise
+            except psycopg.OperationalError as e:
+                if not connection_lost(e):
+                    raise OperationalError(str(e)) from e
+                last = e
+                if self._append_conn is not None:
+                    self._append_conn.close()
+                    self._append_conn = None
+                time.sleep(0.1)
+        raise AppendOutcomeUnknown(f"the database did not answer within {RESOLVE_SECONDS:g} s") from last
 
     def close(self) -> None:
         with self._append_lock:
@@ -160,6 +243,39 @@ def postgres_env(database_url: str, *, create_table: bool = False, pool_size: in
     }
 
 
+NEW_KEY = "INSERT INTO personal_data_keys (id, organization_id, subject_id, sealed_key) VALUES (%s, %s, %s, %s)"
+
+
+class _NewSubjectKeys:
+    """The key ring as `personal_data.keys_for` sees it during one save. A subject created by this very save (its
+    aggregate's first event is among the events: a new lead) cannot have a key yet, so its key is made here and its
+    row is inserted by the append statement itself, a side write: a new lead is one commit, not a key transaction
+    and then the append (measured: the key's own transaction was about half of a create_lead's command). Without
+    ON CONFLICT: were the row refused, the events sealed with it would be refused with it. Every other subject's
+    key is the key ring's (looked up, created on first use)."""
+
+    def __init__(self, keyring: personal_data.KeyRing, created: set[UUID]) -> None:
+        self.keyring = keyring
+        self.created = created
+        self.side_writes: list[SideWrite] = []
+
+    def active_key(self, org_id: UUID, subject_id: UUID) -> tuple[UUID, bytes]:
+        if subject_id not in self.created:
+            return self.keyring.active_key(org_id, subject_id)
+        key_id, key = uuid4(), token_bytes(32)
+        sealed_key = personal_data.sealed.encrypt(self._server_key(), base64.urlsafe_b64encode(key).decode(),
+                                                  context=personal_data._context(org_id, subject_id, key_id))
+        self.side_writes.append(SideWrite(NEW_KEY, (key_id, org_id, subject_id, sealed_key)))
+        return key_id, key
+
+    def _server_key(self) -> bytes:
+        try:
+            return personal_data.sealed.server_key()
+        except personal_data.sealed.SecretUnavailable:  # the key lives in the database (no file, no environment)
+            with self.keyring.datastore.transaction(commit=True) as cur:
+                return personal_data.sealed.server_key(cur)
+
+
 class EventStore(Application[UUID]):
     """All aggregates of all organizations; org_id lives inside every aggregate."""
 
@@ -168,6 +284,7 @@ class EventStore(Application[UUID]):
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         super().__init__(env=postgres_env(database_url))
+        heal(self.factory.datastore.pool)  # type: ignore[attr-defined]  # no stale connection after a restart
 
     def construct_env(self, name: str, env: Any = None):
         # Only our own settings: the process environment must not reconfigure the store behind our back.
@@ -191,7 +308,11 @@ class EventStore(Application[UUID]):
         The library's save() also takes bare events, takes snapshots and notifies in-process followers; none of
         that is used here, and its runtime Protocol checks measured a tenth of a millisecond per command."""
         events = [event for aggregate in aggregates for event in aggregate.collect_events()]
-        keys = personal_data.keys_for(self.keyring, aggregates, events)
+        created = {e.originator_id for e in events if e.originator_version == 1}
+        ring = _NewSubjectKeys(self.keyring, created) if created else self.keyring
+        keys = personal_data.keys_for(ring, aggregates, events)  # type: ignore[arg-type]
+        if created and ring.side_writes:  # type: ignore[union-attr]
+            kwargs["side_writes"] = [*(kwargs.get("side_writes") or ()), *ring.side_writes]  # type: ignore[union-attr]
         token = personal_data.sealing.set(keys) if keys else None
         try:
             recordings = self.events.put(events, **kwargs)
@@ -204,6 +325,11 @@ class EventStore(Application[UUID]):
 
     def construct_recorder(self) -> ApplicationRecorder:
         return FlusiaRecorder(self.factory.datastore, conninfo=self.database_url)  # type: ignore[attr-defined]
+
+    def check_connections(self) -> None:
+        """After a lost connection: replace the pooled connections that no longer work (PostgreSQL restarted), so
+        that the next readers do not each meet one. The append connection replaces itself."""
+        self.factory.datastore.pool.check()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.keyring.close()

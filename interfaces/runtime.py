@@ -29,7 +29,6 @@ import threading
 from typing import Literal
 
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
 from application.inventory import registry
 from application.invoice_sync import InvoiceSyncWorker
@@ -38,6 +37,7 @@ from application.runner import ToolRunner
 from application.whatsapp_inbox import WhatsappWorker
 from application.workflow_engine import WorkflowEngine
 from application.store import EventStore
+from projections.db_connections import HealingPool
 from projections.inventory import all_projections
 from projections.positions import ProjectionPositions
 from projections.projector import Projector
@@ -54,17 +54,19 @@ class Runtime:
         self.database_url = database_url
         self.store = EventStore(database_url)
         timeout_ms = _int_env("FLUSIA_STATEMENT_TIMEOUT_MS", 5000)
-        self.pool = ConnectionPool(
+        # HealingPool: a pooled connection the server has closed (PostgreSQL restarted) is dropped, not handed out.
+        self.pool = HealingPool(
             database_url, min_size=2, max_size=pool_size, open=True, name="flusia", timeout=10,
             kwargs={"row_factory": dict_row, "autocommit": True, "options": f"-c statement_timeout={timeout_ms}"},
         )
-        self.projector_pool = ConnectionPool(
+        self.projector_pool = HealingPool(
             database_url, min_size=1, max_size=4, open=True, name="flusia-projector",
             kwargs={"row_factory": dict_row, "autocommit": True},
         )
         self.projections = all_projections()
         self.projector = Projector(self.store.mapper.to_domain_event, self.projector_pool, self.projections,
                                    channel=self.store.recorder.channel_name)
+        self.projector.check_connections = self.store.check_connections  # its decoder reads keys through the store
         self.registry = registry
         self.positions = ProjectionPositions(database_url) if consistency == "follow" else None
         # Writers wait for read models only: a consumer that is not rebuildable (the workflow triggers) is not one.
@@ -170,6 +172,7 @@ class Runtime:
             secrets.server_key(conn)
 
     def close(self) -> None:
+        self.pool_metrics.stop()
         self.newsletter.stop()
         self.invoice_sync.stop()
         self.whatsapp.stop()

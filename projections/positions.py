@@ -15,6 +15,7 @@ from uuid import UUID
 
 import psycopg
 
+from projections.db_connections import connection_lost
 from projections.projector import CHANNEL
 
 log = logging.getLogger("flusia.consistency")
@@ -78,9 +79,15 @@ class ProjectionPositions:
                         self._heard(note.payload)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("lost the projection position feed; reconnecting")
-                await asyncio.sleep(1.0)
+            except Exception as e:
+                # Writers waiting meanwhile answer at WRITE_WAIT_SECONDS that their change was stored; on reconnect
+                # the positions are read again, so none waits for an announcement lost in between.
+                if connection_lost(e):
+                    log.warning("lost the projection position feed error=%s; reconnecting", type(e).__name__)
+                    await asyncio.sleep(0.2)
+                else:
+                    log.exception("lost the projection position feed; reconnecting")
+                    await asyncio.sleep(1.0)
 
     def _heard(self, payload: str) -> None:
         if payload.startswith("park|"):

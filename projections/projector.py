@@ -38,6 +38,7 @@ from psycopg_pool import ConnectionPool
 
 from domain.base import TenantAggregate
 from projections.base import Projection, aggregate_of
+from projections.db_connections import connection_lost
 
 log = logging.getLogger("flusia.projector")
 CHANNEL = "flusia_projections"
@@ -132,6 +133,8 @@ class Projector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.listener: ConsumerListener | None = None
+        self.check_connections: Callable[[], None] | None = None
+        """Called after a lost connection, to replace stale pooled connections elsewhere (the decoder's key ring)."""
         for p in self.projections:
             p.reinstater = self.reinstate
         for p in self.projections:
@@ -163,8 +166,8 @@ class Projector:
         try:
             with conn.transaction():
                 return self._apply_batch(conn, projection, careful=False)
-        except Exception:
-            if conn.broken:
+        except Exception as e:
+            if conn.broken or connection_lost(e):
                 raise
         with conn.transaction():
             return self._apply_batch(conn, projection, careful=True)
@@ -220,7 +223,7 @@ class Projector:
             with conn.transaction():
                 projection.apply(cur, self.decode(n), n.id)
         except Exception as e:
-            if conn.broken:
+            if conn.broken or connection_lost(e):  # e.g. decoding lost its key ring's connection: not the event's
                 raise
             return e
         return None
@@ -507,10 +510,21 @@ class Projector:
                             next_retry_check = time.monotonic() + 1.0
                         for _ in listen.notifies(timeout=1.0, stop_after=1):
                             pass
-            except Exception:  # keep following after a lost connection; locks are re-taken on reconnect
-                log.exception("projector loop failed; retrying")
+            except Exception as e:  # keep following after a lost connection; locks are re-taken on reconnect
+                lost = connection_lost(e)
+                if lost:
+                    log.warning("projector lost its database connection error=%s; reconnecting", type(e).__name__)
+                else:
+                    log.exception("projector loop failed; retrying")
                 owned.clear()
-                self._stop.wait(1.0)
+                if lost:  # PostgreSQL restarted: every pooled connection is stale; replace them all now
+                    for check in (self.pool.check, self.check_connections):
+                        try:
+                            if check is not None:
+                                check()
+                        except Exception as error:
+                            log.info("checking pooled connections failed error=%s", type(error).__name__)
+                self._stop.wait(0.2 if lost else 1.0)
 
     def _retry_due(self, listen: psycopg.Connection, owned: list[Projection]) -> None:
         due = {r[0] for r in listen.execute(
