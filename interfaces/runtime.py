@@ -172,6 +172,7 @@ class Runtime:
             secrets.server_key(conn)
 
     def close(self) -> None:
+        self.pool_metrics.stop()
         self.newsletter.stop()
         self.invoice_sync.stop()
         self.whatsapp.stop()

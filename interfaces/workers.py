@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+import time
 
 from litestar import Litestar
 
@@ -31,4 +34,21 @@ def create_worker_app() -> Litestar:
     runtime = Runtime(os.environ[DATABASE_URL_ENV], pool_size=int(os.environ.get(POOL_SIZE_ENV) or 20))
     app = create_app(runtime, run_projector=False)  # no consumers here: see Runtime.start
     app.on_shutdown.append(runtime.close)
+    watch_parent()
     return app
+
+
+def watch_parent(every: float = 1.0) -> None:
+    """A worker whose `serve` process died (kill -9: nobody supervises it any more, and it would keep the port from a
+    new `serve`) shuts down gracefully, as on SIGTERM."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            if os.getppid() != parent:
+                logging.getLogger("flusia.workers").warning("the serve process is gone; this API worker stops")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="watch-serve", daemon=True).start()
