@@ -25,6 +25,7 @@ from interfaces.mcp_server import ToolFilter, build_server, current_filter, curr
 from interfaces.oauth import oauth_audience, oauth_routes
 from interfaces.public_url import PublicUrls, public_base_url  # noqa: F401 - public_base_url re-exported
 from interfaces.runtime import Runtime
+from projections.db_connections import connection_lost
 from interfaces.attachments import download_route
 from interfaces.health import health_routes
 from interfaces.home import home_route
@@ -128,7 +129,19 @@ class BearerAuth:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        return await anyio.to_thread.run_sync(self._resolve, token.strip(), limiter=self.runtime.runner.limiter)
+        try:
+            return await anyio.to_thread.run_sync(self._resolve, token.strip(), limiter=self.runtime.runner.limiter)
+        except Exception as e:
+            if connection_lost(e):  # PostgreSQL restarting: the client may try again, it is not refused
+                raise AuthUnavailable from None
+            raise
+
+
+class AuthUnavailable(Exception):
+    """The token could not be checked because the database is out of reach for now (503, Retry-After)."""
+
+    body = {"error": "unavailable", "error_description": "the database is out of reach for a moment; try again"}
+    headers = {"Retry-After": "1"}
 
 
 class GetStreams:
@@ -221,7 +234,11 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             await send_json(send, 403, {"error": "forbidden_origin", "error_description": refusal})
             return
         oauth_audience.set(f"{base}/mcp")
-        principal = await auth(scope)
+        try:
+            principal = await auth(scope)
+        except AuthUnavailable as e:
+            await send_json(send, 503, e.body, e.headers)
+            return
         if principal is None:
             has_header = any(k.lower() == b"authorization" for k, _ in scope.get("headers", []))
             auth_failure("invalid_token" if has_header else "missing_token")
@@ -268,7 +285,10 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     async def citation(request: Request[Any, Any, Any], kind: str, entity_id: str) -> Response[Any]:
         """A `search` result's url: with an authorised token, what `fetch` answers for it (JSON), within that
         token's permissions; without one, the same 401 challenge as /mcp (an OAuth client can sign in)."""
-        principal = await auth(request.scope)
+        try:
+            principal = await auth(request.scope)
+        except AuthUnavailable as e:
+            return Response(e.body, status_code=503, headers=e.headers)
         if principal is None:
             auth_failure("invalid_token" if request.headers.get("authorization") else "missing_token")
             return Response({"error": "invalid_request", "error_description": "authorization required"}, status_code=401,
