@@ -322,9 +322,13 @@ def serve_workers(url: str, workers: int, options: dict[str, Any], *, verbose: b
     import uvicorn
 
     from interfaces import workers as worker_app
+    from interfaces.slots import SLOTS_ENV
 
-    metrics_dir = tempfile.mkdtemp(prefix="flusia-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before prometheus_client is imported here or in a worker
+    run_dir = tempfile.mkdtemp(prefix="flusia-serve-")  # metrics of every process; limits shared by the workers
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(run_dir, "metrics")  # before prometheus_client is imported
+    os.environ[SLOTS_ENV] = os.path.join(run_dir, "slots")
+    for name in ("metrics", "slots"):
+        os.mkdir(os.path.join(run_dir, name))
     os.environ[worker_app.DATABASE_URL_ENV] = url
     os.environ[worker_app.VERBOSE_ENV] = "1" if verbose else ""
     try:
@@ -344,7 +348,7 @@ def serve_workers(url: str, workers: int, options: dict[str, Any], *, verbose: b
             consumers.join(timeout=30)
             runtime.close()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # -- audit and replay (issue 11) --------------------------------------------------------------------------

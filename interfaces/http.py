@@ -31,6 +31,7 @@ from interfaces.health import health_routes
 from interfaces.home import home_route
 from interfaces.list_cache import ToolListCache
 from interfaces.metrics import auth_failure, metrics_route
+from interfaces.slots import shared_slots
 from interfaces.invite import invite_routes
 from interfaces.trace_context import follow as follow_trace
 from interfaces.tracking import tracking_routes
@@ -153,11 +154,13 @@ class GetStreams:
         self.idle = max(1.0, float(os.environ.get("FLUSIA_MCP_STREAM_IDLE_SECONDS") or 60))
         self.per_token = max(1, int(os.environ.get("FLUSIA_MCP_STREAMS_PER_TOKEN") or 4))
         self.open: dict[str, int] = {}
+        self.shared = shared_slots(self.per_token)  # with several API workers: the limit holds across them
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, app: Any) -> None:
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
         key = hashlib.sha256(headers.get("authorization", b"")).hexdigest()
-        if self.open.get(key, 0) >= self.per_token:
+        release = self.shared.take(key) if self.shared is not None else None
+        if self.open.get(key, 0) >= self.per_token or (self.shared is not None and release is None):
             await send_json(send, 429, {"error": "too_many_streams", "error_description":
                                         f"at most {self.per_token} GET streams may be open per token"},
                             {"Retry-After": str(int(self.idle))})
@@ -183,6 +186,8 @@ class GetStreams:
             self.open[key] -= 1
             if not self.open[key]:
                 del self.open[key]
+            if release is not None:
+                release()
 
 
 async def cancelled_on_disconnect(app: Any, scope: Scope, receive: Receive, send: Send) -> None:

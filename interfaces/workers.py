@@ -5,7 +5,8 @@ and calls `create_worker_app`, which builds the worker's own Runtime (event stor
 feed) from the database URL `serve` resolved. Workers are stateless and run no stream consumer: the `serve`
 process runs those beside the supervisor (Runtime.run_consumers), each one active in one process at a time.
 A worker's writes wait for the read models through the position feed (LISTEN/NOTIFY), so a write through one
-worker is visible to a read through any other once its answer has come back.
+worker is visible to a read through any other once its answer has come back. What must hold across workers
+without the database, the limit of GET /mcp streams per token, uses file locks (interfaces/slots.py).
 """
 
 from __future__ import annotations
@@ -52,3 +53,4 @@ def watch_parent(every: float = 1.0) -> None:
                 return
 
     threading.Thread(target=watch, name="watch-serve", daemon=True).start()
+
