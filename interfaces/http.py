@@ -234,10 +234,6 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             await send_json(send, 204, None, {"Allow": "GET, POST, DELETE, OPTIONS", **CORS_PREFLIGHT})
             return
         send = with_cors(send)
-        refusal = urls.foreign_request(scope)  # DNS rebinding, another site's page (MCP: servers MUST check Origin)
-        if refusal is not None:
-            await send_json(send, 403, {"error": "forbidden_origin", "error_description": refusal})
-            return
         oauth_audience.set(f"{base}/mcp")
         try:
             principal = await auth(scope)
@@ -253,6 +249,12 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
             )
             return
         principal, send = follow_trace(scope, principal, send)  # W3C traceparent: stored with the events' cause
+        # DNS rebinding, another site's page (MCP: servers MUST check Origin). After the token check: a refused
+        # request learns nothing either way, and OAuth discovery (the 401 challenge) never depends on the Host.
+        refusal = urls.foreign_request(scope)
+        if refusal is not None:
+            await send_json(send, 403, {"error": "forbidden_origin", "error_description": refusal})
+            return
         current_principal.set(principal)
         try:
             current_filter.set(_tool_filter(scope))

@@ -266,7 +266,7 @@ async def test_browser_clients_get_cors_headers(server, make_org):
 
 async def test_pages_of_other_sites_and_rebound_host_names_are_refused(server, make_org):
     """DNS rebinding: a page on another site, or one whose name resolves to this machine, must not drive the server
-    through the user's browser (MCP: servers MUST validate Origin). The refusal comes before any token check."""
+    through the user's browser (MCP: servers MUST validate Origin). Without a token it is the usual 401 challenge."""
     org = make_org()
     headers = {**MCP_HEADERS, "Authorization": f"Bearer {org.token}", "MCP-Protocol-Version": "2025-11-25"}
     for bad in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Host": "evil.example"},
