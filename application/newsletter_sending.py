@@ -17,9 +17,14 @@ Settings (environment):
   says where the key comes from when it is not set).
 
 A campaign's recipients are written to `campaign_deliveries` in the same statement as the event that starts the
-sending (see `start_sending`). The sender claims a few queued rows (`claimed`), marks each `sending` right before its
-SMTP transaction, sends, and records `sent` with the Message-ID right after. A stopped sender finishes the
-messages it has in flight and claims no more, so a restart sends nobody twice and skips nobody. After a crash
+sending (see `start_sending`). The sender claims a few queued rows (`claimed`) and builds and signs their messages
+in one go off its event loop (the next batch while the current one is sent). For each message it opens the SMTP
+envelope (MAIL FROM, RCPT TO: nothing is delivered yet) while it records the row `sending`, sends the message (DATA)
+only once that is committed (an envelope whose row was cancelled meanwhile is reset), and records `sent` with the
+Message-ID right after, in the same statement as the next row's `sending`. Each connection is kept open for the
+following messages and opened again after a failure. A stopped sender finishes the messages it has in flight,
+puts the rows it claimed but did not start back in the queue and claims no more, so a restart sends nobody twice
+and skips nobody. After a crash
 (no clean stop) a row can be left `sending`: its message may or may not have left, so it is failed as
 `interrupted` rather than sent twice. Only one sender runs per database (advisory lock).
 """
@@ -143,7 +148,12 @@ SIGNED_HEADERS = ("from", "to", "subject", "date", "message-id", "reply-to", "mi
 
 
 def _relaxed_body(body: bytes) -> bytes:
-    lines = body.replace(b"\r\n", b"\n").split(b"\n")
+    text = body.replace(b"\r\n", b"\n")
+    if b"\t" not in text and b"  " not in text and b" \n" not in text and not text.endswith(b" "):
+        # already relaxed (the bodies we write: base64 lines and part headers): only the empty lines at the end go
+        text = text.rstrip(b"\n")
+        return text.replace(b"\n", b"\r\n") + b"\r\n" if text else b""
+    lines = text.split(b"\n")
     out = [_WSP.sub(b" ", line).rstrip(b" \t") for line in lines]
     while out and out[-1] == b"":
         out.pop()
@@ -428,14 +438,29 @@ def build_message(content: Content, recipient: dict[str, Any], delivery_id: UUID
 _worker_keys: dict[bytes, Any] = {}
 
 
-def build_in_worker(content: Content, recipient: dict[str, Any], delivery_id: UUID, secret: bytes,
-                    base: str | None) -> tuple[bytes, str]:
-    """`build_message` in a signer process: the key is loaded once per process and campaign key."""
-    digest = hashlib.sha256(content.private_pem).digest()
-    if digest not in _worker_keys:
-        _worker_keys[digest] = load_private_key(content.private_pem)
-    content.private_key = _worker_keys[digest]
-    return build_message(content, recipient, delivery_id, secret, base)
+def build_batch(jobs: list[tuple[Content, dict[str, Any]]], secret: bytes, base: str | None
+                ) -> list[tuple[bytes, str] | str]:
+    """The messages of a claimed batch, built and signed in one call off the sending loop (one hand-over per batch,
+    not per message); for a message that could not be built, why (no recipient data is in it)."""
+    out: list[tuple[bytes, str] | str] = []
+    for content, row in jobs:
+        try:
+            out.append(build_message(content, row, row["id"], secret, base))
+        except Exception as e:  # noqa: BLE001 - one message's bug must not lose the batch
+            out.append(describe(e))
+    return out
+
+
+def build_batch_in_worker(jobs: list[tuple[Content, dict[str, Any]]], secret: bytes, base: str | None
+                          ) -> list[tuple[bytes, str] | str]:
+    """`build_batch` in a signer process: each campaign key is loaded once per process."""
+    for content, _ in jobs:
+        if content.private_key is None:
+            digest = hashlib.sha256(content.private_pem).digest()
+            if digest not in _worker_keys:
+                _worker_keys[digest] = load_private_key(content.private_pem)
+            content.private_key = _worker_keys[digest]
+    return build_batch(jobs, secret, base)
 
 
 # -- the SMTP side ---------------------------------------------------------------------------------------------------
@@ -445,6 +470,29 @@ class Permanent(Exception):
 
 class Transient(Exception):
     """Try again later (4xx, connection lost, timeout)."""
+
+
+_PLAIN_MAILBOX = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                            r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+
+
+def _mailbox(address: str) -> bytes:
+    """`<address>` for MAIL FROM / RCPT TO: a plain address as it is (what aiosmtplib's parsing would give, without
+    its cost per message), anything else through aiosmtplib's own parsing and checks (ValueError when unsafe)."""
+    if _PLAIN_MAILBOX.fullmatch(address):
+        return b"<" + address.encode("ascii") + b">"
+    from aiosmtplib.email import quote_address
+
+    return quote_address(address).encode("ascii")
+
+
+def _data_size(message: bytes) -> int:
+    """The SIZE (RFC 1870) of a message as DATA transmits it (CRLF line ends, a final CRLF)."""
+    if message.endswith(b"\r\n") and message.count(b"\n") == message.count(b"\r") == message.count(b"\r\n"):
+        return len(message)  # already so: the messages built here
+    from aiosmtplib.protocol import normalize_message_line_endings
+
+    return len(normalize_message_line_endings(message))
 
 
 class SmtpConnection:
@@ -467,14 +515,56 @@ class SmtpConnection:
         return client
 
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        """One whole SMTP transaction: the envelope, then the message."""
+        await self.envelope(sender, recipient, message)
+        return await self.data(message)
+
+    async def envelope(self, sender: str, recipient: str, message: bytes) -> None:
+        """MAIL FROM (with the message's SIZE when the server takes it) and RCPT TO. Nothing is delivered until
+        `data`: an envelope can be dropped with `abandon` (RSET), so it may go out while the delivery is still being
+        recorded as `sending`."""
+        import aiosmtplib
+
+        async def run() -> None:
+            if self.client is None or not self.client.is_connected:
+                self.client = await self._connect()
+            client = self.client
+            await client._ehlo_or_helo_if_needed()
+            options = [b"SIZE=%d" % _data_size(message)] if client.supports_extension("size") else []
+            response = await client.execute_command(b"MAIL", b"FROM:" + _mailbox(sender), *options)
+            if response.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+            response = await client.execute_command(b"RCPT", b"TO:" + _mailbox(recipient))
+            if response.code not in (250, 251):
+                raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
+
+        await self._mapped(run())
+
+    async def data(self, message: bytes) -> str:
+        """The message, after `envelope`: once the server answers, it is delivered."""
+        response = await self._mapped(self.client.data(message))
+        return response.message
+
+    async def abandon(self, envelope: asyncio.Future[Any]) -> None:
+        """Drop an envelope whose message will not be sent (its delivery was cancelled meanwhile, or recording it
+        failed): wait for it, then reset the transaction (or close a connection that failed)."""
+        try:
+            await envelope
+        except (Permanent, Transient, asyncio.CancelledError):
+            return
+        if self.client is not None:
+            await self._reset()
+
+    async def _mapped(self, call: Any) -> Any:
+        """An SMTP call's failures as Permanent (5xx: the transaction is reset) or Transient (4xx, connection lost,
+        timeout: a broken connection is closed and opened again for the next message)."""
         import aiosmtplib
 
         try:
-            if self.client is None or not self.client.is_connected:
-                self.client = await self._connect()
-            errors, response = await self.client.sendmail(sender, [recipient], message)
+            return await call
         except aiosmtplib.SMTPRecipientsRefused as e:
             code = e.recipients[0].code if e.recipients else 550
+            await self._reset()
             raise (Permanent if 500 <= code < 600 else Transient)(f"smtp {code}") from None
         except aiosmtplib.SMTPResponseException as e:
             if isinstance(e, (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError)):
@@ -485,9 +575,10 @@ class SmtpConnection:
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
             await self.close()
             raise Transient(type(e).__name__) from None
-        return response
 
     async def _reset(self) -> None:
+        if self.client is None:
+            return
         try:
             await self.client.rset()
         except Exception:
@@ -537,6 +628,8 @@ SENT_THEN_SENDING = (
     " error = NULL, updated_at = now() WHERE id = %(sent)s) " + SENDING)
 SENT = ("UPDATE campaign_deliveries SET status = 'sent', message_id = %(message_id)s, sent_at = now(), error = NULL,"
         " updated_at = now() WHERE id = %(sent)s")
+REQUEUE = ("UPDATE campaign_deliveries SET status = 'queued', updated_at = now()"
+           " WHERE id = ANY(%s) AND status = 'claimed'")
 CLAIM_BATCH = 16
 
 
@@ -749,10 +842,44 @@ class NewsletterSender:
             self._contents[campaign_id] = content
         return self._contents[campaign_id]
 
+    async def _build(self, jobs: list[tuple[Content, dict[str, Any]]], base: str) -> list[tuple[bytes, str] | str]:
+        if self.signers > 0 and self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.signers, mp_context=multiprocessing.get_context("spawn"))
+        if self._pool is not None:  # building and signing beside this loop, on other cores
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, build_batch_in_worker, jobs, self._secret, base)
+        return await asyncio.to_thread(build_batch, jobs, self._secret, base)
+
+    async def _claim(self, conn: Any, base: str) -> list[tuple[dict[str, Any], Content | None, Any]]:
+        """A few queued rows (`claimed`), each with its campaign's content and its message built and signed (or
+        why it could not be). Rows claimed here and not handed over go back to the queue."""
+        rows = await (await conn.execute(CLAIM, (CLAIM_BATCH,))).fetchall()
+        if not rows:
+            return []
+        try:
+            contents: dict[UUID, Content | None] = {}
+            for campaign_id, org_id in dict.fromkeys((r["campaign_id"], r["organization_id"]) for r in rows):
+                contents[campaign_id] = self._contents[campaign_id] if campaign_id in self._contents \
+                    else await asyncio.to_thread(self._content, org_id, campaign_id)
+            jobs = [(contents[r["campaign_id"]], r) for r in rows if contents[r["campaign_id"]] is not None]
+            built = iter(await self._build(jobs, base) if jobs else [])
+            return [(r, contents[r["campaign_id"]], next(built) if contents[r["campaign_id"]] is not None else None)
+                    for r in rows]
+        except BaseException:
+            await conn.execute(REQUEUE, ([r["id"] for r in rows],))
+            raise
+
     async def _lane(self, settings: SmtpSettings) -> None:
-        """One SMTP connection's loop: claim a few queued rows, and for each record `sending`, build, sign and send
-        it, then record `sent` (in the same round trip as the next row's `sending`). On a stop, the rows claimed
-        but not started go back to the queue."""
+        """One SMTP connection's loop. Rows are claimed a few at a time and their messages built and signed off the
+        loop, the next batch while this one is sent. For each message: its envelope (MAIL FROM, RCPT TO) goes to
+        the server while the row is recorded `sending` (in the same statement as the previous message's `sent`);
+        the message itself (DATA) only once that is committed, so a message is never delivered without its row
+        saying so. On a stop, the rows claimed but not started go back to the queue."""
+        import collections
+
         import psycopg
         from psycopg.rows import dict_row
 
@@ -762,45 +889,50 @@ class NewsletterSender:
         max_attempts = max(1, _int_env("FLUSIA_SMTP_MAX_ATTEMPTS", 5))
         base = public_base()
         sent: tuple[UUID, str] | None = None  # the last message sent, not yet recorded
-        batch: list[dict[str, Any]] = []
+        batch: collections.deque[tuple[dict[str, Any], Content | None, Any]] = collections.deque()
+        ahead: asyncio.Task[Any] | None = None  # the next batch, being claimed and built
         try:
             while not self._stop.is_set():
                 if not batch:
-                    if sent is not None:
-                        await conn.execute(SENT, {"sent": sent[0], "message_id": sent[1]})
-                        sent = None
-                    batch = await (await conn.execute(CLAIM, (CLAIM_BATCH,))).fetchall()
+                    task, ahead = ahead or asyncio.create_task(self._claim(conn, base)), None
+                    batch.extend(await task)
                     if not batch:
+                        if sent is not None:
+                            await conn.execute(SENT, {"sent": sent[0], "message_id": sent[1]})
+                            sent = None
                         await smtp.close()
                         await asyncio.sleep(self.poll)
                         continue
-                row = batch.pop(0)
+                    if len(batch) == CLAIM_BATCH:  # more are waiting: the next batch is built while this one goes
+                        ahead = asyncio.create_task(self._claim(conn, base))
+                row, content, built = batch.popleft()
+                if content is None:
+                    await conn.execute("UPDATE campaign_deliveries SET status = 'failed', error = 'no_content',"
+                                       " updated_at = now() WHERE id = %s AND status = 'claimed'", (row["id"],))
+                    continue
+                if not isinstance(built, tuple):  # a bug must not lose the row: it waits, queued, for the next attempt
+                    log.error("newsletter delivery failed error=%s", built)
+                    await conn.execute("UPDATE campaign_deliveries SET status = 'queued', error = 'internal',"
+                                       " attempts = attempts + 1, next_attempt_at = now() + interval '60 seconds',"
+                                       " updated_at = now() WHERE id = %s AND status = 'claimed'", (row["id"],))
+                    continue
+                message, message_id = built
                 params = {"next": row["id"]}
                 if sent is not None:
                     params.update(sent=sent[0], message_id=sent[1])
-                started = await (await conn.execute(SENT_THEN_SENDING if sent else SENDING, params)).fetchone()
+                envelope = asyncio.ensure_future(smtp.envelope(content.from_email, row["email"], message))
+                try:
+                    started = await (await conn.execute(SENT_THEN_SENDING if sent else SENDING, params)).fetchone()
+                except BaseException:
+                    await smtp.abandon(envelope)
+                    raise
                 sent = None
                 if started is None:  # cancelled since it was claimed
+                    await smtp.abandon(envelope)
                     continue
                 try:
-                    content = self._contents.get(row["campaign_id"]) if row["campaign_id"] in self._contents \
-                        else await asyncio.to_thread(self._content, row["organization_id"], row["campaign_id"])
-                    if content is None:
-                        await conn.execute("UPDATE campaign_deliveries SET status = 'failed', error = 'no_content',"
-                                           " updated_at = now() WHERE id = %s", (row["id"],))
-                        continue
-                    if self.signers > 0 and self._pool is None:
-                        import multiprocessing
-                        from concurrent.futures import ProcessPoolExecutor
-
-                        self._pool = ProcessPoolExecutor(self.signers, mp_context=multiprocessing.get_context("spawn"))
-                    if self._pool is not None:  # building and signing beside this loop, on other cores
-                        message, message_id = await asyncio.get_running_loop().run_in_executor(
-                            self._pool, build_in_worker, content, row, row["id"], self._secret, base)
-                    else:
-                        message, message_id = await asyncio.to_thread(build_message, content, row, row["id"],
-                                                                      self._secret, base)
-                    await smtp.send(content.from_email, row["email"], message)
+                    await envelope
+                    await smtp.data(message)
                 except Permanent as e:
                     await conn.execute("UPDATE campaign_deliveries SET status = 'failed', bounced = true, error = %s,"
                                        " updated_at = now() WHERE id = %s", (str(e)[:40], row["id"]))
@@ -823,11 +955,15 @@ class NewsletterSender:
                 self.sent += 1
         finally:
             try:
+                if ahead is not None:
+                    try:
+                        batch.extend(await ahead)
+                    except Exception:  # noqa: BLE001 - its rows went back to the queue
+                        pass
                 if sent is not None:
                     await conn.execute(SENT, {"sent": sent[0], "message_id": sent[1]})
                 if batch:
-                    await conn.execute("UPDATE campaign_deliveries SET status = 'queued', updated_at = now()"
-                                       " WHERE id = ANY(%s) AND status = 'claimed'", ([r["id"] for r in batch],))
+                    await conn.execute(REQUEUE, ([r[0]["id"] for r in batch],))
             finally:
                 await smtp.close()
                 await conn.close()
