@@ -197,6 +197,8 @@ class KeyRing:
         self._lock = threading.Lock()
         self._keys: OrderedDict[UUID, tuple[bytes | None, float]] = OrderedDict()
         self._erased: tuple[frozenset[UUID], float] = (frozenset(), -1e9)
+        self._erased_keys: int | None = None  # keys destroyed so far, as last counted
+        self._validated_at = -1e9  # every cached key was still good then (no key destroyed since they were read)
         _rings.add(self)
 
     def close(self) -> None:
@@ -238,13 +240,31 @@ class KeyRing:
         now = time.monotonic()
         with self._lock:
             hit = self._keys.get(key_id)
-            if hit is not None and (hit[0] is None or now - hit[1] < CACHE_SECONDS):
+            if hit is not None and (hit[0] is None or now - max(hit[1], self._validated_at) < CACHE_SECONDS):
                 self._keys.move_to_end(key_id)
                 return hit[0]
+        if hit is not None and self._revalidate():
+            return hit[0]
         self._fetch_from(key_id)
         with self._lock:
             hit = self._keys.get(key_id)
         return _MISSING if hit is None else hit[0]
+
+    def _revalidate(self) -> bool:
+        """Whether the cached keys are all still good: no key was destroyed since they were read or last checked.
+        One count for the whole cache instead of reading every expired key again (a rebuild meets each subject's
+        key again and again, long after it was read). A destroyed key empties the cache, as does the first check."""
+        checked = time.monotonic()  # before the count: what it finds is at least this recent
+        with self.datastore.transaction(commit=False) as cur:
+            row = cur.execute("SELECT count(*) AS n FROM personal_data_keys WHERE erased_at IS NOT NULL").fetchone()
+        erased = row["n"] if isinstance(row, dict) else row[0]
+        with self._lock:
+            if erased == self._erased_keys:
+                self._validated_at = checked
+                return True
+            self._keys.clear()
+            self._erased_keys, self._validated_at = erased, checked
+            return False
 
     def _fetch_from(self, key_id: UUID) -> None:
         """The key and the ones created after it (a rebuild meets them in about that order): one query, not one per
@@ -278,6 +298,7 @@ class KeyRing:
         with self._lock:
             self._keys.clear()
             self._erased = (frozenset(), -1e9)
+            self._erased_keys, self._validated_at = None, -1e9
 
 
 _rings: weakref.WeakSet[KeyRing] = weakref.WeakSet()

@@ -40,6 +40,7 @@ DB_KEY_NAME = "organization_secrets_key"
 VERSION = "v1."
 _lock = threading.Lock()
 _cached: dict[str, bytes] = {}
+_by_environment: dict[tuple[str, str | None, str | None], bytes] = {}
 
 
 class SecretUnavailable(Exception):
@@ -112,6 +113,11 @@ def server_key(conn: Any = None) -> bytes:
     """This server's key (see the module docstring for where it comes from). `conn` is needed only for the last
     resort, the database; the key is cached per source for the life of the process."""
     configured = os.environ.get(KEY_ENV, "")
+    # What decides the source, read without building paths: a rebuild unseals a key per subject through here.
+    fast = (configured, os.environ.get(HOME_ENV), os.environ.get("HOME"))
+    found = _by_environment.get(fast)
+    if found is not None:
+        return found
     source = f"env:{configured}" if configured else f"file:{home() / KEY_FILE}"
     with _lock:
         if source in _cached:
@@ -125,6 +131,7 @@ def server_key(conn: Any = None) -> bytes:
                     raise SecretUnavailable(f"{home()} is not writable and no database connection was given")
                 key = _from_database(conn)
         _cached[source] = key
+        _by_environment[fast] = key
         return key
 
 
