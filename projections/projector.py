@@ -194,9 +194,9 @@ class Projector:
             if careful:
                 parked = self._apply_one_by_one(conn, cur, projection, events)
             else:
+                items = [(self.decode(n), n.id) for n, _ in events]
                 with conn.pipeline():  # the batch's statements go out without waiting for each answer
-                    for n, _ in events:
-                        projection.apply(cur, self.decode(n), n.id)
+                    projection.apply_batch(cur, items)  # set-based where the projection can (handles_many)
             cur.execute("UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
                         (last, projection.name))
             for p in parked:

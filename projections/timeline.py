@@ -179,9 +179,11 @@ class TimelineProjection(Projection):
             "Unassigned": lambda: ("client_owner", "Unassigned", {}),
             "Deleted": lambda: ("client_deleted", "Deleted", {}),
         }[type(e).__name__]()
-        org = cur.execute("SELECT organization_id FROM timeline_entries WHERE client_id = %s LIMIT 1",
-                          (e.originator_id,)).fetchone()
-        org_id = org["organization_id"] if org else self._client_org(cur, e)
+        org_id = self._client_org(cur, e)  # its creation's entry, by index; else any entry of the client
+        if org_id is None:
+            org = cur.execute("SELECT organization_id FROM timeline_entries WHERE client_id = %s LIMIT 1",
+                              (e.originator_id,)).fetchone()
+            org_id = org["organization_id"] if org else None
         if org_id is None:
             return
         cur.execute(ENTRY_INSERT, (_event_id(e), org_id, e.originator_id, None, kind, e.originator_id, None,
