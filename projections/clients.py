@@ -12,7 +12,8 @@ from domain.clients import CLIENT_FIELDS, CONTACT_FIELDS, Client, email_key, pho
 from domain.custom_fields import CustomField
 from domain.errors import NotFound
 from domain.personal_data import ERASED
-from projections.base import Projection, exists, handles, set_columns, touch
+from projections.base import (Projection, exists, handles, handles_many, rows_json, set_columns, set_columns_many,
+                              touch)
 from projections.matching import FREQUENT, Found, tsquery_literal
 from projections import custom_fields as custom_values
 from projections.pagination import BY_CREATION, NEWEST, RECENTLY_UPDATED, by_name, paginate
@@ -30,6 +31,44 @@ updated AS (
 )
 INSERT INTO client_search_words (organization_id, word)
 SELECT organization_id, unnest(tsvector_to_array(search_tsv)) FROM updated
+ON CONFLICT DO NOTHING
+"""
+
+
+SEARCH_REFRESH_MANY = """
+WITH names AS (
+  SELECT c.id, (SELECT string_agg(nullif(k.name, '[erased]'), ' ') FROM client_contacts k WHERE k.client_id = c.id) AS names
+  FROM clients c WHERE c.id = ANY(%(ids)s)
+),
+updated AS (
+  UPDATE clients c SET
+    search_text = lower(f_unaccent(concat_ws(' ', c.business_name, nullif(c.contact_name, '[erased]'), names.names))),
+    search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', c.business_name,
+                                                                 nullif(c.contact_name, '[erased]'), names.names,
+                                                                 f_custom_text(c.custom_fields)))))
+  FROM names WHERE c.id = names.id
+  RETURNING c.organization_id, c.search_tsv
+)
+INSERT INTO client_search_words (organization_id, word)
+SELECT DISTINCT organization_id, unnest(tsvector_to_array(search_tsv)) FROM updated
+ON CONFLICT DO NOTHING
+"""
+"""SEARCH_REFRESH for many clients at once (the words table only grows here: the order of clients does not matter)."""
+CREATED_MANY = """
+WITH inserted AS (
+  INSERT INTO clients (id, organization_id, kind, status, business_name, contact_name, vat_number, tax_code,
+    email, phone, website, address, source, assigned_to, created_by, created_at, updated_at,
+    vat_key, email_key, phone_key, search_text, search_tsv)
+  SELECT r.id, r.organization_id, r.kind, r.status, r.business_name, r.contact_name, r.vat_number, r.tax_code,
+    r.email, r.phone, r.website, r.address, r.source, r.assigned_to, r.created_by, r.created_at, r.created_at,
+    r.vat_key, r.email_key, r.phone_key, n.names, to_tsvector('simple', n.names)
+  FROM jsonb_populate_recordset(null::clients, %s::jsonb) r,
+       LATERAL (SELECT lower(f_unaccent(concat_ws(' ', r.business_name::text,
+                                                  nullif(r.contact_name::text, '[erased]')))) AS names) n
+  RETURNING organization_id, search_tsv
+)
+INSERT INTO client_search_words (organization_id, word)
+SELECT DISTINCT organization_id, unnest(tsvector_to_array(search_tsv)) FROM inserted
 ON CONFLICT DO NOTHING
 """
 
@@ -84,6 +123,68 @@ class ClientsProjection(Projection):
 
     def _refresh_search(self, cur: Any, client_id: UUID) -> None:
         cur.execute(SEARCH_REFRESH, {"id": client_id})
+
+    @staticmethod
+    def _columns(values: dict[str, Any]) -> dict[str, Any]:
+        """What `_set` writes, as plain values (the address as its mapping, read back as jsonb)."""
+        values = dict(values)
+        for field, keyfn in (("vat_number", vat_key), ("email", email_key), ("phone", phone_key)):
+            if field in values:
+                values[field.split("_")[0] + "_key"] = _key(keyfn, values[field])
+        return values
+
+    # -- set-based twins of the handlers below, for batches (a rebuild, a busy live stream) ----------------------
+    @handles_many(Client.Created)
+    def created_many(self, cur: Any, items: list[tuple[Any, int | None]]) -> None:
+        rows = []
+        for e, _ in items:
+            f = {c: e.fields.get(c) for c in CLIENT_FIELDS}
+            rows.append({**f, "id": e.originator_id, "organization_id": e.org_id, "kind": e.kind, "status": e.status,
+                         "assigned_to": e.assigned_to, "created_by": e.created_by, "created_at": e.timestamp,
+                         "vat_key": _key(vat_key, f["vat_number"]), "email_key": _key(email_key, f["email"]),
+                         "phone_key": _key(phone_key, f["phone"])})
+        cur.execute(CREATED_MANY, (rows_json(rows),))
+
+    @handles_many(Client.Updated, Client.StatusChanged, Client.ConvertedToClient, Client.Assigned, Client.Unassigned)
+    def set_many(self, cur: Any, items: list[tuple[Any, int | None]]) -> None:
+        rows, names = [], []
+        for e, _ in items:
+            if isinstance(e, Client.Updated):
+                values = dict(e.changes)
+                if {"business_name", "contact_name"} & set(e.changes):
+                    names.append(e.originator_id)
+            elif isinstance(e, Client.StatusChanged):
+                values = {"status": e.status}
+            elif isinstance(e, Client.ConvertedToClient):
+                values = {"kind": "client", "status": None, "converted_at": e.timestamp}
+            elif isinstance(e, Client.Assigned):
+                values = {"assigned_to": e.user_id}
+            else:
+                values = {"assigned_to": None}
+            rows.append((e, self._columns(values)))
+        set_columns_many(cur, "clients", rows)
+        if names:
+            cur.execute(SEARCH_REFRESH_MANY, {"ids": names})
+
+    @handles_many(Client.Tagged, Client.Untagged)
+    def tags_many(self, cur: Any, items: list[tuple[Any, int | None]]) -> None:
+        rows = [{"id": e.originator_id, "tag": e.tag, "ts": e.timestamp} for e, _ in items]
+        change = "array_append" if isinstance(items[0][0], Client.Tagged) else "array_remove"
+        cur.execute(f"UPDATE clients c SET tags = {change}(c.tags, r.tag), updated_at = r.ts"  # noqa: S608
+                    " FROM jsonb_to_recordset(%s::jsonb) AS r(id uuid, tag text, ts timestamptz) WHERE c.id = r.id",
+                    (rows_json(rows),))
+
+    @handles_many(Client.ContactAdded)
+    def contacts_added_many(self, cur: Any, items: list[tuple[Any, int | None]]) -> None:
+        rows = [{"id": e.contact_id, "client_id": e.originator_id, "name": e.fields.get("name"),
+                 "role": e.fields.get("role"), "email": e.fields.get("email"), "phone": e.fields.get("phone"),
+                 "created_at": e.timestamp} for e, _ in items]
+        cur.execute("INSERT INTO client_contacts (id, organization_id, client_id, name, role, email, phone, created_at)"
+                    " SELECT r.id, c.organization_id, c.id, r.name, r.role, r.email, r.phone, r.created_at"
+                    " FROM jsonb_populate_recordset(null::client_contacts, %s::jsonb) r JOIN clients c ON c.id = r.client_id",
+                    (rows_json(rows),))
+        set_columns_many(cur, "clients", [(e, {}) for e, _ in items])
+        cur.execute(SEARCH_REFRESH_MANY, {"ids": [e.originator_id for e, _ in items]})
 
     @handles(Client.Created)
     def created(self, cur: Any, e: Any) -> None:
@@ -312,7 +413,11 @@ def search_statement(conn: Any, org_id: UUID, text: str, *, kind: str | None = N
 
     Candidates come from indexes only: names by full text over typo-expanded words, VAT/e-mail/phone by their
     normalised keys (fragments of a phone number or e-mail too). Only candidates are scored: word similarity
-    of the whole query to the names, plus text rank, plus a bonus for an exact VAT, e-mail or phone match."""
+    of the whole query to the names, plus text rank, plus a bonus for an exact VAT, e-mail or phone match.
+    A broad word ('srl', 'studio') matches tens of thousands of clients: its name candidates are the newest
+    NAME_CANDIDATES matches (a walk down the creation index that stops there, or for a rarer word a sort of all
+    its matches: the planner sees the word's frequency, the tsquery being inline), so a page ranks a bounded set
+    and, among equally good matches, newest first as the final order says."""
     digits = phone_key(text) if sum(ch.isdigit() for ch in text) >= 5 else None
     stripped = text.strip().lower()
     whole_email = re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", stripped) is not None  # answered by the exact key
@@ -326,8 +431,9 @@ def search_statement(conn: Any, org_id: UUID, text: str, *, kind: str | None = N
         f"""
         WITH q AS (SELECT lower(f_unaccent(%(q)s)) AS q, to_tsquery('simple', coalesce(%(tsq)s, '')) AS tsq),
         candidates AS (
-            (SELECT c.id FROM clients c, q WHERE c.organization_id = %(org)s AND %(tsq)s::text IS NOT NULL
-                AND c.search_tsv @@ q.tsq LIMIT %(cap)s)
+            (SELECT c.id FROM clients c WHERE c.organization_id = %(org)s AND %(tsq)s::text IS NOT NULL
+                AND c.search_tsv @@ to_tsquery('simple', coalesce(%(tsq)s, ''))
+                ORDER BY c.created_at DESC, c.id DESC LIMIT %(cap)s)
             UNION SELECT id FROM clients WHERE organization_id = %(org)s AND vat_key = %(vat)s
             UNION SELECT id FROM clients WHERE organization_id = %(org)s AND email_key = %(email)s
             UNION SELECT id FROM clients WHERE organization_id = %(org)s AND phone_key = %(phone)s
@@ -373,14 +479,16 @@ common one matches thousands; the score is the share of the query's weight a cli
 def search_clients(conn: Any, org_id: UUID, text: str, *, kind: str | None = None, limit: int = 25) -> Found:
     """Best match first, tolerant of case, accents and small typos (see `search_statement`); when no client has
     every word, those with any of them (ANY_WORD_SEARCH)."""
-    rows = conn.execute(*search_statement(conn, org_id, text, kind=kind, limit=limit)).fetchall()
+    # Never a prepared statement: a generic plan cannot drop the branches a query does not use nor see how common
+    # its words are (a broad word took 35x longer once psycopg had prepared the statement).
+    rows = conn.execute(*search_statement(conn, org_id, text, kind=kind, limit=limit), prepare=False).fetchall()
     if rows:
         return Found(rows, "all")
     groups = name_groups(conn, org_id, text)
     if len(groups) < 2:
         return Found(rows, "all")
     return Found.some_words(conn.execute(ANY_WORD_SEARCH, {"q": text, "org": org_id, "groups": groups, "kind": kind,
-                                                "frequent": FREQUENT, "limit": limit}).fetchall())
+                                                "frequent": FREQUENT, "limit": limit}, prepare=False).fetchall())
 
 
 def find_duplicates(conn: Any, org_id: UUID, *, by: str = "any", limit: int = 50) -> list[dict[str, Any]]:
