@@ -31,11 +31,22 @@ def connect(url: str) -> psycopg.Connection:
 
 
 def progress_bar(label: str):
+    """`show(done, total)` on stderr: bar, counts, rate since the first call and time left at that rate."""
+    started: list[float] = []
+
     def show(done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if not started:
+            started.extend([now, done])
         total = max(total, 1)
         width = 30
         filled = int(width * min(done, total) / total)
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        elapsed = now - started[0]
+        rate = (done - started[1]) / elapsed if elapsed > 0 else 0.0
+        eta = f"{int((total - done) / rate) // 60}:{int((total - done) / rate) % 60:02d}" if rate > 0 and done < total else "--:--"
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:,.0f}/s ETA {eta}  ")
         sys.stderr.flush()
 
     return show
