@@ -531,9 +531,23 @@ class InvoiceSyncWorker:
         return row is None or row["cancel_requested"]
 
     def _finish(self, item: dict[str, Any], progress: dict[str, Any]) -> None:
+        self._await_read_model()
         self._update(item["id"], "state = 'done', progress = %s, last_error = NULL, finished_at = now()",
                      (Jsonb(progress),))
         self._db().execute("DELETE FROM invoice_sync_seen WHERE queue_item_id = %s", (item["id"],))
+
+    def _await_read_model(self, timeout: float = 10.0) -> None:
+        """Done means visible: an item turns done once the invoices read model holds every event stored so far
+        (the projector may run in another process), so an assistant listing invoices after seeing 'done' finds
+        them. A projector that is stopped or far behind does not hold the item longer than `timeout`."""
+        db = self._db()
+        head = db.execute("SELECT coalesce(max(notification_id), 0) AS head FROM stored_events").fetchone()["head"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            row = db.execute("SELECT position FROM projection_tracking WHERE name = 'invoices'").fetchone()
+            if row is not None and row["position"] >= head:
+                return
+            time.sleep(0.05)
 
     def _sync_range(self, client: Any, company_id: int, item: dict[str, Any]) -> None:
         progress = dict(item["progress"] or {})
