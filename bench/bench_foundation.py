@@ -9,7 +9,8 @@ Prints, in one run, against a fresh database on the local PostgreSQL:
    same httpx client. Target: create-lead p50 <= 3x the bare endpoint. And p50/p95 of a trivial read tool
    (`crm_users_me`) next to the mcp SDK's own low-level server answering one trivial tool (uvicorn subprocess).
    Target: <= 1.5x. Each side is timed in its own phase, the baselines while our server is idle (projections
-   at the head of the event store), in BENCH_ROUNDS (default 3) rounds whose samples are pooled.
+   at the head of the event store), in BENCH_ROUNDS (default 4) rounds, each starting with another phase, whose
+   samples are pooled.
 2. p50/p95 of `crm_clients_search` over N clients (default 100,000), seeded through events (Client
    aggregates saved with the event store, then projected by the projector), with a mix of queries.
    Target: search p50 < 20 ms.
@@ -60,7 +61,7 @@ WARMUP = 30
 CREATE_BUDGET_S = float(os.environ.get("BENCH_CREATE_BUDGET_S", "75"))
 SEARCH_BUDGET_S = float(os.environ.get("BENCH_SEARCH_BUDGET_S", "60"))
 MIN_SAMPLES = 20
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
 TRIVIAL_TOOL = "crm_users_me"
 """Our trivial read tool (who am I: the user, organization and permissions, two primary-key reads)."""
 TARGET_TRIVIAL_RATIO = 1.5
@@ -475,8 +476,8 @@ async def http_parts(mcp_url: str, token: str, baseline_url: str, sdk_url: str, 
 
         # 1. Each side in its own phase: the bare endpoint and the SDK's trivial server are timed while our server
         # is idle (its projections caught up, nothing calling it), so our background work cannot slow the baseline
-        # and flatter the ratio. ROUNDS rounds of [bare, sdk, ours create, ours trivial read] spread slow drift of
-        # the shared machine over every side; the samples of all rounds are pooled.
+        # and flatter the ratio. ROUNDS rounds of [bare, sdk, ours create, ours trivial read], each round starting
+        # with another phase, spread slow drift of the shared machine over every side; samples of all rounds pooled.
         say(f"part 1: create_lead x{N_CREATE} and {TRIVIAL_TOOL} x{N_CREATE} (+{WARMUP} warm-up each), the bare "
             f"INSERT endpoint and the SDK's trivial tool, each in its own phase, {ROUNDS} rounds")
         for args in leads[:WARMUP]:
@@ -490,11 +491,13 @@ async def http_parts(mcp_url: str, token: str, baseline_url: str, sdk_url: str, 
         budget = CREATE_BUDGET_S / ROUNDS / 4  # per phase
         for r in range(ROUNDS):
             batch = leads[WARMUP + r * per_round: WARMUP + (r + 1) * per_round]
-            await until_idle()
-            base += await timed(bare_create, batch, budget)
-            sdk += await timed(lambda _: sdk_trivial(), batch, budget)
-            ours_raw += await timed(lambda a: raw_call("crm_clients_create_lead", a), batch, budget)
-            trivial += await timed(lambda _: raw_call(TRIVIAL_TOOL, {}), batch, budget)
+            phases = [("bare", base, bare_create), ("sdk", sdk, lambda _: sdk_trivial()),
+                      ("create", ours_raw, lambda a: raw_call("crm_clients_create_lead", a)),
+                      ("trivial", trivial, lambda _: raw_call(TRIVIAL_TOOL, {}))]
+            for name, into, fn in phases[r % len(phases):] + phases[: r % len(phases)]:  # each round another order
+                if name in ("bare", "sdk"):
+                    await until_idle()
+                into += await timed(fn, batch, budget)
             ours += await timed(ours_create, batch[: max(MIN_SAMPLES, len(batch) // 4)], budget)
             say(f"part 1: round {r + 1}/{ROUNDS}: bare {len(base)}, sdk {len(sdk)}, create_lead {len(ours_raw)}, "
                 f"{TRIVIAL_TOOL} {len(trivial)} samples so far")
