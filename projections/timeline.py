@@ -35,6 +35,13 @@ ENTRY_INSERT = (
     "INSERT INTO timeline_entries (id, organization_id, client_id, deal_id, kind, ref_id, activity_type, occurred_at,"
     " user_id, title, body, data, notification_id, task_id)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    # An entry's id is its event's (_event_id): the same entry again is a replay (a restore replaying what its
+    # client's restore already replayed), which makes it as the event says.
+    " ON CONFLICT (id) DO UPDATE SET organization_id = EXCLUDED.organization_id, client_id = EXCLUDED.client_id,"
+    " deal_id = EXCLUDED.deal_id, kind = EXCLUDED.kind, ref_id = EXCLUDED.ref_id,"
+    " activity_type = EXCLUDED.activity_type, occurred_at = EXCLUDED.occurred_at, user_id = EXCLUDED.user_id,"
+    " title = EXCLUDED.title, body = EXCLUDED.body, data = EXCLUDED.data, notification_id = EXCLUDED.notification_id,"
+    " task_id = EXCLUDED.task_id"
 )
 
 

@@ -115,3 +115,28 @@ def test_a_chain_of_deletes_restores_and_changes_replays_identically(iso_runtime
     for p in rt.projections:
         rt.projector.rebuild(p)
     assert read_models(rt, org.organization_id) == live
+
+
+def test_a_note_deleted_before_its_client_comes_back_after_the_client(iso_runtime, fresh_database_url):
+    """Delete a note, then a deal, then their client; restore the client, then the note: each comes back once (the
+    client's restore replays what it had, the note's restore adds the note's own entries), and a rebuild agrees."""
+    rt = iso_runtime
+    with psycopg.connect(fresh_database_url, autocommit=True, row_factory=dict_row) as conn:
+        org = identity.create_organization(conn, "Order", "o@example.com", "Admin")
+        A = Caller(rt, identity.principal_for_token(conn, org.token))
+    client = A("crm_clients_create_lead", {"business_name": "Ordine Srl"})
+    note = A("crm_clients_add_note", {"client_id": client["id"], "body": "richiamare"})
+    deal = A("crm_deals_create", {"title": "Sito", "client_id": client["id"], "value": "100"})
+    A("crm_clients_delete_note", {"client_id": client["id"], "note_id": note["id"]})
+    A("crm_deals_delete", {"deal_id": deal["id"]})
+    A("crm_clients_delete", {"client_id": client["id"]})
+    A("crm_audit_restore_entity", {"entity_id": client["id"]})
+    A("crm_audit_restore_entity", {"entity_id": note["id"]})
+    A("crm_audit_restore_entity", {"entity_id": deal["id"]})
+    assert [n["body"] for n in A("crm_clients_list_notes", {"client_id": client["id"]})["items"]] == ["richiamare"]
+    assert [d["id"] for d in A("crm_clients_list_deals", {"client_id": client["id"]})["items"]] == [deal["id"]]
+    rt.settle()
+    live = read_models(rt, org.organization_id)
+    for p in rt.projections:
+        rt.projector.rebuild(p)
+    assert read_models(rt, org.organization_id) == live
