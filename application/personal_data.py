@@ -240,15 +240,27 @@ class KeyRing:
         now = time.monotonic()
         with self._lock:
             hit = self._keys.get(key_id)
-            if hit is not None and (hit[0] is None or now - max(hit[1], self._validated_at) < CACHE_SECONDS):
+            fresh = hit is not None and (hit[0] is None or now - max(hit[1], self._validated_at) < CACHE_SECONDS)
+            if fresh:
                 self._keys.move_to_end(key_id)
-                return hit[0]
+        if fresh:
+            return self._opened(key_id, hit)  # type: ignore[arg-type]
         if hit is not None and self._revalidate():
-            return hit[0]
+            return self._opened(key_id, hit)
         self._fetch_from(key_id)
         with self._lock:
             hit = self._keys.get(key_id)
-        return _MISSING if hit is None else hit[0]
+        return _MISSING if hit is None else self._opened(key_id, hit)
+
+    def _opened(self, key_id: UUID, hit: tuple[Any, float]) -> bytes | None:
+        """The key of a cache entry; a prefetched one (still its sealed row) is unsealed on first use."""
+        if not isinstance(hit[0], dict):
+            return hit[0]
+        key = self._unsealed(hit[0], None)  # the server key was read by the fetch that cached the row
+        with self._lock:
+            if key_id in self._keys:
+                self._keys[key_id] = (key, hit[1])
+        return key
 
     def _revalidate(self) -> bool:
         """Whether the cached keys are all still good: no key was destroyed since they were read or last checked.
@@ -274,10 +286,16 @@ class KeyRing:
                 "SELECT id, organization_id, subject_id, sealed_key FROM personal_data_keys"
                 " WHERE seq >= (SELECT seq FROM personal_data_keys WHERE id = %s) ORDER BY seq LIMIT %s",
                 (key_id, PREFETCH)).fetchall()
-            loaded = [(r["id"], None if r["sealed_key"] is None else self._unsealed(r, cur)) for r in rows]
+            sealed.server_key(cur)  # read (and cached) while there is a connection, for the unsealing below
+            # Only the key asked for is unsealed now; the others when first used (most may never be, or only long after).
+            loaded = [(r["id"], None if r["sealed_key"] is None else self._unsealed(r, cur) if r["id"] == key_id
+                       else dict(r)) for r in rows]
         now = time.monotonic()
         with self._lock:
             for kid, key in loaded:
+                known = self._keys.get(kid)
+                if isinstance(key, dict) and known is not None and isinstance(known[0], bytes):
+                    key = known[0]  # unsealed already: still good (a destroyed key comes back as None)
                 self._keys[kid] = (key, now)
                 self._keys.move_to_end(kid)
             while len(self._keys) > CACHE_SIZE:
