@@ -13,6 +13,7 @@ from uuid import UUID
 
 import re
 from datetime import datetime
+from enum import Enum
 
 import msgspec
 from eventsourcing.domain import CanInitAggregate
@@ -220,7 +221,8 @@ class GatheredInserts:
     """A cursor for `apply_batch`: consecutive executions of one plain `INSERT INTO t (columns) VALUES (%s, ...)`
     (positional parameters only, no ON CONFLICT, no RETURNING) are sent as one multi-row insert when another
     statement comes (or at the end), so every statement still sees the rows inserted before it. Values a JSON row
-    would not give back exactly (bytes, texts for json columns) make that insert go alone, in its place. A failing
+    might not give back exactly as psycopg would send them (bytes, floats, enums, tuples, anything but a Jsonb for a
+    json column, a datetime for a column other than timestamptz) make that insert go alone, in its place. A failing
     row fails the batch, which the projector then applies event by event (parking what fails)."""
 
     def __init__(self, cur: Any) -> None:
@@ -268,7 +270,7 @@ class GatheredInserts:
             kind = types.get(column)
             if isinstance(value, Jsonb) and kind == "jsonb":
                 value = value.obj
-            elif value is not None and (isinstance(value, (bytes, bytearray, memoryview, float, Jsonb))
+            elif value is not None and (isinstance(value, (bytes, bytearray, memoryview, float, Jsonb, tuple, Enum))
                                         or kind in ("json", "jsonb", "bytea")
                                         or (isinstance(value, datetime) and kind != "timestamptz")):
                 return None
