@@ -19,7 +19,7 @@ from projections import custom_fields as custom_values
 from projections.pagination import BY_CREATION, NEWEST, RECENTLY_UPDATED, by_name, paginate
 
 SEARCH_REFRESH = """
-WITH names AS (SELECT string_agg(nullif(name, '[erased]'), ' ') AS names FROM client_contacts WHERE client_id = %(id)s),
+WITH names AS (SELECT string_agg(nullif(name, '[erased]'), ' ' ORDER BY created_at, id) AS names FROM client_contacts WHERE client_id = %(id)s),
 updated AS (
   UPDATE clients c SET
     search_text = lower(f_unaccent(concat_ws(' ', c.business_name, nullif(c.contact_name, '[erased]'), names.names))),
@@ -37,7 +37,7 @@ ON CONFLICT DO NOTHING
 
 SEARCH_REFRESH_MANY = """
 WITH names AS (
-  SELECT c.id, (SELECT string_agg(nullif(k.name, '[erased]'), ' ') FROM client_contacts k WHERE k.client_id = c.id) AS names
+  SELECT c.id, (SELECT string_agg(nullif(k.name, '[erased]'), ' ' ORDER BY k.created_at, k.id) FROM client_contacts k WHERE k.client_id = c.id) AS names
   FROM clients c WHERE c.id = ANY(%(ids)s)
 ),
 updated AS (
