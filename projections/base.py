@@ -213,13 +213,16 @@ def set_columns_many(cur: Any, table: str, rows: Sequence[tuple[Any, Mapping[str
                     " WHERE t.id = r.id", (rows_json(group),))
 
 
-PLAIN_INSERT = re.compile(r"^\s*INSERT INTO (\w+) \(([\w\s,]+)\)\s+VALUES \(((?:%s\s*,\s*)*%s)\)\s*$", re.I)
+PLAIN_INSERT = re.compile(r"^\s*INSERT INTO (\w+) \(([\w\s,]+)\)\s+VALUES \(((?:%s\s*,\s*)*%s)\)"
+                          r"(\s+ON CONFLICT \(\w+\) DO UPDATE SET [\w\s,.=]+)?\s*$", re.I)
+"""A plain insert, or one that makes its row again as given when the key exists (timeline entries replayed)."""
 _column_types: dict[str, dict[str, str]] = {}
 
 
 class GatheredInserts:
     """A cursor for `apply_batch`: consecutive executions of one plain `INSERT INTO t (columns) VALUES (%s, ...)`
-    (positional parameters only, no ON CONFLICT, no RETURNING) are sent as one multi-row insert when another
+    (positional parameters only, no RETURNING; an `ON CONFLICT (key) DO UPDATE SET col = EXCLUDED.col` suffix is
+    kept) are sent as one multi-row insert when another
     statement comes (or at the end), so every statement still sees the rows inserted before it. Values a JSON row
     might not give back exactly as psycopg would send them (bytes, floats, enums, tuples, anything but a Jsonb for a
     json column, a datetime for a column other than timestamptz) make that insert go alone, in its place. A failing
@@ -230,6 +233,7 @@ class GatheredInserts:
         self.connection = cur.connection
         self._sql: str | None = None
         self._table = ""
+        self._conflict = ""
         self._columns: list[str] = []
         self._rows: list[dict[str, Any]] = []
         self._params: list[Any] = []
@@ -248,7 +252,7 @@ class GatheredInserts:
                 match = PLAIN_INSERT.match(query)
                 if match and len(params) == match.group(3).count("%s"):
                     self.flush()
-                    self._sql, self._table = query, match.group(1)
+                    self._sql, self._table, self._conflict = query, match.group(1), match.group(4) or ""
                     self._columns = [c.strip() for c in match.group(2).split(",")]
                     row = self._row(params) if len(self._columns) == len(params) else None
                     if row is not None:
@@ -297,4 +301,5 @@ class GatheredInserts:
             return
         columns = ", ".join(self._columns)
         self.cur.execute(f"INSERT INTO {self._table} ({columns}) SELECT {columns}"  # noqa: S608 - the handler's names
-                         f" FROM jsonb_populate_recordset(null::{self._table}, %s::jsonb)", (rows_json(rows),))
+                         f" FROM jsonb_populate_recordset(null::{self._table}, %s::jsonb){self._conflict}",
+                         (rows_json(rows),))
