@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,10 +36,10 @@ from uuid import UUID, uuid4
 
 import psycopg
 from eventsourcing.persistence import IntegrityError
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from application import secrets as sealed
+from application.listening_worker import ListeningWorker
 from application.logsafe import describe
 from application.store import EventStore, SideWrite
 from domain.errors import DomainError, NotFound
@@ -414,34 +413,21 @@ def cancel(conn: Any, org_id: UUID, item_id: UUID) -> None:
 
 
 # -- the worker ---------------------------------------------------------------------------------------------
-class InvoiceSyncWorker:
+class InvoiceSyncWorker(ListeningWorker):
     """Drains the sync queue. `run_pending()` processes every due item now, in the calling thread; `start()` runs
     that in a thread, woken by NOTIFY on `invoice_sync` and by the next back-off's time."""
 
+    channel, thread_name, application_name = CHANNEL, "invoice-sync", "flusia-invoice-sync"
+
     def __init__(self, database_url: str, store: EventStore, *, settings: SyncSettings | None = None,
                  client: Callable[[str, SyncSettings], Any] = FattureInCloud) -> None:
-        self.database_url = database_url
-        self.store = store
+        super().__init__(database_url, store)
         self.settings = settings or SyncSettings.from_env()
         self.client = client
         self.after_page: Callable[[dict[str, Any], int], None] | None = None
         """Called after each page is committed (tests use it to stop a worker mid-sync)."""
-        self._conn: psycopg.Connection | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
 
     # -- connections and locks -------------------------------------------------------------------------------
-    def _db(self) -> psycopg.Connection:
-        """This worker's own connection: it holds the advisory locks of the items it runs."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.database_url, autocommit=True, row_factory=dict_row,
-                                         application_name="flusia-invoice-sync")
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def _unlock(self, item_id: UUID) -> None:
         try:
@@ -599,25 +585,6 @@ class InvoiceSyncWorker:
                             "unchanged": imported.unchanged, "skipped": imported.skipped})
 
     # -- the thread ------------------------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="invoice-sync", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            try:
-                with psycopg.connect(self.database_url, autocommit=True) as conn:
-                    conn.execute("SELECT pg_notify(%s, 'stop')", (CHANNEL,))
-            except psycopg.Error:
-                pass
-            self._thread.join(timeout=30)
-            self._thread = None
-        self.close()
-
     def _seconds_to_next(self) -> float:
         row = self._db().execute("SELECT extract(epoch FROM min(next_attempt_at) - now()) AS s FROM invoice_sync_queue"
                                  " WHERE state IN ('queued', 'running')").fetchone()

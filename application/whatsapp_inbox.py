@@ -30,10 +30,10 @@ from uuid import UUID, uuid4
 import psycopg
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
-from psycopg.rows import dict_row
 
 from application import whatsapp_cloud as cloud
 from application import whatsapp_send as sending
+from application.listening_worker import ListeningWorker
 from application.logsafe import describe
 from application.store import EventStore, SideWrite
 from domain.clients import phone_key
@@ -313,30 +313,17 @@ def apply_rows(store: EventStore, conn: Any, org_id: UUID, rows: list[dict[str, 
     raise IntegrityError("whatsapp chats kept changing concurrently")
 
 
-class WhatsappWorker:
+class WhatsappWorker(ListeningWorker):
     """Applies inbox rows in order and tidies abandoned sends. `run_pending()` drains now in the calling thread
     (waiting for another worker's pass to end); `start()` runs it in a thread woken by NOTIFY."""
 
+    channel, thread_name, application_name = CHANNEL, "whatsapp-inbox", "flusia-whatsapp"
+
     def __init__(self, database_url: str, store: EventStore) -> None:
-        self.database_url = database_url
-        self.store = store
-        self._conn: psycopg.Connection | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        super().__init__(database_url, store)
         self._lock = threading.Lock()
         self.abandoned_after = float(os.environ.get("FLUSIA_WHATSAPP_ABANDONED_SECONDS") or 120)
         """A send still `sending` this long after its record, its lock free, was abandoned by a dead process."""
-
-    def _db(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.database_url, autocommit=True, row_factory=dict_row,
-                                         application_name="flusia-whatsapp")
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def run_pending(self, *, wait: bool = True) -> int:
         """Apply every row stored so far; returns how many this call applied. With `wait`, a pass of another
@@ -415,25 +402,6 @@ class WhatsappWorker:
         return marked
 
     # -- the thread -------------------------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="whatsapp-inbox", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            try:
-                with psycopg.connect(self.database_url, autocommit=True) as conn:
-                    conn.execute("SELECT pg_notify(%s, 'stop')", (CHANNEL,))
-            except psycopg.Error:
-                pass
-            self._thread.join(timeout=30)
-            self._thread = None
-        self.close()
-
     def _loop(self) -> None:
         listener: psycopg.Connection | None = None
         next_sweep = 0.0
