@@ -43,7 +43,7 @@ from application.permissions import RESOURCES
 from application.registry import Registry
 from domain.base import TenantAggregate, public_state
 from domain.errors import Conflict, DomainError, NotFound
-from projections import audit as audit_q
+from projections import audit as audit_q, pagination
 from projections.base import Projection, aggregate_of
 from projections.projector import reinstate_entity
 
@@ -343,9 +343,7 @@ def history(conn: Any, org_id: UUID, entity: Entity, *, newest_first: bool, limi
 
 
 def _encode_version(version: int, entity_id: UUID) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(json.dumps([version, str(entity_id)]).encode()).decode().rstrip("=")
+    return pagination.seal(entity_id.bytes + pagination.pack4(version))
 
 
 def _version_cursor(cursor: str, entity: Entity) -> int:
@@ -354,18 +352,16 @@ def _version_cursor(cursor: str, entity: Entity) -> int:
 
 def position_cursor(cursor: str, entity_id: UUID) -> int:
     """The position a history cursor holds, checked to be one this entity's pages wrote."""
-    import base64
-    import binascii
 
-    try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not (isinstance(value, list) and len(value) == 2 and type(value[0]) is int and isinstance(value[1], str)):
+    def read(body: bytes) -> int:
+        if len(body) != 20 or UUID(bytes=body[:16]) != entity_id:
             raise ValueError
-        if UUID(value[1]) != entity_id or not 0 <= value[0] < 2**31:
+        position = pagination.unpack4(body[16:])
+        if position < 0:
             raise ValueError
-        return value[0]
-    except (ValueError, TypeError, UnicodeError, binascii.Error, RecursionError):
-        raise DomainError(audit_q.INVALID_CURSOR, field="cursor") from None
+        return position
+
+    return pagination.unseal(cursor, read)
 
 
 def encode_position(position: int, entity_id: UUID) -> str:

@@ -15,9 +15,6 @@ each event so the caller can refuse another tenant's entity.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,7 +22,7 @@ from uuid import UUID
 
 from psycopg.rows import tuple_row
 
-from domain.errors import DomainError
+from projections import pagination
 
 def entity_events(conn: Any, entity_id: UUID) -> list[tuple[Any, ...]]:
     """Every event of one entity (any organization: the caller compares the organization), oldest first, as
@@ -64,7 +61,7 @@ EVENTS, SETTINGS = 1, 0
 """The feed's sources, in the order they sort at the same instant (newest first: events before settings)."""
 OWNER_OF_TOPIC = "left(e.topic, length(e.topic) - strpos(reverse(e.topic), '.'))"
 """`domain.deals:Deal.Created` -> `domain.deals:Deal`: the aggregate an event's topic belongs to."""
-INVALID_CURSOR = "cursor is not valid; pass next_cursor from the previous page unchanged"
+INVALID_CURSOR = pagination.INVALID_CURSOR
 
 
 @dataclass(frozen=True)
@@ -80,26 +77,21 @@ class FeedFilter:
 
 
 def encode_cursor(at: datetime, source: int, seq: int) -> str:
-    raw = json.dumps([at.isoformat(), f"{'e' if source == EVENTS else 's'}{seq}"])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return pagination.seal(pagination.pack_instant(at) + bytes([source]) + pagination.pack8(seq))
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int, int]:
     """(time, source, sequence) of the last row of the previous page; anything else is the caller's error."""
-    try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+
+    def read(body: bytes) -> tuple[datetime, int, int]:
+        if len(body) != 17 or body[8] not in (EVENTS, SETTINGS):
             raise ValueError
-        at = datetime.fromisoformat(value[0])
-        key = value[1]
-        if at.tzinfo is None or len(key) < 2 or len(key) > 20 or key[0] not in "es" or not key[1:].isdigit():
+        seq = pagination.unpack8(body[9:])
+        if seq < 0:
             raise ValueError
-        seq = int(key[1:])
-        if seq >= 2**63:
-            raise ValueError
-        return at, EVENTS if key[0] == "e" else SETTINGS, seq
-    except (ValueError, TypeError, UnicodeError, binascii.Error, RecursionError, OverflowError):
-        raise DomainError(INVALID_CURSOR, field="cursor") from None
+        return pagination.unpack_instant(body[:8]), body[8], seq
+
+    return pagination.unseal(cursor, read)
 
 
 TYPE_PROBE_CAUSES = 500

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import hashlib
+import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -41,58 +43,91 @@ def by_date(prefix: str, column: str) -> dict[str, Sort]:
 
 
 INVALID_CURSOR = "cursor is not valid; pass next_cursor from the previous page unchanged"
-BIGINT = 2**63
 
 
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or "\x00" in value:
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CHECK_BYTES = 4
+
+
+def _text_bytes(raw: bytes) -> str:
+    text = raw.decode()  # strict: no invalid UTF-8, no encoded lone surrogates
+    if "\x00" in text:
         raise ValueError
-    value.encode()  # no lone surrogates
-    return value
+    return text
 
 
-def _timestamptz(value: Any) -> datetime:
-    parsed = datetime.fromisoformat(_text(value))
-    if parsed.tzinfo is None:
-        raise ValueError
-    return parsed
+def _signed(size: int) -> tuple[Callable[[Any], bytes], Callable[[bytes], int]]:
+    def pack(value: Any) -> bytes:
+        return int(value).to_bytes(size, "big", signed=True)
 
-
-def _int_in(bound: int) -> Any:
-    def check(value: Any) -> int:
-        if type(value) is not int or not -bound <= value < bound:
+    def unpack(raw: bytes) -> int:
+        if len(raw) != size:
             raise ValueError
-        return value
+        return int.from_bytes(raw, "big", signed=True)
 
-    return check
+    return pack, unpack
 
 
-# How a cursor's sort value is checked and turned into the value compared in SQL, per Sort.cast.
-CURSOR_VALUES = {
-    "text": _text,
-    "timestamptz": _timestamptz,
-    "date": lambda value: date.fromisoformat(_text(value)),
-    "bigint": _int_in(BIGINT),
-    "integer": _int_in(2**31),
+pack8, unpack8 = _signed(8)
+pack4, unpack4 = _signed(4)
+
+
+def pack_instant(value: datetime) -> bytes:
+    return pack8((value - EPOCH) // timedelta(microseconds=1))
+
+
+def unpack_instant(raw: bytes) -> datetime:
+    return EPOCH + timedelta(microseconds=unpack8(raw))
+
+
+# How a cursor's sort value is written as bytes and read back (checked) into the value compared in SQL, per Sort.cast.
+CURSOR_VALUES: dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]] = {
+    "text": (lambda value: value.encode(), _text_bytes),
+    "timestamptz": (pack_instant, unpack_instant),
+    "date": (lambda value: pack4(value.toordinal()), lambda raw: date.fromordinal(unpack4(raw))),
+    "bigint": (pack8, unpack8),
+    "integer": (pack4, unpack4),
 }
 
 
-def _encode(value: Any, row_id: Any) -> str:
-    raw = json.dumps([value.isoformat() if hasattr(value, "isoformat") else value, str(row_id)])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+def _check(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=CHECK_BYTES, person=b"flusia-cursor").digest()
+
+
+def seal(body: bytes) -> str:
+    """A cursor's text: its bytes and a short checksum (so a cut or altered cursor is refused, not misread)."""
+    return base64.urlsafe_b64encode(body + _check(body)).decode().rstrip("=")
+
+
+def _encode(value: Any, row_id: Any, sort: Sort) -> str:
+    """The row id's 16 bytes, then the sort value packed for its type: ~40 characters where JSON made ~120 (a
+    cursor is in every page a model reads)."""
+    return seal(UUID(str(row_id)).bytes + CURSOR_VALUES[sort.cast][0](value))
+
+
+def unseal(cursor: str, read: Callable[[bytes], Any]) -> Any:
+    """`read(bytes)` of a cursor `seal` wrote, with this exact spelling; a cut, altered or foreign cursor, or bytes
+    `read` refuses (ValueError), is the caller's clear error, never anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4))
+        body, check = raw[:-CHECK_BYTES], raw[-CHECK_BYTES:]
+        if len(raw) <= CHECK_BYTES or not hmac.compare_digest(check, _check(body)) or seal(body) != cursor:
+            raise ValueError
+        return read(body)
+    except (ValueError, TypeError, UnicodeError, OverflowError, binascii.Error):
+        raise DomainError(INVALID_CURSOR, field="cursor") from None
 
 
 def _decode(cursor: str, sort: Sort) -> tuple[Any, UUID]:
     """The cursor's (sort value, row id), checked to be exactly what `_encode` writes for this sort before any SQL
-    sees it: a tampered or foreign cursor is the caller's error, never a database error."""
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not (isinstance(decoded, list) and len(decoded) == 2):
+    sees it."""
+
+    def read(body: bytes) -> tuple[Any, UUID]:
+        if len(body) < 16:
             raise ValueError
-        value, row_id = decoded
-        return CURSOR_VALUES[sort.cast](value), UUID(_text(row_id))
-    except (ValueError, TypeError, UnicodeError, binascii.Error, RecursionError):
-        raise DomainError(INVALID_CURSOR, field="cursor") from None
+        return CURSOR_VALUES[sort.cast][1](body[16:]), UUID(bytes=body[:16])
+
+    return unseal(cursor, read)
 
 
 def paginate(
@@ -112,7 +147,7 @@ def paginate(
     rows = conn.execute(sql, [*args, limit + 1]).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = _encode(rows[-1]["_sort_key"], rows[-1]["_row_id"]) if more and rows else None
+    next_cursor = _encode(rows[-1]["_sort_key"], rows[-1]["_row_id"], sort) if more and rows else None
     for r in rows:
         r.pop("_sort_key", None)
         r.pop("_row_id", None)
