@@ -1,7 +1,7 @@
 """Custom field values for the toolsets whose entities carry them (clients, deals, tasks, projects).
 
 A create or update tool takes `custom_fields` ({key: value}, null clears one) and calls `record`; a list tool takes
-`custom_field` and `custom_value` and calls `list_filter`; get and list tools return the read model's
+`custom_fields` ({key: value as text}, all must match) and calls `list_filter`; get and list tools return the read model's
 `custom_fields`. Definitions come from the settings read model: they are the entity's own schema, so these calls
 need no permission on `settings` (an error names a custom field's key, never another resource's data).
 """
@@ -23,11 +23,11 @@ CustomKey = Annotated[str, Meta(pattern=KEY_PATTERN)]
 CustomValue = (Annotated[str, Meta(max_length=2000)] | int | float | bool
                | Annotated[list[Annotated[str, Meta(max_length=200)]], Meta(max_length=100)] | None)
 CustomFieldsArg = Annotated[dict[CustomKey, CustomValue], Meta(max_length=50, description=(
-    "Keys: crm_settings_list_custom_fields. null clears one."))]
+    "Keys: crm_settings_list_custom_fields."))]
 CustomFieldsOut = Annotated[dict[str, Any], Meta(description="Custom field values by key (see crm_settings_list_custom_fields).")]
-CustomFilterKey = Annotated[str, Meta(pattern=KEY_PATTERN, description=(
-    "Key of a custom field (crm_settings_list_custom_fields) that must equal custom_value."))]
-CustomFilterValue = Annotated[str, Meta(min_length=1, max_length=2000, description="As text: 'Dental', '12', 'true'.")]
+CustomFilterValue = Annotated[str, Meta(min_length=1, max_length=2000)]
+CustomFilter = Annotated[dict[CustomKey, CustomFilterValue], Meta(min_length=1, max_length=10, description=(
+    "Only those with these custom field values, as text: {\"industry\": \"Dental\", \"vip\": \"true\"}."))]
 
 
 class WithCustomFields(Command, kw_only=True):
@@ -43,10 +43,9 @@ class ChangesCustomFields(Command, kw_only=True):
 
 
 class FiltersCustomFields(ListQuery, kw_only=True):
-    """Base of a list tool's input that filters by one custom field."""
+    """Base of a list tool's input that filters by custom field values."""
 
-    custom_field: CustomFilterKey | None = None
-    custom_value: CustomFilterValue | None = None
+    custom_fields: CustomFilter | None = None
 
 
 class CustomFieldsShown(Struct, kw_only=True):
@@ -76,14 +75,21 @@ def record(uow: Any, entity: HasCustomFields, entity_type: str, values: Mapping[
         entity.set_custom_fields(checked)
 
 
-def list_filter(conn: Any, org_id: UUID, entity_type: str, key: str | None, value: str | None) -> dict[str, Any] | None:
-    """{key: stored value} for a list's `custom_field`/`custom_value` filter, or None without one."""
-    if key is None and value is None:
+def list_filter(conn: Any, org_id: UUID, entity_type: str, wanted: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """{key: stored value} for a list's `custom_fields` filter, or None without one; an error names the key
+    (`custom_fields.industry`)."""
+    if not wanted:
         return None
-    if key is None or value is None:
-        raise DomainError("custom_field and custom_value go together", field="custom_field" if key is None else "custom_value")
-    definition = settings_q.definitions(conn, org_id, entity_type).get(key)
-    if definition is None:
-        raise DomainError(f"no custom field {key!r} is defined for {entity_type}s (crm_settings_list_custom_fields)",
-                          field="custom_field")
-    return {key: filter_value(definition, value)}
+    definitions = settings_q.definitions(conn, org_id, entity_type)
+    out = {}
+    for key, value in wanted.items():
+        definition = definitions.get(key)
+        if definition is None:
+            raise DomainError(f"no custom field {key!r} is defined for {entity_type}s (crm_settings_list_custom_fields)",
+                              field=f"custom_fields.{key}")
+        try:
+            out[key] = filter_value(definition, value)
+        except DomainError as e:
+            e.field = f"custom_fields.{key}"
+            raise
+    return out

@@ -36,9 +36,6 @@ Kind = Literal["query", "command", "destructive"]
 KIND_ACTION = {"query": "read", "command": "write", "destructive": "delete"}
 
 
-CONFIRM_SENTENCE = "Dry run first with preview:true."
-"""Added to every destructive tool's description (application.confirmation: preview and confirmed calls). The
-preview's own answer says how to confirm, and the server instructions say it once, so 80 tools do not repeat it."""
 REPEAT_ADDS = ("create", "add_", "log_", "send_", "invite", "allocate", "sync", "restore")
 REPEAT_ADDS_EXCEPT = {"add_tag", "add_to_blacklist"}
 """Tool verbs (`crm_<toolset>_<verb>`) whose repetition adds something again (see Operation.repeat_adds)."""
@@ -114,6 +111,8 @@ def compact(node: Any, *, prose: bool = True, lean: bool = False) -> Any:
             continue  # an id is never made up: it comes from another tool's answer (the descriptions say which)
         elif lean and key == "default" and (value is False or value == [] or value == {}):
             continue  # an empty list, object or false is what leaving an argument out plainly means
+        elif lean and key == "minimum" and value == 1 and node.get("type") == "integer":
+            continue  # a count or a limit: at least one goes without saying (0 is refused with the field named)
         else:
             out[key] = compact(value, prose=prose, lean=lean)
     if node.get("format") == "decimal":
@@ -151,8 +150,9 @@ def json_schema(tp: type) -> dict[str, Any]:
 
 
 def output_json_schema(tp: type) -> dict[str, Any]:
-    """An output schema: shared definitions kept as `$defs` (a deal's money object is written once), no prose."""
-    return compact(msgspec.json.schema(tp), prose=False)
+    """An output schema: shared definitions kept as `$defs` (a deal's money object is written once), no prose, and
+    none of the input rules (lengths, patterns, closed objects): it says what a result holds, not what is refused."""
+    return compact(msgspec.json.schema(tp), prose=False, lean=True)
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ class Operation:
     @property
     def description(self) -> str:
         text = " ".join(inspect.cleandoc(self.input.__doc__ or "").split())  # one line: a docstring's wrapping is not prose
-        return f"{text} {CONFIRM_SENTENCE}" if self.confirmable and text else text
+        return text  # a destructive tool's preview/confirmation: the server instructions explain it once
 
     @property
     def title(self) -> str:
@@ -280,13 +280,12 @@ class Operation:
         return schema
 
     def annotations(self) -> dict[str, bool]:
-        """Every hint is explicit: clients read a missing destructiveHint as true."""
-        return {
-            "readOnlyHint": self.kind == "query",
-            "destructiveHint": self.kind == "destructive",
-            "idempotentHint": self.kind == "query",
-            "openWorldHint": self.open_world,
-        }
+        """The hints a client needs, read with the spec's defaults: a read-only tool says so (its other hints mean
+        nothing); a write tool always says whether it is destructive (a missing destructiveHint means true);
+        openWorldHint is always explicit; idempotentHint keeps its default, false."""
+        if self.kind == "query":
+            return {"readOnlyHint": True, "openWorldHint": self.open_world}
+        return {"destructiveHint": self.kind == "destructive", "openWorldHint": self.open_world}
 
 
 class Registry:

@@ -29,7 +29,7 @@ ShortText = Annotated[str, Meta(min_length=1, max_length=200)]
 Tag = Annotated[str, Meta(min_length=1, max_length=60, pattern=r"^\S(.*\S)?$")]
 Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 Phone = Annotated[str, Meta(max_length=40, pattern=r"^\+?[0-9 ().\-/]{3,40}$")]
-NoteBody = Annotated[str, Meta(min_length=1, max_length=20000, description="Markdown.")]
+NoteBody = Annotated[str, Meta(min_length=1, max_length=20000)]
 SearchText = Annotated[str, Meta(min_length=1, max_length=200)]
 
 T = TypeVar("T")

@@ -166,7 +166,7 @@ class Toolset:
 
     def tags(self, *, label: str, add_hint: str = "", reads: tuple[str, ...] = ()) -> None:
         """`crm_<name>_add_tag` and `_remove_tag` for an aggregate that is `domain.shared.Taggable`."""
-        add = self._struct(f"Tag{label}", Command, f"Add a tag to {self.subject} (no effect if it already has it)."
+        add = self._struct(f"Tag{label}", Command, f"Add a tag to {self.subject} (no effect if present)."
                                                     f"{add_hint}", [("tag", Tag)])
         remove = self._struct(f"Untag{label}", Command, f"Remove a tag from {self.subject}.", [("tag", Tag)])
         self.act("add_tag", add, lambda a, cmd, uow: a.add_tag(cmd.tag), presents_entity=True, row=True, reads=reads)

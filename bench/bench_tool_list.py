@@ -12,7 +12,8 @@ Prints, for the tools an admin token sees:
   tasks <= 800.
 
 Usage (repository root, venv active): python bench/bench_tool_list.py
-Environment: BENCH_ADMIN_URL, BENCH_N (list fetches per server, default 200).
+Environment: BENCH_ADMIN_URL, BENCH_N (list fetches per server, default 200), BENCH_SHOW_ROWS=1 (print
+one row of each page).
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ def result_tokens(http: httpx.Client, url: str, headers: dict[str, str]) -> dict
     for tool, key in (("crm_clients_list", "clients"), ("crm_deals_list", "deals"), ("crm_tasks_list", "tasks")):
         page = call(tool, {"limit": 10})
         out[key] = len(json.dumps(page, separators=(",", ":"), ensure_ascii=False)) // 4
+        if os.environ.get("BENCH_SHOW_ROWS"):
+            print(key, json.dumps({**page, "items": page["items"][:1]}, ensure_ascii=False), file=sys.stderr)
     return out
 
 

@@ -33,7 +33,9 @@ LABEL_FIELDS = ("business_name", "title", "name", "subject", "label", "number", 
 SERVER_INSTRUCTIONS = (
     "Flusia CRM. Resolve people with crm_users_list and leads/clients with crm_clients_search before acting on them; "
     "ids returned by one tool are the arguments of the next. Dates are YYYY-MM-DD in the organization's timezone "
-    "(crm_users_me tells it). Write tools accept idempotency_key so a retry never does the work twice. "
+    "(crm_users_me tells it). Write tools accept idempotency_key so a retry never does the work twice. Update tools "
+    "change only the fields you send; null clears an optional one. Searches rank best first; when nothing has every "
+    "word, they return what matches some, marked match:'any'. "
     "Destructive tools accept preview:true: nothing changes, the answer says what would and carries a confirmation; "
     "show it to the user and, once they agree, repeat the call with confirmation=<it> to do exactly that (refused "
     "if anything it touches changed meanwhile)."
@@ -81,8 +83,9 @@ def tool_of(op: Operation) -> types.Tool:
 
 @cache
 def toolsets_meta(registry: Registry) -> list[dict[str, Any]]:
-    """Every toolset once per page (names for `/mcp?toolsets=`), rather than its description in every tool."""
-    return [{"name": t.name, "title": t.title, "description": t.description, "default": t.default}
+    """Every toolset once per page (names for `/mcp?toolsets=`), rather than its description in every tool; only a
+    toolset left out of the default selection says so (`default: false`)."""
+    return [{"name": t.name, "description": t.description, **({} if t.default else {"default": False})}
             for t in registry.toolsets.values()]
 
 

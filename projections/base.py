@@ -22,6 +22,12 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 
+def local_date(timestamp: str, organization: str = "organization_id") -> str:
+    """SQL for the calendar day of a timestamp column in its organization's time zone: what lists show (a model
+    converting UTC timestamps itself misdates everything done late in the evening)."""
+    return f"({timestamp} AT TIME ZONE (SELECT o.timezone FROM organizations o WHERE o.id = {organization}))::date"
+
+
 def handles(*event_classes: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__handles__ = event_classes  # type: ignore[attr-defined]

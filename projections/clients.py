@@ -13,7 +13,7 @@ from domain.custom_fields import CustomField
 from domain.errors import NotFound
 from domain.personal_data import ERASED
 from projections.base import (Projection, exists, handles, handles_many, rows_json, set_columns, set_columns_many,
-                              touch)
+                              local_date, touch)
 from projections.matching import FREQUENT, Found, tsquery_literal
 from projections import custom_fields as custom_values
 from projections.pagination import BY_CREATION, NEWEST, RECENTLY_UPDATED, by_name, paginate
@@ -316,7 +316,7 @@ CLIENT_COLUMNS = (
     " assigned_to, (SELECT name FROM users WHERE users.id = assigned_to) AS assigned_to_name, tags, created_by,"
     " created_at, updated_at, converted_at"
 )
-CLIENT_COLUMNS += ", custom_fields"
+CLIENT_COLUMNS += f", custom_fields, {local_date('created_at')} AS created_on"
 SORTS = {
     **BY_CREATION, "updated_desc": RECENTLY_UPDATED, **by_name("business_name"),
 }

@@ -11,7 +11,7 @@ from domain.custom_fields import CustomField
 from domain.errors import NotFound
 from domain.personal_data import ERASED
 from projections import custom_fields as custom_values
-from projections.base import Projection, exists, handles
+from projections.base import Projection, exists, handles, local_date
 from projections.clients import name_groups
 from projections.matching import FREQUENT, Found, fallback_words, prefix_tsquery
 from projections.pagination import BY_CREATION, RECENTLY_UPDATED, Sort, by_date, paginate
@@ -22,7 +22,7 @@ DEAL_COLUMNS = (
     " c.business_name AS client_name, p.name AS pipeline_name, s.name AS stage_name, s.probability AS stage_probability,"
     " (SELECT name FROM users u WHERE u.id = d.owner_id) AS owner_name"
 )
-DEAL_COLUMNS += ", d.custom_fields"
+DEAL_COLUMNS += f", d.custom_fields, {local_date('d.created_at', 'd.organization_id')} AS created_on"
 DEAL_SEARCH_TEXT = ("UPDATE deals SET search_text = lower(f_unaccent(concat_ws(' ', title, f_custom_text(custom_fields))))"
                     " WHERE id = %s")
 """Title and custom field texts: what crm_deals_search matches."""

@@ -10,7 +10,7 @@ from domain.clients import Client
 from domain.custom_fields import CustomField
 from domain.errors import NotFound
 from domain.tasks import PRIORITIES, Task
-from projections.base import Projection, exists, handles, set_columns, touch
+from projections.base import Projection, exists, handles, local_date, set_columns, touch
 from projections.matching import Found, search_both
 from projections import custom_fields as custom_values
 from projections.pagination import BY_CREATION, Sort, by_date, paginate
@@ -23,7 +23,7 @@ TASK_COLUMNS = (
     " (SELECT name FROM projects p WHERE p.id = tasks.project_id) AS project_name,"
     " (SELECT name FROM users u WHERE u.id = tasks.assignee_id) AS assignee_name"
 )
-TASK_COLUMNS += ", custom_fields"
+TASK_COLUMNS += f", custom_fields, {local_date('created_at')} AS created_on"
 SORTS = {
     **by_date("due", "due_date"), **BY_CREATION,
     "priority_desc": Sort("array_position(ARRAY[%s], priority)" % ", ".join(f"'{p}'" for p in PRIORITIES), "integer",

@@ -22,7 +22,7 @@ def seed(runtime: Any, admin: Any) -> dict[str, Any]:
     client = do("crm_clients_create_lead", business_name="MARK-clients-lead", contact_name="MARK-clients-person",
                 vat_number="IT12345678901", source="MARK-clients-source", email="mark-clients@example.com")
     duplicate = do("crm_clients_create_lead", business_name="MARK-clients-duplicate", vat_number="IT12345678901")
-    contact = do("crm_clients_add_contact", client_id=client["id"], name="MARK-clients-contact")["contacts"][0]
+    contact = do("crm_clients_add_contact", client_id=client["id"], name="MARK-clients-contact")
     client_note = do("crm_clients_add_note", client_id=client["id"], body="MARK-clients-note")
     recording = do("crm_clients_add_recording", client_id=client["id"], media_url="https://example.com/a.mp3",
                    duration_seconds=60, transcript="MARK-clients-transcript")

@@ -24,7 +24,7 @@ from projections.timeline import CLIENT_KINDS, DEAL_KINDS, TASK_KINDS
 ActivityId = Annotated[UUID, Meta(description="From crm_activities_list.")]
 ActivityType = Literal[TYPES]  # type: ignore[valid-type]
 Subject = Annotated[str, Meta(max_length=300)]
-Body = Annotated[str, Meta(max_length=20000, description="Markdown.")]
+Body = Annotated[str, Meta(max_length=20000)]
 When = Annotated[datetime, Meta(description="ISO 8601 with offset; default now.")]
 Direction = Literal["inbound", "outbound"]
 
@@ -96,13 +96,12 @@ activities = Toolset(
 
 # -- queries ---------------------------------------------------------------------------------------------
 class ListActivities(ListQuery, kw_only=True):
-    """Logged activities, newest first. Filter by type (call, meeting, email, note), client, deal, user and date
-    range. Pages with cursor/next_cursor."""
+    """Logged activities, newest first, by type (call, meeting, email, note), client, deal, user and dates."""
 
     type: ActivityType | None = None
     client_id: UUID | None = None
     deal_id: UUID | None = None
-    user_id: Annotated[UUID | None, Meta(description="Only activities of this user.")] = None
+    user_id: UUID | None = None
     occurred_from: Annotated[datetime | None, Meta(description="At or after (ISO 8601).")] = None
     occurred_to: Annotated[datetime | None, Meta(description="Before (ISO 8601).")] = None
 
@@ -126,13 +125,12 @@ def get_activity(q: GetActivity, ctx: QueryContext) -> ActivityOut:
 
 
 class Timeline(ListQuery, kw_only=True):
-    """History of a client or deal (give client_id or deal_id), newest first: activities, notes, tasks, deal
-    creation, status, stage, value and owner changes, deletions, with who did them. What the token may not read
-    is left out and listed in `omitted`."""
+    """History of a client or deal, newest first: activities, notes, tasks, deal creation, status, stage, value and
+    owner changes, deletions, with who did them; what the token may not read is listed in `omitted`."""
 
     client_id: UUID | None = None
     deal_id: UUID | None = None
-    kinds: Annotated[list[EntryKind] | None, Meta(description="Only these kinds of entries.")] = None
+    kinds: list[EntryKind] | None = None
 
 
 @activities.query("timeline", output=TimelinePage)
@@ -154,7 +152,7 @@ def timeline(q: Timeline, ctx: QueryContext) -> TimelinePage:
 
 # -- logging ---------------------------------------------------------------------------------------------
 class LogBase(Command, kw_only=True):
-    client_id: Annotated[UUID | None, Meta(description="Give client_id and/or deal_id.")] = None
+    client_id: UUID | None = None  # and/or deal_id: the tools' descriptions say so
     deal_id: UUID | None = None
     user_id: Annotated[UUID | None, Meta(description="Who did it; default you.")] = None
     occurred_at: When | None = None
@@ -201,10 +199,10 @@ class LogMeeting(LogBase, kw_only=True):
 
 
 class LogEmail(LogBase, kw_only=True):
-    """Log an e-mail exchanged with a client: direction, subject and a snippet (this does not send e-mail)."""
+    """Log an e-mail exchanged with a client (does not send one): direction, subject, snippet."""
 
     direction: Direction | None = None
-    snippet: Annotated[str, Meta(max_length=2000, description="The first lines of the e-mail.")] | None = None
+    snippet: Annotated[str, Meta(max_length=2000)] | None = None
 
 
 class LogNote(LogBase, kw_only=True):
@@ -227,15 +225,15 @@ activities.command("log_note", input=LogNote, output=ActivityOut, returns=UUID, 
 
 
 class UpdateActivity(Command, kw_only=True):
-    """Change an activity; only what you send changes. `details` merges into the type-specific details
-    (e.g. {"outcome": "won"} for a call, {"location": "Milano"} for a meeting)."""
+    """Change an activity. `details` merges into the type's details (e.g. {"outcome": "won"} for a call, {"location":
+    "Milano"} for a meeting)."""
 
     activity_id: ActivityId
     subject: Subject | None | UnsetType = UNSET
     body: Body | None | UnsetType = UNSET
     occurred_at: When | UnsetType = UNSET
     user_id: UUID | UnsetType = UNSET
-    details: Annotated[dict[str, Any], Meta(description="Details to change.")] | UnsetType = UNSET
+    details: dict[str, Any] | UnsetType = UNSET
 
 
 def _update(a: Activity, cmd: UpdateActivity, uow: UnitOfWork) -> None:

@@ -60,12 +60,11 @@ class ClientOverview(Struct, kw_only=True, omit_defaults=True):
 
 
 class ClientOverviewQuery(Query, kw_only=True):
-    """Everything about one lead/client (after crm_clients_search): details and counts, open then latest closed
-    deals, open tasks, latest activities and notes, wiki pages mentioning it. Parts the token may not read are
-    listed in `omitted`. More of one part: crm_clients_list_deals, crm_tasks_list, crm_activities_timeline."""
+    """Everything about one lead/client (id from crm_clients_search) in one call: details, counts, deals, open tasks,
+    latest activities and notes, wiki pages mentioning it; parts the token may not read are listed in `omitted`."""
 
     client_id: ClientId
-    limit: Annotated[int, Meta(ge=1, le=20, description="Most items of each part (default 5).")] = 5
+    limit: Annotated[int, Meta(ge=1, le=20, description="Per part.")] = 5
 
 
 @clients.query("overview", input=ClientOverviewQuery, output=ClientOverview)

@@ -27,7 +27,7 @@ ClientId = Annotated[UUID, Meta(description="From crm_clients_search or _list.")
 UserId = Annotated[UUID, Meta(description="From crm_users_list.")]
 BusinessName = Annotated[str, Meta(min_length=1, max_length=200)]
 PersonName = Annotated[str, Meta(min_length=1, max_length=200)]
-VatNumber = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9 .\-]+$", description="E.g. 'IT12345678901'.")]
+VatNumber = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9 .\-]+$")]
 TaxCode = Annotated[str, Meta(min_length=2, max_length=30, pattern=r"^[A-Za-z0-9]+$", description="Codice fiscale.")]
 Url = Annotated[str, Meta(max_length=2000, pattern=r"^https?://\S+$")]
 Source = Annotated[str, Meta(min_length=1, max_length=60, description="E.g. 'website', 'referral'.")]
@@ -52,7 +52,8 @@ class ContactOut(Struct, kw_only=True, omit_defaults=True):
 
 
 class ClientRow(custom_fields.CustomFieldsShown, kw_only=True, omit_defaults=True):
-    """A lead/client in brief, as lists show it (crm_clients_get has everything)."""
+    """A lead/client in brief, as lists show it: people by name, the day it was created in the organization's time
+    zone (crm_clients_get has everything, user ids and exact times included)."""
 
     id: UUID
     kind: Kind
@@ -61,14 +62,15 @@ class ClientRow(custom_fields.CustomFieldsShown, kw_only=True, omit_defaults=Tru
     contact_name: str | None = None
     email: str | None = None
     phone: str | None = None
-    vat_number: str | None = None
-    assigned_to: UUID | None = None
     assigned_to_name: str | None = None
     tags: list[str] = []
-    created_at: datetime
+    created_on: date
 
 
 class ClientDetail(ClientRow, kw_only=True, omit_defaults=True):
+    vat_number: str | None = None
+    assigned_to: UUID | None = None
+    created_at: datetime
     tax_code: str | None = None
     website: str | None = None
     address: Address | None = None
@@ -85,6 +87,10 @@ class ClientDetail(ClientRow, kw_only=True, omit_defaults=True):
 
 
 class SearchHit(ClientRow, kw_only=True, omit_defaults=True):
+    """Also the VAT number and the exact creation time: what tells duplicates apart and which came first."""
+
+    vat_number: str | None = None
+    created_at: datetime
     score: Annotated[float, Meta(description="Relevance; higher is better. Exact VAT/e-mail/phone matches score above 2.")]
 
 
@@ -148,13 +154,13 @@ clients = Toolset(
 
 # -- queries ---------------------------------------------------------------------------------------------
 class ListClients(custom_fields.FiltersCustomFields, kw_only=True):
-    """List leads and clients, newest first by default. Filter by type (lead or client), funnel status,
-    assignee, tag, source and creation date range. Pages with `cursor`/`next_cursor`."""
+    """List leads and clients, newest first by default, by type (lead/client), funnel status, assignee, tag, source and
+    creation dates."""
 
     type: Kind | None = None
-    status: Annotated[Status | None, Meta(description="Lead funnel status.")] = None
-    assigned_to: Annotated[UUID | None, Meta(description="Only those assigned to this user id.")] = None
-    unassigned: Annotated[bool, Meta(description="Only those with nobody assigned.")] = False
+    status: Status | None = None
+    assigned_to: UUID | None = None
+    unassigned: bool = False
     tag: Tag | None = None
     source: Source | None = None
     created_from: datetime | None = None
@@ -167,14 +173,14 @@ def list_clients(q: ListClients, ctx: QueryContext) -> Page[ClientRow]:
     rows, cursor = clients_q.list_clients(
         ctx.conn, ctx.org_id, kind=q.type, status=q.status, assigned_to=q.assigned_to, unassigned=q.unassigned,
         tag=q.tag, source=q.source, created_from=q.created_from, created_to=q.created_to, sort=q.sort,
-        custom=custom_fields.list_filter(ctx.conn, ctx.org_id, "client", q.custom_field, q.custom_value),
+        custom=custom_fields.list_filter(ctx.conn, ctx.org_id, "client", q.custom_fields),
         limit=q.limit, cursor=q.cursor,
     )
     return Page(items=[msgspec.convert(r, ClientRow) for r in rows], next_cursor=cursor)
 
 
 class GetClient(Query, kw_only=True):
-    """One lead or client with its contact persons, tags and counts of notes, tasks, deals and recordings."""
+    """One lead/client with contact persons, tags, and counts of notes, tasks, deals and recordings."""
 
     client_id: ClientId
 
@@ -185,9 +191,8 @@ def get_client(q: GetClient, ctx: QueryContext) -> ClientDetail:
 
 
 class SearchClients(Query, kw_only=True):
-    """Search leads and clients by business name, contact person name, VAT number, e-mail or phone.
-    Tolerates typos, accents and case; best match first; if none has every word, those with some (match: 'any').
-    Use it to find an id from a name."""
+    """Find leads/clients by business or contact name, VAT number, e-mail or phone (typos, accents and case tolerated):
+    turns a name into an id."""
 
     q: SearchText
     type: Kind | None = None
@@ -201,11 +206,11 @@ def search_clients(q: SearchClients, ctx: QueryContext) -> SearchResult:
 
 
 class FindDuplicates(Query, kw_only=True):
-    """Groups of leads/clients that share a VAT number, e-mail or phone (normalised: 'IT 123' = '123',
-    '+39 02 1' = '0039021'). Use before crm_clients_merge or crm_clients_delete to clean up."""
+    """Groups of leads/clients sharing a VAT number, e-mail or phone (normalised: 'IT 123' = '123', '+39 02 1' =
+    '0039021'). Use before crm_clients_merge or crm_clients_delete."""
 
     by: Annotated[Literal["any", "vat", "email", "phone"], Meta(description="Which field must match.")] = "any"
-    limit: Annotated[int, Meta(ge=1, le=100, description="Maximum number of groups.")] = 50
+    limit: Annotated[int, Meta(ge=1, le=100)] = 50
 
 
 @clients.query("find_duplicates", output=DuplicateGroups)
@@ -241,7 +246,7 @@ def list_contacts(q: ListContacts, ctx: QueryContext) -> ContactList:
 
 
 class ListRecordings(ClientPageQuery, kw_only=True):
-    """Call recordings of a lead/client, newest first: title, duration, direction, media URL and a transcript excerpt."""
+    """Call recordings of a lead/client, newest first: title, duration, direction, media URL, transcript excerpt."""
 
 
 @clients.query("list_recordings", output=Page[RecordingSummary])
@@ -278,8 +283,8 @@ class NewClientFields(custom_fields.WithCustomFields, kw_only=True):
 
 
 class CreateLead(NewClientFields, kw_only=True):
-    """Create a lead (a prospect, status 'new'). Returns the new lead with its id, which later calls need,
-    e.g. crm_tasks_create(client_id=...). Resolve a person to assign with crm_users_list first."""
+    """Create a lead (a prospect, status 'new'); its id is what later calls need, e.g. crm_tasks_create(client_id). Find
+    an assignee with crm_users_list."""
 
 
 class CreateClient(NewClientFields, kw_only=True):
@@ -308,7 +313,7 @@ clients.command("create", input=CreateClient, output=ClientRow, returns=UUID,
 
 # -- changing one client: load, call the domain, save --------------------------------------------------------
 class UpdateClient(custom_fields.ChangesCustomFields, kw_only=True):
-    """Change a lead/client's fields. Only the fields you send change; send null to clear an optional field."""
+    """Change a lead's/client's details (funnel status, assignee and tags have their own tools)."""
 
     client_id: ClientId
     business_name: BusinessName | UnsetType = UNSET
@@ -331,7 +336,7 @@ clients.update(UpdateClient, _changes)
 
 
 class UpdateStatus(Command, kw_only=True):
-    """Move a lead in the funnel: new, contacted, qualified, unqualified or lost. Clients have no funnel status."""
+    """Move a lead in the funnel: new, contacted, qualified, unqualified or lost (clients have no funnel status)."""
 
     client_id: ClientId
     status: Status
@@ -352,13 +357,13 @@ clients.act("convert_to_client", ConvertToClient, lambda c, cmd, uow: c.convert_
 
 
 clients.assignment(label="Client",
-                   assign_doc="Assign a lead/client to a user of the organization (find the user_id with crm_users_list).",
-                   unassign_doc="Remove the assignment of a lead/client, leaving nobody responsible for it.")
+                   assign_doc="Assign a lead/client to a user (user_id from crm_users_list).",
+                   unassign_doc="Leave a lead/client with nobody assigned.")
 clients.tags(label="Client")
 
 
 class AddContact(Command, kw_only=True):
-    """Add a contact person to a lead/client."""
+    """Add a contact person to a lead/client. Returns the contact with its id (for crm_deals_add_contact)."""
 
     client_id: ClientId
     name: PersonName
@@ -367,12 +372,17 @@ class AddContact(Command, kw_only=True):
     phone: Phone | None = None
 
 
-clients.act("add_contact", AddContact, lambda c, cmd, uow: c.add_contact(sent(cmd, CONTACT_FIELDS)),
-            presents_entity=True)
+def contact_of(client: Client, contact_id: UUID) -> ContactOut:
+    """The contact as the client now holds it: what add/update return (the contact, not the whole client)."""
+    return msgspec.convert(client.contacts[str(contact_id)], ContactOut)
+
+
+clients.act("add_contact", AddContact, lambda c, cmd, uow: contact_of(c, c.add_contact(sent(cmd, CONTACT_FIELDS))),
+            output=ContactOut, present=None, returns=ContactOut)
 
 
 class UpdateContact(Command, kw_only=True):
-    """Change a contact person of a lead/client; only the fields you send change."""
+    """Change a contact person of a lead/client."""
 
     client_id: ClientId
     contact_id: Annotated[UUID, Meta(description="From crm_clients_list_contacts.")]
@@ -382,8 +392,12 @@ class UpdateContact(Command, kw_only=True):
     phone: Phone | None | UnsetType = UNSET
 
 
-clients.act("update_contact", UpdateContact,
-            lambda c, cmd, uow: c.update_contact(cmd.contact_id, sent(cmd, CONTACT_FIELDS)), presents_entity=True)
+def update_contact(client: Client, cmd: UpdateContact, uow: UnitOfWork) -> ContactOut:
+    client.update_contact(cmd.contact_id, sent(cmd, CONTACT_FIELDS))
+    return contact_of(client, cmd.contact_id)
+
+
+clients.act("update_contact", UpdateContact, update_contact, output=ContactOut, present=None, returns=ContactOut)
 
 
 class RemoveContact(Command, kw_only=True):
@@ -393,13 +407,18 @@ class RemoveContact(Command, kw_only=True):
     contact_id: Annotated[UUID, Meta(description="From crm_clients_list_contacts.")]
 
 
-clients.act("remove_contact", RemoveContact, lambda c, cmd, uow: c.remove_contact(cmd.contact_id),
-            destructive=True, presents_entity=True)
+def remove_contact(client: Client, cmd: RemoveContact, uow: UnitOfWork) -> Removed:
+    client.remove_contact(cmd.contact_id)
+    return Removed(id=cmd.contact_id, entity="contact")
+
+
+clients.act("remove_contact", RemoveContact, remove_contact, destructive=True, output=Removed, present=None,
+            returns=Removed)
 
 
 class MergeClients(Command, kw_only=True):
-    """Merge duplicates (crm_clients_find_duplicates) into a survivor: it keeps its fields, fills empty ones,
-    gains their tags and contacts; their deals, notes, tasks and recordings move to it; the duplicates go."""
+    """Merge duplicates (crm_clients_find_duplicates) into a survivor: it keeps its fields, fills empty ones, gains
+    their tags and contacts, takes their deals, notes, tasks and recordings; the duplicates go."""
 
     survivor_id: Annotated[UUID, Meta(description="The lead/client that remains.")]
     duplicate_ids: Annotated[list[UUID], Meta(min_length=1, max_length=20, description="Leads/clients merged into the survivor.")]
@@ -415,7 +434,7 @@ def merge_clients(cmd: MergeClients, uow: UnitOfWork) -> UUID:
 
 
 class DeleteClient(Command, kw_only=True):
-    """Delete a lead/client. It disappears from lists and search; its history stays in the audit trail."""
+    """Delete a lead/client: it leaves lists and search; its history stays in the audit trail."""
 
     client_id: ClientId
 
@@ -429,14 +448,13 @@ clients.notes(subject_type="client")
 
 # -- recordings --------------------------------------------------------------------------------------------
 class AddRecording(Command, kw_only=True):
-    """Attach a call recording to a lead/client: where the audio is (media_url), how long it lasted and,
-    if available, the transcript."""
+    """Attach a call recording to a lead/client: media_url, duration and, if any, the transcript."""
 
     client_id: ClientId
     media_url: Annotated[str, Meta(max_length=2000, pattern=r"^(https?|s3|storage)://\S+$",
                                    description="https://... or storage://...")]
-    duration_seconds: Annotated[int, Meta(ge=0, le=86400, description="Length of the call in seconds.")]
-    transcript: Annotated[str, Meta(max_length=500_000, description="Full transcript text.")] | None = None
+    duration_seconds: Annotated[int, Meta(ge=0, le=86400)]
+    transcript: Annotated[str, Meta(max_length=500_000)] | None = None
     title: Annotated[str, Meta(max_length=200)] | None = None
     direction: Literal["inbound", "outbound"] | None = None
     recorded_at: Annotated[datetime | None, Meta(description="When the call took place (ISO 8601).")] = None
@@ -468,9 +486,9 @@ def delete_recording(cmd: DeleteRecording, uow: UnitOfWork) -> Removed:
 
 # -- erasure on request (GDPR art. 17) ---------------------------------------------------------------------------
 class ErasePersonalData(Command, kw_only=True):
-    """Erase a person's data on request (GDPR art. 17): contact name, tax code, e-mail, phone, address, contact
-    persons, notes and call transcripts (of merged duplicates too) read "[erased]" everywhere, history included.
-    Business name and VAT number stay. Works on deleted leads/clients. Cannot be undone."""
+    """Erase a person's data (GDPR art. 17): contact name, tax code, e-mail, phone, address, contacts, notes and
+    transcripts (merged duplicates' too) read "[erased]" everywhere, history included; business name and VAT stay. Works
+    on deleted leads/clients. Irreversible."""
 
     client_id: ClientId
 

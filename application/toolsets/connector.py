@@ -65,17 +65,16 @@ class Document(Struct, kw_only=True):
 
 
 class SearchEverything(Query, kw_only=True):
-    """Search the whole CRM by one query: leads and clients, contact persons, deals, projects, tasks, wiki pages,
-    activities and notes (those you may read), typo- and accent-tolerant, best first, at most 20. Each result's id
-    (e.g. 'deal:<uuid>') goes to fetch."""
+    """Search the whole CRM with one query: leads/clients, contacts, deals, projects, tasks, wiki pages, activities and
+    notes you may read; typo-tolerant, best first, at most 20. Each result's id (e.g. 'deal:<uuid>') goes to fetch."""
 
     query: Annotated[str, Meta(min_length=1, max_length=200)]
 
 
 class FetchOne(Query, kw_only=True):
-    """One search result in full by its id (from search, e.g. 'client:<uuid>'): title, readable text (a client with
-    its contacts, open deals, open tasks, recent activities and notes; a deal with value, stage, lines,
-    commissions and notes; a wiki page's content), citation url and metadata."""
+    """One search result in full by its id (e.g. 'client:<uuid>'): title, readable text (a client with contacts, open
+    deals and tasks, recent activities and notes; a deal with value, stage, lines and notes; a wiki page), url and
+    metadata."""
 
     id: Annotated[str, Meta(max_length=100)]
 

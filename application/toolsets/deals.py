@@ -34,7 +34,7 @@ from projections import pipelines as pipelines_q
 from projections import invoices as invoices_q
 
 DealId = Annotated[UUID, Meta(description="From crm_deals_list or _search.")]
-Title = Annotated[str, Meta(min_length=1, max_length=300, description="E.g. 'ACME website redesign'.")]
+Title = Annotated[str, Meta(min_length=1, max_length=300)]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 Percent = Annotated[Decimal, Meta(description="Percent, e.g. \"12.5\".",
                                   **decimal_range(0, 100))]
@@ -51,24 +51,25 @@ DETAIL_READS = ("clients", "pipelines", "services")
 
 
 class DealRow(custom_fields.CustomFieldsShown, kw_only=True, omit_defaults=True):
-    """A deal in brief, as lists show it (crm_deals_get has everything)."""
+    """A deal in brief, as lists show it (crm_deals_get has everything: stage and owner ids, exact times)."""
 
     id: UUID
     title: str
     status: Status
     client_id: UUID | None = None
     client_name: str | None = None
-    stage_id: UUID
     stage_name: str | None = None
     value: Money
-    owner_id: UUID | None = None
     owner_name: str | None = None
     close_date: date | None = None
     expected_close_date: date | None = None
-    created_at: datetime
+    created_on: date
 
 
 class DealOut(DealRow, kw_only=True, omit_defaults=True):
+    stage_id: UUID
+    owner_id: UUID | None = None
+    created_at: datetime
     description: str | None = None
     pipeline_id: UUID
     pipeline_name: str | None = None
@@ -219,20 +220,20 @@ deals = Toolset(
 
 # -- queries ---------------------------------------------------------------------------------------------
 class ListDeals(custom_fields.FiltersCustomFields, kw_only=True):
-    """List deals by status ('accepted' = won, 'rejected' = lost), pipeline, stage, client, owner, value and
-    dates. E.g. won last month, largest first: status='accepted', closed_from, closed_to, sort='value_desc'."""
+    """List deals by status ('accepted' = won, 'rejected' = lost), pipeline, stage, client, owner, value and dates. E.g.
+    won last month, largest first: status='accepted', closed_from, closed_to, sort='value_desc'."""
 
-    status: Annotated[Status | None, Meta(description="open, accepted (won) or rejected (lost).")] = None
+    status: Status | None = None
     pipeline_id: UUID | None = None
     stage_id: UUID | None = None
     client_id: UUID | None = None
-    owner_id: Annotated[UUID | None, Meta(description="Only deals owned by this user id.")] = None
-    unassigned: Annotated[bool, Meta(description="Only deals without an owner.")] = False
+    owner_id: UUID | None = None
+    unassigned: bool = False
     value_min: Annotated[Decimal | None, Meta(description="Minimum value (inclusive), e.g. \"10000\".",
                                               **decimal_range(0, MAX_AMOUNT))] = None
-    value_max: Annotated[Decimal | None, Meta(description="Maximum value (inclusive).", **decimal_range(0, MAX_AMOUNT))] = None
-    closed_from: Annotated[date | None, Meta(description="Close date on or after (YYYY-MM-DD).")] = None
-    closed_to: Annotated[date | None, Meta(description="Close date on or before (YYYY-MM-DD).")] = None
+    value_max: Annotated[Decimal | None, Meta(**decimal_range(0, MAX_AMOUNT))] = None
+    closed_from: date | None = None
+    closed_to: date | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
     sort: Literal["created_desc", "created_asc", "updated_desc", "value_desc", "value_asc", "close_date_desc",
@@ -246,12 +247,12 @@ def list_deals(q: ListDeals, ctx: QueryContext) -> Page[DealRow]:
                "created_from": q.created_from, "created_to": q.created_to,
                "value_min_cents": None if q.value_min is None else to_cents(q.value_min, field="value_min"),
                "value_max_cents": None if q.value_max is None else to_cents(q.value_max, field="value_max"),
-               "custom": custom_fields.list_filter(ctx.conn, ctx.org_id, "deal", q.custom_field, q.custom_value)}
+               "custom": custom_fields.list_filter(ctx.conn, ctx.org_id, "deal", q.custom_fields)}
     return deal_page(ctx, filters, q.sort, q.limit, q.cursor)
 
 
 class GetDeal(Query, kw_only=True):
-    """One deal with its service lines, contacts, commissions and totals (value, weighted value, VAT, commissions)."""
+    """One deal with service lines, contacts, commissions and totals (value, weighted value, VAT, commissions)."""
 
     deal_id: DealId
 
@@ -262,8 +263,7 @@ def get_deal(q: GetDeal, ctx: QueryContext) -> DealDetail:
 
 
 class SearchDeals(Query, kw_only=True):
-    """Search deals by title, client name or note text (typo-tolerant); best match first; if none has every word,
-    those with some (match: 'any')."""
+    """Search deals by title, client name or note text (typo-tolerant)."""
 
     q: SearchText
     limit: Annotated[int, Meta(ge=1, le=100)] = 25
@@ -327,16 +327,16 @@ def present_commissions(ctx: QueryContext, deal_id: UUID) -> CommissionList:
 # -- creating --------------------------------------------------------------------------------------------
 class CreateDeal(custom_fields.WithCustomFields, kw_only=True):
     """Create a deal for a lead/client, in the default pipeline's first stage unless pipeline_id/stage_id
-    (crm_pipelines_list) say otherwise. Give `value`, or add lines with crm_deals_add_service to sum them."""
+    (crm_pipelines_list) say otherwise. Give `value`, or add lines with crm_deals_add_service."""
 
     title: Title
     client_id: Annotated[UUID, Meta(description="Lead/client id (crm_clients_search).")]
-    pipeline_id: Annotated[UUID | None, Meta(description="Pipeline id; default: the organization's default pipeline.")] = None
-    stage_id: Annotated[UUID | None, Meta(description="Stage id of that pipeline; default: its first stage.")] = None
+    pipeline_id: UUID | None = None
+    stage_id: UUID | None = None
     value: Annotated[Decimal | None, Meta(description="Explicit deal value, e.g. \"45000\"; omit to use the sum of service lines.",
                                           **decimal_range(0, MAX_AMOUNT))] = None
-    owner_id: Annotated[UUID | None, Meta(description="User who owns the deal (crm_users_list); default: you.")] = None
-    expected_close_date: Annotated[date | None, Meta(description="When you expect to close it (YYYY-MM-DD), for the forecast.")] = None
+    owner_id: Annotated[UUID | None, Meta(description="From crm_users_list; default you.")] = None
+    expected_close_date: date | None = None
     description: Annotated[str, Meta(max_length=20000)] | None = None
 
 
@@ -380,8 +380,8 @@ SHOWS_COMMISSIONS = (CommissionList, present_commissions, ())
 
 
 class UpdateDeal(custom_fields.ChangesCustomFields, kw_only=True):
-    """Change a deal's fields; only what you send changes (value null: back to the lines' sum). Status, stage
-    and owner have their own tools (_set_status, _move_stage, _assign)."""
+    """Change a deal's fields (value null: back to the lines' sum). Status, stage and owner: _set_status, _move_stage,
+    _assign."""
 
     deal_id: DealId
     title: Title | UnsetType = UNSET
@@ -405,13 +405,13 @@ deal_command("update", UpdateDeal, _update, row=True)
 
 
 class SetStatus(Command, kw_only=True):
-    """Set a deal's status: 'accepted' (won), 'rejected' (lost, with an optional reason) or 'open' (reopen).
-    Closing records close_date (default today)."""
+    """Set a deal's status: 'accepted' (won), 'rejected' (lost, optional reason) or 'open' (reopen). Closing records
+    close_date (default today)."""
 
     deal_id: DealId
     status: Status
     reason: Annotated[str, Meta(max_length=1000, description="Why it was lost (only with 'rejected').")] | None = None
-    close_date: Annotated[date | None, Meta(description="YYYY-MM-DD, not in the future; default today.")] = None
+    close_date: Annotated[date | None, Meta(description="Not in the future; default today.")] = None
 
 
 deal_command("set_status", SetStatus, lambda d, cmd, uow: d.set_status(
@@ -419,11 +419,10 @@ deal_command("set_status", SetStatus, lambda d, cmd, uow: d.set_status(
 
 
 class MoveStage(Command, kw_only=True):
-    """Move a deal to another stage of its pipeline (stage ids from crm_pipelines_get). To move it to another
-    pipeline, also give that pipeline_id."""
+    """Move a deal to another stage (ids from crm_pipelines_get); to another pipeline with its pipeline_id too."""
 
     deal_id: DealId
-    stage_id: Annotated[UUID, Meta(description="Target stage id.")]
+    stage_id: UUID
     pipeline_id: Annotated[UUID | None, Meta(description="Only to change pipeline: the stage's pipeline.")] = None
 
 
@@ -449,12 +448,12 @@ def _move(deal: Deal, cmd: MoveStage, uow: UnitOfWork) -> None:
 deal_command("move_stage", MoveStage, _move, row=True)
 
 
-deals.assignment(label="Deal", assign_doc="Make a user the owner of the deal (find the user_id with crm_users_list).",
-                 unassign_doc="Remove the deal's owner, leaving nobody responsible for it.", reads=DEAL_READS)
+deals.assignment(label="Deal", assign_doc="Make a user the deal's owner (user_id from crm_users_list).",
+                 unassign_doc="Leave a deal without an owner.", reads=DEAL_READS)
 
 
 class DeleteDeal(Command, kw_only=True):
-    """Delete a deal. It disappears from lists, boards and statistics; its history stays in the audit trail."""
+    """Delete a deal: it leaves lists, boards and statistics; its history stays in the audit trail."""
 
     deal_id: DealId
 
@@ -464,8 +463,8 @@ deals.delete(DeleteDeal)
 
 # -- service lines ---------------------------------------------------------------------------------------
 class AddService(Command, kw_only=True):
-    """Add a catalog service (crm_services_search) to a deal as a line with quantity, price (default the
-    catalog's) and discount; the deal's value follows its lines unless set by hand."""
+    """Add a catalog service (crm_services_search) to a deal as a line with quantity, price (default the catalog's) and
+    discount; the deal's value follows its lines unless set by hand."""
 
     deal_id: DealId
     service_id: Annotated[UUID, Meta(description="Catalog service id (crm_services_search).")]
@@ -485,7 +484,7 @@ deal_command("add_service", AddService, _add_service, shows=SHOWS_LINES)
 
 
 class UpdateService(Command, kw_only=True):
-    """Change a service line of a deal (quantity, unit price, discount); only what you send changes."""
+    """Change a deal's service line: quantity, unit price, discount."""
 
     deal_id: DealId
     line_id: LineId
@@ -538,7 +537,7 @@ class AddDealContact(Command, kw_only=True):
     """Link a contact person of the deal's client to the deal (contact ids from crm_clients_list_contacts)."""
 
     deal_id: DealId
-    contact_id: Annotated[UUID, Meta(description="Contact id of the deal's client.")]
+    contact_id: UUID
     role: Annotated[str, Meta(max_length=100, description="Their role in this deal, e.g. 'decision maker'.")] | None = None
 
 
@@ -554,7 +553,7 @@ deal_command("add_contact", AddDealContact, _add_contact, shows=SHOWS_CONTACTS)
 
 
 class RemoveDealContact(Command, kw_only=True):
-    """Unlink a contact person from a deal (the contact stays on the client)."""
+    """Unlink a contact person from a deal (it stays on the client)."""
 
     deal_id: DealId
     contact_id: UUID
@@ -566,11 +565,11 @@ deal_command("remove_contact", RemoveDealContact, lambda d, cmd, uow: d.remove_c
 
 # -- commissions -----------------------------------------------------------------------------------------
 class SetCommission(Command, kw_only=True):
-    """Set a user's commission on a deal: either `percent` of the deal value or a fixed `amount` (not both).
-    Setting it again replaces it."""
+    """Set a user's commission on a deal: `percent` of its value or a fixed `amount` (not both); replaces an earlier
+    one."""
 
     deal_id: DealId
-    user_id: Annotated[UUID, Meta(description="The user earning the commission (crm_users_list).")]
+    user_id: Annotated[UUID, Meta(description="From crm_users_list.")]
     percent: Percent | None = None
     amount: Annotated[Decimal | None, Meta(description="Fixed amount in the organization's currency, e.g. \"500\".",
                                            **decimal_range(0, MAX_AMOUNT))] = None

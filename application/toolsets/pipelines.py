@@ -82,8 +82,8 @@ pipelines = Toolset(
 
 # -- queries ---------------------------------------------------------------------------------------------
 class ListPipelines(Query, kw_only=True):
-    """The organization's sales pipelines with their stages in order (the default pipeline first). Use the ids
-    with crm_deals_create, crm_pipelines_board and crm_stats_revenue."""
+    """The sales pipelines with their stages in order (default pipeline first); ids for crm_deals_create,
+    crm_pipelines_board and crm_stats_revenue."""
 
 
 @pipelines.query("list", output=PipelineList)
@@ -145,12 +145,12 @@ class Board(Struct, kw_only=True, omit_defaults=True):
 
 
 class GetBoard(Query, kw_only=True):
-    """The kanban board of a pipeline: open deals grouped by stage, with count, total value and
-    probability-weighted value per stage, and the largest deals of each stage (deals_per_stage)."""
+    """Kanban board of a pipeline: open deals by stage, with count, total and probability-weighted value per stage, and
+    each stage's largest deals."""
 
-    pipeline_id: Annotated[UUID | None, Meta(description="Pipeline id; default: the organization's default pipeline.")] = None
+    pipeline_id: UUID | None = None
     owner_id: UUID | None = None
-    deals_per_stage: Annotated[int, Meta(ge=0, le=100, description="How many deals to list per stage (largest first), 0-100.")] = 10
+    deals_per_stage: Annotated[int, Meta(ge=0, le=100)] = 10
 
 
 @pipelines.query("board", output=Board, reads=("deals",))
@@ -183,11 +183,11 @@ class NewStage(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=T
 
 
 class CreatePipeline(Command, kw_only=True):
-    """Create a sales pipeline with its initial stages in order, e.g. stages=[{"name": "Lead", "probability": 10},
-    {"name": "Offer", "probability": 50}]. Returns it with stage ids for crm_deals_create."""
+    """Create a sales pipeline with its stages in order, e.g. stages=[{"name": "Lead", "probability": 10}, {"name":
+    "Offer", "probability": 50}]. Returns the stage ids for crm_deals_create."""
 
     name: PipelineName
-    stages: Annotated[list[NewStage], Meta(min_length=1, max_length=30, description="Stages in order.")]
+    stages: Annotated[list[NewStage], Meta(min_length=1, max_length=30)]
 
 
 @pipelines.command("create", output=PipelineOut, returns=UUID, present=present_pipeline)
@@ -209,8 +209,8 @@ pipelines.act("update", UpdatePipeline,
 
 
 class DeletePipeline(Command, kw_only=True):
-    """Delete a pipeline. Refused while it has open deals: move, close or delete them first. Closed deals keep
-    their history and still count in statistics."""
+    """Delete a pipeline without open deals (move, close or delete them first); closed deals keep their history and
+    still count in statistics."""
 
     pipeline_id: PipelineId
 
@@ -225,7 +225,7 @@ class AddStage(Command, kw_only=True):
     pipeline_id: PipelineId
     name: StageName
     probability: Probability = 0
-    position: Annotated[int, Meta(ge=0, le=100, description="0-based position; omit to append.")] | None = None
+    position: Annotated[int, Meta(ge=0, le=100)] | None = None
 
 
 pipelines.act("add_stage", AddStage, lambda p, cmd, uow: p.add_stage(cmd.name, cmd.probability, cmd.position),
@@ -233,7 +233,7 @@ pipelines.act("add_stage", AddStage, lambda p, cmd, uow: p.add_stage(cmd.name, c
 
 
 class UpdateStage(Command, kw_only=True):
-    """Rename a stage or change its win probability; only what you send changes."""
+    """Rename a stage or change its win probability."""
 
     pipeline_id: PipelineId
     stage_id: StageId
@@ -250,7 +250,7 @@ class ReorderStages(Command, kw_only=True):
     """Set the order of a pipeline's stages: list every stage id exactly once, in the new order."""
 
     pipeline_id: PipelineId
-    stage_ids: Annotated[list[UUID], Meta(min_length=1, max_length=30, description="All stage ids in the new order.")]
+    stage_ids: Annotated[list[UUID], Meta(min_length=1, max_length=30)]
 
 
 pipelines.act("reorder_stages", ReorderStages, lambda p, cmd, uow: p.reorder_stages(cmd.stage_ids),
@@ -258,8 +258,7 @@ pipelines.act("reorder_stages", ReorderStages, lambda p, cmd, uow: p.reorder_sta
 
 
 class RemoveStage(Command, kw_only=True):
-    """Remove a stage. Only an empty stage can be removed: move its deals to another stage first
-    (crm_deals_move_stage)."""
+    """Remove an empty stage (move its deals first with crm_deals_move_stage)."""
 
     pipeline_id: PipelineId
     stage_id: StageId

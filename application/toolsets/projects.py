@@ -24,12 +24,12 @@ from projections import projects as projects_q
 ProjectId = Annotated[UUID, Meta(description="From crm_projects_list.")]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
-Role = Annotated[Literal[MEMBER_ROLES], Meta(description="manager, member or viewer.")]  # type: ignore[valid-type]
+Role = Literal[MEMBER_ROLES]  # type: ignore[valid-type]
 LogKind = Literal[LOG_KINDS]  # type: ignore[valid-type]
 ShownLogKind = Literal[(*LOG_KINDS, "system")]  # type: ignore[valid-type]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. 'EUR'.")]
 Budget = Annotated[int, Meta(ge=0, le=MAX_MINOR_UNITS, description="In cents: 150000 = 1,500.00.")]
-BriefText = Annotated[str, Meta(max_length=20000, description="Markdown text.")]
+BriefText = Annotated[str, Meta(max_length=20000)]
 BriefList = Annotated[list[Annotated[str, Meta(min_length=1, max_length=1000)]], Meta(max_length=100)]
 
 
@@ -136,13 +136,13 @@ projects = Toolset(
 
 # -- queries ---------------------------------------------------------------------------------------------
 class ListProjects(custom_fields.FiltersCustomFields, kw_only=True):
-    """List projects, newest first by default. Archived projects are left out unless archived=true (then only
-    archived ones are listed). Filter by status, client and member (a user id)."""
+    """List projects, newest first by default, by status, client and member (user id); archived ones only with
+    archived=true."""
 
     status: Status | None = None
-    client_id: Annotated[UUID | None, Meta(description="Only projects for this client.")] = None
-    member_id: Annotated[UUID | None, Meta(description="Only projects this user is a member of.")] = None
-    archived: Annotated[bool, Meta(description="true: list archived projects instead of those in use.")] = False
+    client_id: UUID | None = None
+    member_id: UUID | None = None
+    archived: bool = False
     sort: Literal["created_desc", "name_asc", "end_asc"] = "created_desc"
 
 
@@ -151,7 +151,7 @@ def list_projects(q: ListProjects, ctx: QueryContext) -> Page[ProjectSummary]:
     rows, cursor = projects_q.list_projects(ctx.conn, ctx.org_id, status=q.status, client_id=q.client_id,
                                             member_id=q.member_id, archived=q.archived, sort=q.sort, limit=q.limit,
                                             custom=custom_fields.list_filter(
-                                                ctx.conn, ctx.org_id, "project", q.custom_field, q.custom_value),
+                                                ctx.conn, ctx.org_id, "project", q.custom_fields),
                                             cursor=q.cursor)
     return Page(items=[msgspec.convert(r, ProjectSummary) for r in rows], next_cursor=cursor)
 
@@ -179,8 +179,7 @@ def get_brief(q: GetBrief, ctx: QueryContext) -> BriefOut:
 
 
 class ListLogEntries(ListQuery, kw_only=True):
-    """The project's activity log, newest first: worklogs, milestones, comments, and system entries (created,
-    archived, members, brief changes)."""
+    """The project's activity log, newest first: worklogs, milestones, comments, and system entries."""
 
     project_id: ProjectId
     kind: ShownLogKind | None = None
@@ -223,16 +222,16 @@ LINK_READS = link_reads("client_id", "deal_id")
 
 
 class CreateProject(custom_fields.WithCustomFields, kw_only=True):
-    """Create a project, e.g. for a won deal. Then: crm_projects_assign_user, _update_brief, and
+    """Create a project, e.g. for a won deal; then crm_projects_assign_user, _update_brief,
     crm_tasks_create(project_id)."""
 
     name: Name
     description: Annotated[str, Meta(max_length=20000)] | None = None
-    client_id: Annotated[UUID | None, Meta(description="The client the project is for.")] = None
-    deal_id: Annotated[UUID | None, Meta(description="The deal the project comes from.")] = None
+    client_id: UUID | None = None
+    deal_id: UUID | None = None
     status: Status = "active"
-    start_date: Annotated[date | None, Meta(description="YYYY-MM-DD.")] = None
-    end_date: Annotated[date | None, Meta(description="YYYY-MM-DD, not before start_date.")] = None
+    start_date: date | None = None
+    end_date: Annotated[date | None, Meta(description="Not before start_date.")] = None
     budget_cents: Budget | None = None
     currency: Currency | None = None
 
@@ -249,8 +248,7 @@ def create_project(cmd: CreateProject, uow: UnitOfWork) -> UUID:
 
 
 class UpdateProject(custom_fields.ChangesCustomFields, kw_only=True):
-    """Change a project's name, description, links, status, dates or budget. Only the fields you send change;
-    send null to clear an optional one."""
+    """Change a project's name, description, links, status, dates or budget."""
 
     project_id: ProjectId
     name: Name | UnsetType = UNSET
@@ -275,7 +273,7 @@ projects.act("update", UpdateProject, _update, row=True, reads=LINK_READS)
 
 
 class DeleteProject(Command, kw_only=True):
-    """Delete a project (its tasks stay). Prefer crm_projects_archive to keep it for reference."""
+    """Delete a project (its tasks stay); crm_projects_archive keeps it for reference."""
 
     project_id: ProjectId
 
@@ -284,8 +282,8 @@ projects.delete(DeleteProject)
 
 
 class UpdateBrief(Command, kw_only=True):
-    """Write or change the project's brief. Only the sections you send change: goals (list), scope (text),
-    deliverables (list), constraints (list, e.g. budget, deadlines, technology)."""
+    """Write or change the project's brief, by section: goals (list), scope (text), deliverables (list), constraints
+    (list, e.g. budget, deadlines)."""
 
     project_id: ProjectId
     goals: BriefList | UnsetType = UNSET
@@ -306,9 +304,9 @@ class AddLogEntry(Command, kw_only=True):
 
     project_id: ProjectId
     kind: LogKind
-    text: Annotated[str, Meta(min_length=1, max_length=5000, description="What happened.")]
-    minutes: Annotated[int, Meta(ge=1, le=24 * 60, description="Time spent, for worklogs.")] | None = None
-    occurred_on: Annotated[date | None, Meta(description="The day it happened (YYYY-MM-DD); default today.")] = None
+    text: Annotated[str, Meta(min_length=1, max_length=5000)]
+    minutes: Annotated[int, Meta(ge=1, le=24 * 60)] | None = None
+    occurred_on: Annotated[date | None, Meta(description="Default today.")] = None
 
 
 def present_log_entry(ctx: QueryContext, entry_id: UUID) -> LogEntryOut:
@@ -323,8 +321,7 @@ projects.act("add_activity", AddLogEntry,
 
 
 class ArchiveProject(Command, kw_only=True):
-    """Archive a project: it drops out of default lists and accepts no new tasks; bring it back with
-    crm_projects_unarchive."""
+    """Archive a project: it leaves default lists and takes no new tasks (crm_projects_unarchive brings it back)."""
 
     project_id: ProjectId
 
@@ -342,10 +339,10 @@ projects.act("unarchive", UnarchiveProject, lambda p, cmd, uow: p.unarchive(), r
 
 
 class AssignUser(Command, kw_only=True):
-    """Add a user to a project with a role (or change their role). Find user ids with crm_users_list."""
+    """Add a user (crm_users_list) to a project with a role, or change their role."""
 
     project_id: ProjectId
-    user_id: Annotated[UUID, Meta(description="A user id of this organization.")]
+    user_id: Annotated[UUID, Meta(description="From crm_users_list.")]
     role: Role = "member"
 
 

@@ -23,7 +23,7 @@ from projections import deals as deals_q
 from projections import services as services_q
 
 ServiceId = Annotated[UUID, Meta(description="From crm_services_search or _list.")]
-CategoryId = Annotated[UUID, Meta(description="A catalog category id (from crm_services_list_categories).")]
+CategoryId = Annotated[UUID, Meta(description="From crm_services_list_categories.")]
 ServiceName = Annotated[str, Meta(min_length=1, max_length=200)]
 Code = Annotated[str, Meta(min_length=1, max_length=60, description="SKU, e.g. 'WEB-01'.")]
 VatRate = Annotated[Decimal, Meta(description="Percent, e.g. \"22\".",
@@ -97,7 +97,7 @@ services = Toolset(
 class ListServices(ListQuery, kw_only=True):
     """The service/product catalog by name. Filter by category and by active (false = archived only)."""
 
-    category_id: Annotated[UUID | None, Meta(description="Only services of this category.")] = None
+    category_id: UUID | None = None
     active: Annotated[bool | None, Meta(description="true: sellable only; false: archived only; omit: all.")] = None
 
 
@@ -121,8 +121,7 @@ def get_service(q: GetService, ctx: QueryContext) -> ServiceOut:
 
 
 class SearchServices(Query, kw_only=True):
-    """Search the catalog by name (typo-tolerant) or code; best match first. Use it to find a service_id
-    for crm_deals_add_service."""
+    """Search the catalog by name (typo-tolerant) or code: the service_id for crm_deals_add_service."""
 
     q: SearchText
     active: Annotated[bool | None, Meta(description="true: sellable only (default); omit or false to include archived.")] = True
@@ -147,8 +146,8 @@ def list_categories(q: ListCategories, ctx: QueryContext) -> CategoryList:
 
 # -- commands --------------------------------------------------------------------------------------------
 class CreateService(Command, kw_only=True):
-    """Create a catalog service/product: name, unit price (in the organization's currency), VAT rate, unit,
-    optional code and category. Returns it with its id for crm_deals_add_service."""
+    """Create a catalog service/product: name, unit price (organization's currency), VAT rate, unit, optional code and
+    category; its id goes to crm_deals_add_service."""
 
     name: ServiceName
     unit_price: AmountArg
@@ -175,8 +174,7 @@ def create_service(cmd: CreateService, uow: UnitOfWork) -> UUID:
 
 
 class UpdateService(Command, kw_only=True):
-    """Change a catalog service; only the fields you send change (null clears an optional field). Deals that
-    already have it keep their own price."""
+    """Change a catalog service; deals that have it keep their price."""
 
     service_id: ServiceId
     name: ServiceName | UnsetType = UNSET
@@ -204,7 +202,7 @@ services.act("update", UpdateService, _update_service, presents_entity=True)
 
 
 class ArchiveService(Command, kw_only=True):
-    """Archive a service: it can no longer be added to deals but stays, with its price, on existing deals."""
+    """Archive a service: no longer addable to deals, but it stays, with its price, on existing ones."""
 
     service_id: ServiceId
 
@@ -213,7 +211,7 @@ services.act("archive", ArchiveService, lambda s, cmd, uow: s.archive(), destruc
 
 
 class DeleteService(Command, kw_only=True):
-    """Delete a catalog service that no deal uses. A service on any deal cannot be deleted: archive it instead."""
+    """Delete a catalog service no deal uses (archive it otherwise)."""
 
     service_id: ServiceId
 
@@ -225,7 +223,7 @@ services.delete(DeleteService, act=lambda service, cmd, uow: service.delete_unus
 class CreateCategory(Command, kw_only=True):
     """Create a catalog category, e.g. 'Consulting' or 'Hardware'."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=100, description="Category name.")]
+    name: Annotated[str, Meta(min_length=1, max_length=100)]
     description: Annotated[str, Meta(max_length=2000)] | None = None
 
 
@@ -237,7 +235,7 @@ def create_category(cmd: CreateCategory, uow: UnitOfWork) -> UUID:
 
 
 class DeleteCategory(Command, kw_only=True):
-    """Delete an empty catalog category (move or delete its services first)."""
+    """Delete an empty catalog category."""
 
     category_id: CategoryId
 

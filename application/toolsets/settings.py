@@ -711,7 +711,7 @@ class CreateTemplate(Command, kw_only=True):
     body: LongText | None = None
     parameters: Annotated[list[Placeholder], Meta(max_length=100, description=(
         "WhatsApp: placeholders for {{1}}, {{2}}, ..., e.g. ['client.contact_name', 'deal.title']."))] = []
-    items: Annotated[list[ItemText], Meta(max_length=100, description="Checklist items, in order.")] = []
+    items: Annotated[list[ItemText], Meta(max_length=100)] = []
 
 
 @settings.command("create_template", output=TemplateDetail, returns=UUID, present=present_template)

@@ -22,7 +22,7 @@ from projections import newsletter as newsletter_q
 from projections import stats as stats_q
 
 StartDate = date
-EndDate = Annotated[date, Meta(description="Inclusive.")]
+EndDate = date  # inclusive: the tools say start_date..end_date
 
 stats = Toolset("stats", title="Statistics", description="KPI snapshot, revenue, conversion, forecast")
 
@@ -76,12 +76,12 @@ class Revenue(Struct, kw_only=True, omit_defaults=True):
 
 
 class GetRevenue(Query, kw_only=True):
-    """Revenue of deals won in start_date..end_date: total, win rate, won/lost counts, average won value, by
-    pipeline, owner and month. For the deals themselves: crm_deals_list(status='accepted', closed_from, closed_to)."""
+    """Revenue of deals won in start_date..end_date: total, win rate, won/lost counts, average won value, by pipeline,
+    owner and month. The deals: crm_deals_list(status='accepted', closed_from, closed_to)."""
 
     start_date: StartDate
     end_date: EndDate
-    pipeline_id: Annotated[UUID | None, Meta(description="Only this pipeline.")] = None
+    pipeline_id: UUID | None = None
     user_id: UUID | None = None
 
 
@@ -130,8 +130,8 @@ class KpiSnapshot(Struct, kw_only=True, omit_defaults=True):
 
 
 class GetKpis(Query, kw_only=True):
-    """KPIs: open deals and (weighted) value now; won/lost, new leads and conversion in the period (default this
-    month); overdue tasks."""
+    """KPIs: open deals and (weighted) value now; won/lost, new leads and conversion in the period (default this month);
+    overdue tasks."""
 
     start_date: StartDate | None = None
     end_date: EndDate | None = None
@@ -179,8 +179,8 @@ class PipelineConversion(Struct, kw_only=True, omit_defaults=True):
 
 
 class GetConversion(Query, kw_only=True):
-    """Stage-to-stage conversion of a pipeline: per stage, deals that entered, moved on, and average days in it;
-    won/lost and win rate. Optionally for deals entering stages in start_date..end_date."""
+    """Stage-to-stage conversion of a pipeline: per stage, deals that entered, moved on, average days in it; won/lost
+    and win rate. Optionally only deals entering stages in start_date..end_date."""
 
     pipeline_id: Annotated[UUID | None, Meta(description="Default: the organization's default pipeline.")] = None
     start_date: StartDate | None = None
@@ -221,8 +221,8 @@ class LeadsBySource(Struct, kw_only=True, omit_defaults=True):
 
 
 class GetLeadsBySource(Query, kw_only=True):
-    """New leads created in start_date..end_date per source (website, referral, ...), with how many of them became
-    clients and the conversion rate."""
+    """New leads created in start_date..end_date per source (website, referral, ...), with how many became clients and
+    the conversion rate."""
 
     start_date: StartDate
     end_date: EndDate
@@ -287,7 +287,7 @@ class TasksOverview(Struct, kw_only=True, omit_defaults=True):
 
 
 class GetTasksOverview(Query, kw_only=True):
-    """Tasks per assignee: open, overdue (open and past due, in the organization's timezone), due today, done."""
+    """Tasks per assignee: open, overdue (past due in the organization's timezone), due today, done."""
 
 
 @stats.query("tasks_overview", output=TasksOverview)
@@ -314,8 +314,8 @@ class Forecast(Struct, kw_only=True, omit_defaults=True):
 
 
 class GetForecast(Query, kw_only=True):
-    """Weighted pipeline forecast: open deals grouped by expected close month, with total value and value weighted
-    by each stage's win probability. Optionally for one pipeline or owner."""
+    """Weighted forecast: open deals by expected close month, with total value and value weighted by each stage's win
+    probability. Optionally for one pipeline or owner."""
 
     pipeline_id: UUID | None = None
     user_id: UUID | None = None
@@ -366,9 +366,8 @@ class NewsletterPerformance(Struct, kw_only=True, omit_defaults=True):
 
 
 class GetNewsletterPerformance(Query, kw_only=True):
-    """Newsletter campaigns that started sending in start_date..end_date: delivered, bounced, opens, clicks,
-    unsubscribes and rates, per campaign and overall. With nothing to measure, `available` is false with a
-    `reason` and no figures (not zeros)."""
+    """Newsletter campaigns started in start_date..end_date: delivered, bounced, opens, clicks, unsubscribes and rates,
+    per campaign and overall. Nothing to measure: `available` false, a `reason`, no figures."""
 
     start_date: StartDate
     end_date: EndDate

@@ -27,15 +27,15 @@ Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 TaskId = Annotated[UUID, Meta(description="From crm_tasks_list or _search.")]
 ItemId = Annotated[UUID, Meta(description="From crm_tasks_get.")]
-AttachmentId = Annotated[UUID, Meta(description="The attachment id (from crm_tasks_list_attachments or crm_tasks_get).")]
+AttachmentId = Annotated[UUID, Meta(description="From crm_tasks_list_attachments.")]
 Title = Annotated[str, Meta(min_length=1, max_length=300)]
-Description = Annotated[str, Meta(max_length=20000, description="Markdown.")]
+Description = Annotated[str, Meta(max_length=20000)]
 ItemText = Annotated[str, Meta(min_length=1, max_length=500)]
-DueDate = Annotated[date, Meta(description="YYYY-MM-DD, organization's timezone.")]
+DueDate = date  # a day in the organization's timezone (the server instructions say how dates are read)
 
 
 class TaskRow(custom_fields.CustomFieldsShown, kw_only=True, omit_defaults=True):
-    """A task in brief, as lists show it (crm_tasks_get has everything)."""
+    """A task in brief, as lists show it (crm_tasks_get has everything: the assignee id, exact times)."""
 
     id: UUID
     title: str
@@ -46,15 +46,16 @@ class TaskRow(custom_fields.CustomFieldsShown, kw_only=True, omit_defaults=True)
     client_name: str | None = None
     deal_id: UUID | None = None
     project_id: UUID | None = None
-    assignee_id: UUID | None = None
     assignee_name: str | None = None
     tags: list[str] = []
     checklist_total: int = 0
     checklist_done: int = 0
-    created_at: datetime
+    created_on: date
 
 
 class TaskOut(TaskRow, kw_only=True, omit_defaults=True):
+    assignee_id: UUID | None = None
+    created_at: datetime
     description: str | None = None
     deal_title: str | None = None
     project_name: str | None = None
@@ -165,8 +166,8 @@ tasks = Toolset(
 
 # -- queries ---------------------------------------------------------------------------------------------
 class GetTask(Query, kw_only=True):
-    """One task with its links, assignee, due date, priority, tags, checklist (in order) and attachments
-    (stored files come with a signed download link that expires)."""
+    """One task with links, assignee, due date, priority, tags, checklist and attachments (stored files with an expiring
+    download link)."""
 
     task_id: TaskId
 
@@ -191,10 +192,10 @@ class TaskFilters(custom_fields.FiltersCustomFields, kw_only=True):
 
 
 class ListTasks(TaskFilters, kw_only=True):
-    """List tasks, soonest due first, by assignee, client, deal, project, status, tag and due date. E.g. my
-    overdue tasks: assignee_id=<crm_users_me>, due='overdue'."""
+    """List tasks, soonest due first, by assignee, client, deal, project, status, tag and due date. E.g. my overdue
+    tasks: assignee_id=<crm_users_me>, due='overdue'."""
 
-    project_id: Annotated[UUID | None, Meta(description="Only tasks of this project.")] = None
+    project_id: UUID | None = None
 
 
 def _task_page(ctx: QueryContext, q: TaskFilters, project_id: UUID | None) -> Page[TaskRow]:
@@ -202,7 +203,7 @@ def _task_page(ctx: QueryContext, q: TaskFilters, project_id: UUID | None) -> Pa
         ctx.conn, ctx.org_id, today=org_today(ctx.conn, ctx.org_id), assignee_id=q.assignee_id,
         unassigned=q.unassigned, client_id=q.client_id, deal_id=q.deal_id, project_id=project_id, status=q.status,
         tag=q.tag, due=q.due, due_from=q.due_from, due_to=q.due_to, sort=q.sort, limit=q.limit, cursor=q.cursor,
-        custom=custom_fields.list_filter(ctx.conn, ctx.org_id, "task", q.custom_field, q.custom_value),
+        custom=custom_fields.list_filter(ctx.conn, ctx.org_id, "task", q.custom_fields),
     )
     return Page(items=[msgspec.convert(r, TaskRow) for r in rows], next_cursor=cursor)
 
@@ -213,11 +214,10 @@ def list_tasks(q: ListTasks, ctx: QueryContext) -> Page[TaskRow]:
 
 
 class SearchTasks(Query, kw_only=True):
-    """Search tasks by words in their title and description (accents and case ignored, word beginnings match:
-    'contr' finds 'contract'). Best match first; if none has every word, those with some (match: 'any')."""
+    """Search tasks by words in title and description (accents and case ignored; 'contr' finds 'contract')."""
 
     q: SearchText
-    status: Annotated[Status | None, Meta(description="Only open or only done tasks.")] = None
+    status: Status | None = None
     limit: Limit = 25
 
 
@@ -240,8 +240,8 @@ def list_checklist(q: ListChecklist, ctx: QueryContext) -> ChecklistOut:
 
 
 class ListAttachments(Query, kw_only=True):
-    """The attachments of a task: name, size, MIME type, and the URL or a signed download link (valid 15 minutes;
-    call again for a fresh one)."""
+    """A task's attachments: name, size, MIME type, and the URL or a download link valid 15 minutes (list again for a
+    fresh one)."""
 
     task_id: TaskId
 
@@ -255,7 +255,7 @@ def list_attachments(q: ListAttachments, ctx: QueryContext) -> AttachmentList:
 class ListTags(Query, kw_only=True):
     """Tags in use on tasks, most used first, with how many tasks carry each."""
 
-    status: Annotated[Status | None, Meta(description="Count only open or only done tasks.")] = None
+    status: Status | None = None
     limit: Annotated[int, Meta(ge=1, le=500)] = 100
 
 
@@ -266,19 +266,19 @@ def list_tags(q: ListTags, ctx: QueryContext) -> TagCounts:
 
 # -- creating and changing -------------------------------------------------------------------------------
 class CreateTask(custom_fields.WithCustomFields, kw_only=True):
-    """Create a task, e.g. a follow-up call, linked to a client, deal or project, with due_date, assignee
-    (crm_users_list) and checklist. Archived projects accept no new tasks."""
+    """Create a task, e.g. a follow-up call, for a client, deal or project, with due_date, assignee (crm_users_list) and
+    checklist."""
 
     title: Title
     description: Description | None = None
     due_date: DueDate | None = None
     priority: Priority = "normal"
-    client_id: Annotated[UUID | None, Meta(description="Lead/client the task is for.")] = None
-    deal_id: Annotated[UUID | None, Meta(description="Deal the task is for.")] = None
-    project_id: Annotated[UUID | None, Meta(description="Project the task belongs to.")] = None
-    assignee_id: Annotated[UUID | None, Meta(description="User who should do it; defaults to nobody.")] = None
+    client_id: UUID | None = None
+    deal_id: UUID | None = None
+    project_id: UUID | None = None
+    assignee_id: Annotated[UUID | None, Meta(description="From crm_users_list.")] = None
     tags: Annotated[list[Tag], Meta(max_length=20)] = []
-    checklist: Annotated[list[ItemText], Meta(max_length=50, description="Checklist items, in order.")] = []
+    checklist: Annotated[list[ItemText], Meta(max_length=50)] = []
 
 
 @tasks.command("create", output=TaskDetail, returns=UUID, present=present_task, reads=LINK_READS)
@@ -298,8 +298,7 @@ def create_task(cmd: CreateTask, uow: UnitOfWork) -> UUID:
 
 
 class UpdateTask(custom_fields.ChangesCustomFields, kw_only=True):
-    """Change a task's title, description, due date, priority or links. Only the fields you send change;
-    send null to clear an optional one (e.g. due_date=null)."""
+    """Change a task's title, description, due date, priority or links."""
 
     task_id: TaskId
     title: Title | UnsetType = UNSET
@@ -339,12 +338,12 @@ class ReopenTask(Command, kw_only=True):
 tasks.act("reopen", ReopenTask, lambda t, cmd, uow: t.reopen(), row=True)
 
 
-tasks.assignment(label="Task", assign_doc="Assign a task to a user of the organization (find the user_id with crm_users_list).",
-                 unassign_doc="Remove a task's assignee, leaving nobody responsible for it.")
+tasks.assignment(label="Task", assign_doc="Assign a task to a user (user_id from crm_users_list).",
+                 unassign_doc="Leave a task without an assignee.")
 
 
 class DeleteTask(Command, kw_only=True):
-    """Delete a task. It disappears from lists; its history stays in the audit trail."""
+    """Delete a task: it leaves lists; its history stays in the audit trail."""
 
     task_id: TaskId
 
@@ -357,7 +356,7 @@ def _delete(task: Task, cmd: DeleteTask, uow: UnitOfWork) -> None:
 tasks.delete(DeleteTask, act=_delete)
 
 
-tasks.tags(label="Task", add_hint=" See crm_tasks_list_tags for tags in use.")
+tasks.tags(label="Task", add_hint=" Tags in use: crm_tasks_list_tags.")
 
 
 # -- checklist -------------------------------------------------------------------------------------------
@@ -374,7 +373,7 @@ tasks.act("add_checklist_item", AddChecklistItem,
 
 
 class UpdateChecklistItem(Command, kw_only=True):
-    """Rename a checklist item (text) and/or tick or untick it (done). Only what you send changes."""
+    """Rename a checklist item (text) and/or tick or untick it (done)."""
 
     task_id: TaskId
     item_id: ItemId
@@ -393,7 +392,7 @@ tasks.act("update_checklist_item", UpdateChecklistItem, _update_item, output=Che
 
 
 class RemoveChecklistItem(Command, kw_only=True):
-    """Remove an item from a task's checklist; the others keep their order."""
+    """Remove a checklist item (the others keep their order)."""
 
     task_id: TaskId
     item_id: ItemId
@@ -410,8 +409,8 @@ tasks.act("remove_checklist_item", RemoveChecklistItem, _remove_item, destructiv
 
 # -- attachments -----------------------------------------------------------------------------------------
 class AddAttachment(Command, kw_only=True):
-    """Attach a file to a task: a url, or the file as content_base64 (at most 2 MiB), stored and served by a
-    signed download link valid 15 minutes. The content must match mime_type (and size_bytes, if given)."""
+    """Attach a file to a task: a url, or content_base64 (at most 2 MiB) matching mime_type, stored and served by a
+    signed link valid 15 minutes."""
 
     task_id: TaskId
     name: Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[^/\\\x00]+$",
@@ -423,7 +422,7 @@ class AddAttachment(Command, kw_only=True):
     content_base64: Annotated[str, Meta(max_length=blobs.MAX_INLINE_BASE64, description=(
         f"The file content, base64, at most {blobs.MAX_INLINE_BYTES} bytes decoded "
         "(give this or url)."))] | None = None
-    size_bytes: Annotated[int, Meta(ge=0, description="Size in bytes; checked against the content.")] | None = None
+    size_bytes: Annotated[int, Meta(ge=0)] | None = None
 
 
 def _attach(task: Task, cmd: AddAttachment, uow: UnitOfWork) -> UUID:

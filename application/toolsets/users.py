@@ -67,8 +67,8 @@ class Me(Struct, kw_only=True, omit_defaults=True):
 
 
 class ListUsers(ListQuery, kw_only=True):
-    """List the organization's users, optionally searching by name or e-mail (typo- and accent-tolerant).
-    Use it to turn a person's name, e.g. 'Mario Rossi', into the user_id other tools expect."""
+    """The organization's users, searchable by name or e-mail (typo-tolerant): turns a person's name, e.g. 'Mario
+    Rossi', into the user_id other tools expect."""
 
     q: Annotated[str, Meta(min_length=1, max_length=200, description="Part of a name or e-mail.")] | None = None
     role: Annotated[str, Meta(max_length=60)] | None = None
@@ -119,9 +119,8 @@ def get_user(q: GetUser, ctx: QueryContext) -> UserDetail:
 
 
 class WhoAmI(Query, kw_only=True):
-    """Who and where this connection is: user, role, effective permissions (why a tool is refused), the
-    organization's currency and timezone, today's date and this week's and month's bounds there. Any token may
-    call it."""
+    """Who and where this connection is: user, role, effective permissions (why a tool is refused), the organization's
+    currency, timezone, today's date and this week's and month's bounds. Any token may call it."""
 
 
 @users.query("me", output=Me, free=True)

@@ -20,7 +20,7 @@ from projections import wiki as wiki_q
 PageId = Annotated[UUID, Meta(description="The page id (from crm_wiki_list_pages, crm_wiki_search or crm_wiki_create_page).")]
 CategoryId = Annotated[UUID, Meta(description="A category id (from crm_wiki_list_categories).")]
 PageTitle = Annotated[str, Meta(min_length=1, max_length=300)]
-Markdown = Annotated[str, Meta(max_length=200_000, description="Markdown.")]
+Markdown = Annotated[str, Meta(max_length=200_000)]
 MAX_DEPTH = 50
 
 
@@ -42,7 +42,7 @@ class PageSummary(Struct, kw_only=True, omit_defaults=True):
 class PageOut(Struct, kw_only=True, omit_defaults=True):
     id: UUID
     title: str
-    body: Annotated[str, Meta(description="Markdown.")]
+    body: str
     category_id: UUID | None = None
     category_name: str | None = None
     parent_id: UUID | None = None
@@ -113,12 +113,11 @@ wiki = Toolset(
 
 # -- queries ---------------------------------------------------------------------------------------------
 class ListPages(ListQuery, kw_only=True):
-    """Knowledge base pages as a tree (by category, then title), with parent_id and sub-page counts; filter by
-    category, parent or top_level."""
+    """Knowledge base pages as a tree (by category, then title) with parent_id and sub-page counts."""
 
     category_id: UUID | None = None
-    parent_id: Annotated[UUID | None, Meta(description="Only the sub-pages of this page.")] = None
-    top_level: Annotated[bool, Meta(description="Only pages without a parent page.")] = False
+    parent_id: UUID | None = None
+    top_level: bool = False
 
 
 @wiki.query("list_pages", output=Page[PageSummary])
@@ -140,13 +139,12 @@ def get_page(q: GetPage, ctx: QueryContext) -> PageOut:
 
 
 class SearchWiki(Query, kw_only=True):
-    """Search the knowledge base in the organization's language ('fatture' finds 'fattura'); "quoted phrases",
-    OR, -excluded words. Best match first, with highlighted snippets. If no page has every word, pages with
-    some (match: 'any')."""
+    """Search the knowledge base in the organization's language ('fatture' finds 'fattura'); "quoted phrases", OR,
+    -excluded words; with highlighted snippets."""
 
     q: SearchText
     category_id: UUID | None = None
-    limit: Annotated[int, Meta(ge=1, le=50, description="How many results (default 10).")] = 10
+    limit: Annotated[int, Meta(ge=1, le=50)] = 10
 
 
 @wiki.query("search", output=SearchResult)
@@ -157,8 +155,8 @@ def search(q: SearchWiki, ctx: QueryContext) -> SearchResult:
 
 
 class ListRevisions(ListQuery, kw_only=True):
-    """Revisions of a page, newest first: every creation, edit, move and restore, with who and when.
-    Restore one with crm_wiki_restore_revision."""
+    """Revisions of a page, newest first (creation, edits, moves, restores) with who and when; see
+    crm_wiki_restore_revision."""
 
     page_id: PageId
 
@@ -208,8 +206,8 @@ class CreatePage(Command, kw_only=True):
 
     title: PageTitle
     body: Markdown = ""
-    category_id: Annotated[UUID | None, Meta(description="Category (crm_wiki_list_categories).")] = None
-    parent_id: Annotated[UUID | None, Meta(description="Parent page, to make this a sub-page.")] = None
+    category_id: Annotated[UUID | None, Meta(description="From crm_wiki_list_categories.")] = None
+    parent_id: UUID | None = None
 
 
 @wiki.command("create_page", output=PageOut, returns=UUID, present=present_page)
@@ -224,8 +222,7 @@ def create_page(cmd: CreatePage, uow: UnitOfWork) -> UUID:
 
 
 class UpdatePage(Command, kw_only=True):
-    """Change a page's title and/or markdown body. The previous text stays available as a revision
-    (crm_wiki_list_revisions). Only what you send changes."""
+    """Change a page's title and/or markdown body; the previous text stays as a revision (crm_wiki_list_revisions)."""
 
     page_id: PageId
     title: PageTitle | UnsetType = UNSET
@@ -242,8 +239,8 @@ wiki.act("update_page", UpdatePage, _edit)
 
 
 class MovePage(Command, kw_only=True):
-    """Move a page to another category and/or under another parent page (null: no category / top level).
-    A page cannot be moved under itself or one of its own sub-pages."""
+    """Move a page to another category and/or parent page (null: none / top level); not under itself or its own
+    sub-pages."""
 
     page_id: PageId
     category_id: UUID | None | UnsetType = UNSET
@@ -284,8 +281,8 @@ wiki.act("move_page", MovePage, _move)
 
 
 class DeletePage(Command, kw_only=True):
-    """Delete a wiki page. It disappears from lists and search (its sub-pages move to the top level); its
-    history stays in the audit trail."""
+    """Delete a wiki page: it leaves lists and search (sub-pages move to the top level); its history stays in the audit
+    trail."""
 
     page_id: PageId
 
@@ -294,8 +291,7 @@ wiki.delete(DeletePage, suffix="delete_page")
 
 
 class RestoreRevision(Command, kw_only=True):
-    """Make an older revision's title and text the current ones. This is a new change: it gets its own revision,
-    and nothing in between is lost."""
+    """Make an older revision's title and text current again, as a new revision (nothing in between is lost)."""
 
     page_id: PageId
     revision: Annotated[int, Meta(ge=1, description="A revision number from crm_wiki_list_revisions.")]

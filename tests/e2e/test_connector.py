@@ -30,7 +30,7 @@ async def acme(server, make_org):
         lead = await call(client, "crm_clients_create_lead", {"business_name": "ACME Logistics SpA"})
         added = await call(client, "crm_clients_add_contact", {"client_id": lead["id"], "name": "Mario Bianchi",
                                                                "role": "CFO", "email": "mario@acme.example"})
-        contact = next(c for c in added["contacts"] if c["name"] == "Mario Bianchi")
+        contact = added
         deal = await call(client, "crm_deals_create", {"title": "Website redesign", "client_id": lead["id"],
                                                        "value": "4800"})
         await call(client, "crm_deals_add_note", {"deal_id": deal["id"], "body": "Offerta inviata, attendiamo ACME"})

@@ -19,8 +19,9 @@ async def test_discover_lists_four_tools_that_reach_every_tool_the_token_may_use
         assert set(listed) == {"crm_tools_search", "crm_tools_call_read", "crm_tools_call_write",
                                "crm_tools_call_destructive"}
         hints = {n: (t.annotations.read_only_hint, t.annotations.destructive_hint) for n, t in listed.items()}
-        assert hints == {"crm_tools_search": (True, False), "crm_tools_call_read": (True, False),
-                         "crm_tools_call_write": (False, False), "crm_tools_call_destructive": (False, True)}
+        # unsent hints take the spec's defaults; a read-only tool's destructiveHint means nothing
+        assert hints == {"crm_tools_search": (True, None), "crm_tools_call_read": (True, None),
+                         "crm_tools_call_write": (None, False), "crm_tools_call_destructive": (None, True)}
 
         found = await call(client, "crm_tools_search", {"q": "overdue tasks"})
         assert found["items"][0]["name"] == "crm_tasks_list" and found["items"][0]["call_with"] == "crm_tools_call_read"

@@ -30,7 +30,7 @@ async def test_example_3_preview_the_duplicates_deletion_then_confirm(server, ma
                                                                "vat_number": "99999999999"})
         tools = {t.name: t for t in await all_tools(client)}
         delete = tools["crm_clients_delete"]
-        assert delete.annotations.destructive_hint is True and "preview:true" in delete.description
+        assert delete.annotations.destructive_hint is True
         assert {"preview", "confirmation"} <= set(delete.input_schema["properties"])
 
         found = await call(client, "crm_clients_search", {"q": "Mario Rossi"})

@@ -24,7 +24,7 @@ async def test_example_1_create_lead_assign_and_follow_up_task(server, make_org,
             "business_name": "Studio Dentistico Bianchi", "vat_number": "12345678901",
             "address": {"street": "Via Roma 10", "city": "Milano"}, "assigned_to": users["items"][0]["id"],
         })
-        assert lead["kind"] == "lead" and lead["status"] == "new" and lead["assigned_to"] == str(mario)
+        assert lead["kind"] == "lead" and lead["status"] == "new" and lead["assigned_to_name"] == "Mario Rossi"
         tomorrow = (dt.date.today() + dt.timedelta(days=1)).isoformat()
         task = await call(client, "crm_tasks_create", {
             "title": "Call Studio Dentistico Bianchi", "client_id": lead["id"], "due_date": tomorrow,

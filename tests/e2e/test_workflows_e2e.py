@@ -56,7 +56,7 @@ async def test_build_a_kickoff_workflow_accept_a_deal_and_read_the_task_and_the_
 
         task = await call(client, "crm_tasks_get", {"task_id": step["result"]["id"]})
         assert task["title"] == "Kickoff Nuovo sito" and task["deal_id"] == deal["id"]
-        assert task["client_id"] == lead["id"] and task["assignee_id"] == deal["owner_id"] == str(org.user_id)
+        assert task["client_id"] == lead["id"] and task["assignee_id"] == str(org.user_id)  # the deal's owner
         assert task["due_date"] == (date.fromisoformat(won["close_date"]) + timedelta(days=2)).isoformat()
 
         listed = (await call(client, "crm_workflows_list"))["items"]

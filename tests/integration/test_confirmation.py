@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from application import confirmation, identity
 from application.errors import ToolError
 from application.inventory import registry
-from application.registry import CONFIRM_SENTENCE
+from interfaces.mcp_server import SERVER_INSTRUCTIONS
 from tests.inprocess import Caller
 from tests.tool_args import sample_args
 from tests.world import seed
@@ -40,16 +40,17 @@ def admin(runtime, make_org, database_url):
 
 
 def test_destructive_tools_publish_preview_and_confirmation_once_and_only_they():
+    assert "preview:true" in SERVER_INSTRUCTIONS and "confirmation" in SERVER_INSTRUCTIONS
     for op in registry:
         schema, out = op.input_schema(), op.output_schema()
         if op.confirmable:
             assert {"preview", "confirmation"} <= set(schema["properties"]), op.name
-            assert op.description.endswith(CONFIRM_SENTENCE) and op.description.count(CONFIRM_SENTENCE) == 1
+            assert "preview:true" not in op.description  # the server instructions say it once for all of them
             assert out["properties"]["preview"] == {"type": "object"}
             assert "preview" not in op.input.__struct_fields__  # taken off by the runner, never the tool's own field
         else:
             assert "preview" not in schema["properties"] and "confirmation" not in schema["properties"], op.name
-            assert CONFIRM_SENTENCE not in op.description
+            assert "preview:true" not in op.description
 
 
 def test_preview_changes_nothing_and_the_confirmation_does_it(admin, db):

@@ -74,16 +74,19 @@ def test_values_are_validated_on_create_and_update_returned_and_filtered(org, en
                                                                 "since": "2021-03-04"}
 
     def listed(key: str, value: str) -> set[str]:
-        return {i["id"] for i in call(listing, {"custom_field": key, "custom_value": value, "limit": 100})["items"]}
+        return {i["id"] for i in call(listing, {"custom_fields": {key: value}, "limit": 100})["items"]}
 
     assert listed("industry", "dental") == {entity_id} and listed("industry", "Legal") == {other}
     assert listed("employees", "12.5") == {entity_id} and listed("areas", "north") == {entity_id}
     assert listed("vip", "true") == {entity_id} and listed("since", "2021-03-04") == {entity_id}
+    both = {"industry": "dental", "vip": "true"}  # every one must match
+    assert {i["id"] for i in call(listing, {"custom_fields": both})["items"]} == {entity_id}
+    assert call(listing, {"custom_fields": {**both, "employees": "13"}})["items"] == []
     items = {i["id"]: i for i in call(listing, {"limit": 100})["items"]}
     assert items[entity_id]["custom_fields"]["industry"] == "Dental"
-    for args, field in (({"custom_field": "color", "custom_value": "x"}, "custom_field"),
-                        ({"custom_field": "vip", "custom_value": "maybe"}, "custom_value"),
-                        ({"custom_field": "vip"}, "custom_value")):
+    for args, field in (({"custom_fields": {"color": "x"}}, "custom_fields.color"),
+                        ({"custom_fields": {"industry": "Dental", "vip": "maybe"}}, "custom_fields.vip"),
+                        ({"custom_fields": {}}, "custom_fields")):
         assert call.error(listing, args).field == field
 
 
@@ -110,7 +113,7 @@ def test_custom_text_is_searchable_and_a_deleted_field_is_hidden_everywhere(org)
     call("crm_settings_delete_custom_field", {"field_id": notes["client"]})
     assert call("crm_clients_get", {"client_id": client["id"]}).get("custom_fields", {}) == {}
     assert call("crm_clients_search", {"q": "zanzibar"})["items"] == []
-    assert call.error("crm_clients_list", {"custom_field": "tier", "custom_value": "Gold"}).field == "custom_field"
+    assert call.error("crm_clients_list", {"custom_fields": {"tier": "Gold"}}).field == "custom_fields.tier"
     err = call.error("crm_clients_update", {"client_id": client["id"], "custom_fields": {"tier": "Gold"}})
     assert err.field == "custom_fields.tier" and "unknown custom field" in err.message
     err = call.error("crm_settings_create_custom_field", {"entity_type": "client", "key": "tier", "label": "Again",

@@ -39,7 +39,7 @@ def _org(rt: Any, url: str, name: str = "Privacy") -> tuple[Any, Caller]:
 def _person(call: Caller) -> dict[str, Any]:
     lead = call("crm_clients_create_lead", {"business_name": "Rossi Impianti", "vat_number": "IT01234567890", **PERSON})
     contact = call("crm_clients_add_contact", {"client_id": lead["id"], "name": "Lucia Bianchi",
-                                               "email": "lucia@privato.example", "role": "Titolare"})["contacts"][0]
+                                               "email": "lucia@privato.example", "role": "Titolare"})
     note = call("crm_clients_add_note", {"client_id": lead["id"], "body": "Mario ama il blu"})
     recording = call("crm_clients_add_recording", {"client_id": lead["id"], "media_url": "https://rec.example/1.mp3",
                                                    "duration_seconds": 60, "transcript": "chiamata con Mario"})

@@ -39,7 +39,7 @@ def world(runtime, database_url):
         pv = identity.principal_for_token(conn, viewer_secret)
     A = Caller(runtime, pa)
     client = A("crm_clients_create", {"business_name": "Secret Client"})
-    contact = A("crm_clients_add_contact", {"client_id": client["id"], "name": "Secret Person"})["contacts"][0]["id"]
+    contact = A("crm_clients_add_contact", {"client_id": client["id"], "name": "Secret Person"})["id"]
     pipeline = A("crm_pipelines_create", {"name": "Secret pipeline", "stages": [{"name": "S1"}, {"name": "S2"}]})
     cat = A("crm_services_create_category", {"name": "Secret category"})
     svc = A("crm_services_create", {"name": "Secret service", "unit_price": "10", "category_id": cat["id"]})

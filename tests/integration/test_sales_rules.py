@@ -52,7 +52,7 @@ def test_stage_removal_and_pipeline_deletion_rules(call):
     a, b = (s["id"] for s in p["stages"])
     client = call("crm_clients_create", {"business_name": "Noleggi Spa"})
     deal = call("crm_deals_create", {"title": "Van", "client_id": client["id"], "pipeline_id": p["id"], "value": "1000"})
-    assert deal["stage_id"] == a
+    assert deal["stage_name"] == "A" and "stage_id" not in deal  # rows name the stage; crm_deals_get has its id
     err = call.error("crm_pipelines_remove_stage", {"pipeline_id": p["id"], "stage_id": a})
     assert err.code == "stage_not_empty" and err.field == "stage_id"
     call("crm_deals_move_stage", {"deal_id": deal["id"], "stage_id": b})
@@ -131,17 +131,27 @@ def test_deal_contacts_owner_and_notes(call, db):
     mario = identity.create_user(db, call.org.organization_id, f"mario{call.org.user_id.hex[:6]}@example.com", "Mario", "sales")
     client = call("crm_clients_create", {"business_name": "Contacts Spa"})
     contact = call("crm_clients_add_contact", {"client_id": client["id"], "name": "Anna Bianchi", "email": "anna@example.com"})
-    contact_id = contact["contacts"][0]["id"]
+    contact_id = contact["id"]
+    assert contact == {"id": contact_id, "name": "Anna Bianchi", "email": "anna@example.com"}  # the contact, not the client
+    spare = call("crm_clients_add_contact", {"client_id": client["id"], "name": "Luca Neri", "email": "luca@example.com"})
+    changed = call("crm_clients_update_contact", {"client_id": client["id"], "contact_id": spare["id"], "role": "CFO",
+                                                   "email": None})
+    assert changed == {"id": spare["id"], "name": "Luca Neri", "role": "CFO"}
+    assert call("crm_clients_list_contacts", {"client_id": client["id"]})["items"] == [contact, changed]
+    assert call("crm_clients_remove_contact", {"client_id": client["id"], "contact_id": spare["id"]}) == {
+        "id": spare["id"], "entity": "contact", "removed": True}
+    assert call("crm_clients_list_contacts", {"client_id": client["id"]})["items"] == [contact]
     deal = call("crm_deals_create", {"title": "CRM", "client_id": client["id"]})
     d = call("crm_deals_add_contact", {"deal_id": deal["id"], "contact_id": contact_id, "role": "decision maker"})
     assert d["items"][0]["name"] == "Anna Bianchi" and d["items"][0]["email"] == "anna@example.com"
     other = call("crm_clients_create", {"business_name": "Other"})
-    oc = call("crm_clients_add_contact", {"client_id": other["id"], "name": "Not mine"})["contacts"][0]["id"]
+    oc = call("crm_clients_add_contact", {"client_id": other["id"], "name": "Not mine"})["id"]
     assert call.error("crm_deals_add_contact", {"deal_id": deal["id"], "contact_id": oc}).field == "contact_id"
     assert call("crm_deals_list_contacts", {"deal_id": deal["id"]})["items"][0]["role"] == "decision maker"
     assert call("crm_deals_remove_contact", {"deal_id": deal["id"], "contact_id": contact_id})["items"] == []
-    assert call("crm_deals_assign", {"deal_id": deal["id"], "user_id": str(mario)})["owner_id"] == str(mario)
-    assert "owner_id" not in call("crm_deals_unassign", {"deal_id": deal["id"]})
+    assert call("crm_deals_assign", {"deal_id": deal["id"], "user_id": str(mario)})["owner_name"] == "Mario"
+    assert call("crm_deals_get", {"deal_id": deal["id"]})["owner_id"] == str(mario)
+    assert "owner_name" not in call("crm_deals_unassign", {"deal_id": deal["id"]})
     note = call("crm_deals_add_note", {"deal_id": deal["id"], "body": "Budget approved in March"})
     assert call("crm_deals_search", {"q": "budget approved"})["items"][0]["id"] == deal["id"]
     call("crm_deals_update_note", {"deal_id": deal["id"], "note_id": note["id"], "body": "Budget approved in April"})
@@ -206,7 +216,8 @@ def test_sales_projections_rebuild_to_identical_rows(call, runtime, db):
     svc = call("crm_services_create", {"name": "Consulting", "unit_price": "80", "unit": "hour"})
     deal = call("crm_deals_create", {"title": "Audit", "client_id": client["id"]})
     call("crm_deals_add_service", {"deal_id": deal["id"], "service_id": svc["id"], "quantity": "7.5"})
-    call("crm_deals_move_stage", {"deal_id": deal["id"], "stage_id": deal["stage_id"]})
+    stage_id = call("crm_deals_get", {"deal_id": deal["id"]})["stage_id"]
+    call("crm_deals_move_stage", {"deal_id": deal["id"], "stage_id": stage_id})
     call("crm_deals_set_status", {"deal_id": deal["id"], "status": "accepted"})
     call("crm_activities_log_call", {"deal_id": deal["id"], "outcome": "happy"})
     org = call.org.organization_id

@@ -36,10 +36,12 @@ def test_every_tool_is_in_the_catalogue_with_its_kind():
 @pytest.mark.parametrize("op", list(registry), ids=lambda op: op.name)
 def test_kind_decides_annotations_and_permission(op):
     hints = op.annotations()
-    assert set(hints) == {"readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"}
+    spec_defaults = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False, "openWorldHint": True}
+    read = {**spec_defaults, **hints}  # what a client following the spec understands
     expected = {"query": (True, False, "read"), "command": (False, False, "write"), "destructive": (False, True, "delete")}
     read_only, destructive, action = expected[op.kind]
-    assert (hints["readOnlyHint"], hints["destructiveHint"]) == (read_only, destructive)
+    assert read["readOnlyHint"] == read_only and read["openWorldHint"] == op.open_world and "openWorldHint" in hints
+    assert read_only or (hints["destructiveHint"] == destructive and not read["idempotentHint"])
     assert op.permission == ("none" if op.meta or op.free else f"{op.resource}:{action}")  # discovery: the called tool's
     assert len(op.description) > 20
     schema = op.input_schema()
