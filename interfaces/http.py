@@ -30,6 +30,7 @@ from interfaces.attachments import download_route
 from interfaces.health import health_routes
 from interfaces.home import home_route
 from interfaces.list_cache import ToolListCache
+from interfaces.mcp_fast import FastToolCalls
 from interfaces.metrics import auth_failure, metrics_route
 from interfaces.slots import shared_slots
 from interfaces.invite import invite_routes
@@ -226,6 +227,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
     urls = PublicUrls.from_env()  # FLUSIA_PUBLIC_URL, trusted proxies, the listen address: never the Host header
     get_streams = GetStreams()
     tool_lists = ToolListCache(MAX_BODY)
+    tool_calls = FastToolCalls(server, lambda: sessions._lifespan_state, sessions.handle_request, MAX_BODY)
 
     @asgi("/mcp", is_mount=True, copy_scope=True)
     async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
@@ -267,7 +269,7 @@ def create_app(runtime: Runtime, *, run_projector: bool = True) -> Litestar:
         tool_filter = current_filter.get()
         await tool_lists.serve(
             scope, receive, send, lambda: (tuple(sorted(principal.grants.items())), tool_filter),
-            lambda s, r, w: cancelled_on_disconnect(sessions.handle_request, s, r, w))
+            lambda s, r, w: cancelled_on_disconnect(tool_calls, s, r, w))
 
     def resource_metadata(request: Request[Any, Any, Any]) -> dict[str, Any]:
         base = urls.base(request.scope)

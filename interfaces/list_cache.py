@@ -15,6 +15,8 @@ from typing import Any
 
 from litestar.types import Receive, Scope, Send
 
+from interfaces.mcp_fast import replaying
+
 MAX_ENTRIES = 512
 
 
@@ -35,7 +37,7 @@ class ToolListCache:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         request = _single_list_request(body) if not more and len(body) <= self.max_body else None
-        replay = _replaying(first, receive)
+        replay = replaying(first, receive)
         if request is None:
             await app(scope, replay, send)
             return
@@ -91,15 +93,3 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
-
-
-def _replaying(first: list[dict[str, Any]], receive: Receive) -> Receive:
-    """A `receive` that first gives back the messages already read, then reads on."""
-    pending = list(first)
-
-    async def replay() -> Any:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
