@@ -350,6 +350,15 @@ def list_clients(conn: Any, org_id: UUID, *, kind: str | None = None, status: st
     return paginate(conn, CLIENT_COLUMNS, "FROM clients WHERE " + " AND ".join(where), params, SORTS[sort], limit, cursor)
 
 
+def get_client_row(conn: Any, org_id: UUID, client_id: UUID) -> dict[str, Any]:
+    """The client's own columns, without get_client's counts and contacts: what a write answers with (the row)."""
+    row = conn.execute(f"SELECT {CLIENT_COLUMNS} FROM clients WHERE organization_id = %s AND id = %s",
+                       (org_id, client_id)).fetchone()
+    if row is None:
+        raise NotFound("client", client_id, field="client_id")
+    return row
+
+
 def get_client(conn: Any, org_id: UUID, client_id: UUID) -> dict[str, Any]:
     row = conn.execute(
         f"SELECT {CLIENT_COLUMNS},"

@@ -135,7 +135,7 @@ def present_client(ctx: QueryContext, client_id: UUID) -> ClientDetail:
 
 
 def present_client_row(ctx: QueryContext, client_id: UUID) -> ClientRow:
-    return msgspec.convert(clients_q.get_client(ctx.conn, ctx.org_id, client_id), ClientRow)
+    return msgspec.convert(clients_q.get_client_row(ctx.conn, ctx.org_id, client_id), ClientRow)
 
 
 def present_recording(ctx: QueryContext, recording_id: UUID) -> RecordingDetail:
