@@ -43,6 +43,7 @@ subscribers (their own consent and unsubscribe flow), and free text elsewhere th
 from __future__ import annotations
 
 import base64
+import re
 import binascii
 import secrets as random
 import threading
@@ -72,6 +73,10 @@ MARK = b'"_type_":"personal"'
 CACHE_SECONDS = 5.0
 CACHE_SIZE = 50_000
 PREFETCH = 256
+PREFETCH_MANY = 5000
+"""Keys asked for by id in one query (KeyRing.prefetch)."""
+KEY_REFERENCE = re.compile(rb'"k": ?"([0-9a-f]{32})"')
+"""How a sealed value names its key inside an event's stored JSON (see `seal`)."""
 ERASURE_TOPIC = "domain.clients:Client.PersonalDataErased"
 
 Path = tuple[str, ...]
@@ -278,6 +283,26 @@ class KeyRing:
             self._erased_keys, self._validated_at = erased, checked
             return False
 
+    def prefetch(self, states: Iterable[bytes]) -> None:
+        """Every key these stored events refer to that is not cached, in one query: a projector calls it for a batch
+        before decoding it. Keys are found in the events' JSON by their reference (`"k": "<hex>"`), so the order in
+        which keys were created does not matter (a batch of new leads saved at once writes its keys in any order)."""
+        wanted: set[UUID] = set()
+        for state in states:
+            wanted.update(UUID(hex=m.decode()) for m in KEY_REFERENCE.findall(state))
+        if not wanted:
+            return
+        now = time.monotonic()
+        with self._lock:
+            missing = [k for k in wanted if (hit := self._keys.get(k)) is None
+                       or (hit[0] is not None and now - max(hit[1], self._validated_at) >= CACHE_SECONDS)]
+        for start in range(0, len(missing), PREFETCH_MANY):
+            with self.datastore.transaction(commit=False) as cur:
+                rows = cur.execute("SELECT id, organization_id, subject_id, sealed_key FROM personal_data_keys"
+                                   " WHERE id = ANY(%s)", (missing[start:start + PREFETCH_MANY],)).fetchall()
+                sealed.server_key(cur)  # read (and cached) while there is a connection, for the unsealing later
+            self._remember([(r["id"], None if r["sealed_key"] is None else dict(r)) for r in rows])
+
     def _fetch_from(self, key_id: UUID) -> None:
         """The key and the ones created after it (a rebuild meets them in about that order): one query, not one per
         subject."""
@@ -290,6 +315,10 @@ class KeyRing:
             # Only the key asked for is unsealed now; the others when first used (most may never be, or only long after).
             loaded = [(r["id"], None if r["sealed_key"] is None else self._unsealed(r, cur) if r["id"] == key_id
                        else dict(r)) for r in rows]
+        self._remember(loaded)
+
+    def _remember(self, loaded: list[tuple[UUID, Any]]) -> None:
+        """Cache fetched keys: unsealed bytes, a sealed row (unsealed on first use) or None (destroyed)."""
         now = time.monotonic()
         with self._lock:
             for kid, key in loaded:

@@ -228,7 +228,8 @@ class Seeder:
 
 # -- raw replay and rebuilds -----------------------------------------------------------------------------------
 def raw_replay(rt: Any, topics: list[str], batch: int) -> tuple[int, float]:
-    """Read and decode the events of `topics` from the event store in batches of `batch`: no projection work."""
+    """Read and decode the events of `topics` from the event store in batches of `batch` (their personal-data keys
+    fetched per batch, as the projector does): no projection work."""
     from projections.projector import _notification
 
     decode = rt.projector.decode
@@ -240,8 +241,11 @@ def raw_replay(rt: Any, topics: list[str], batch: int) -> tuple[int, float]:
                 "SELECT notification_id, originator_id, originator_version, topic, state FROM stored_events"
                 " WHERE notification_id > %s AND topic = ANY(%s) ORDER BY notification_id LIMIT %s",
                 (position, topics, batch)).fetchall()
-            for r in rows:
-                decode(_notification(r))
+            notifications = [_notification(r) for r in rows]
+            if rt.projector.prefetch is not None:  # as the projector does: a batch's keys in one query
+                rt.projector.prefetch([x.state for x in notifications])
+            for x in notifications:
+                decode(x)
             n += len(rows)
             if len(rows) < batch:
                 break

@@ -67,6 +67,7 @@ class Runtime:
         self.projector = Projector(self.store.mapper.to_domain_event, self.projector_pool, self.projections,
                                    channel=self.store.recorder.channel_name)
         self.projector.check_connections = self.store.check_connections  # its decoder reads keys through the store
+        self.projector.prefetch = self.store.keyring.prefetch
         self.registry = registry
         self.positions = ProjectionPositions(database_url) if consistency == "follow" else None
         # Writers wait for read models only: a consumer that is not rebuildable (the workflow triggers) is not one.

@@ -135,6 +135,8 @@ class Projector:
         self.listener: ConsumerListener | None = None
         self.check_connections: Callable[[], None] | None = None
         """Called after a lost connection, to replace stale pooled connections elsewhere (the decoder's key ring)."""
+        self.prefetch: Callable[[list[bytes]], None] | None = None
+        """Told a batch's stored states before they are decoded (the decoder's key ring fetches their keys at once)."""
         for p in self.projections:
             p.reinstater = self.reinstate
         for p in self.projections:
@@ -191,6 +193,8 @@ class Projector:
             # Read models are rebuilt from the (durably committed) events, so their commit need not wait for the
             # WAL flush: a crash can only lose rows and tracking position together, and they are re-applied.
             cur.execute("SET LOCAL synchronous_commit = off")
+            if self.prefetch is not None:
+                self.prefetch([n.state for n, _ in events])
             if careful:
                 parked = self._apply_one_by_one(conn, cur, projection, events)
             else:
@@ -347,7 +351,9 @@ class Projector:
         pool = ConnectionPool(self.pool.conninfo, min_size=1, max_size=2, open=True, name=f"flusia-{schema}",
                               kwargs={"row_factory": dict_row, "autocommit": True,
                                       "options": f"-c search_path={schema_search_path(schema).replace(' ', '')}"})
-        return Projector(self.decode, pool, [type(p)() for p in projections], batch_size=self.batch_size), pool
+        beside = Projector(self.decode, pool, [type(p)() for p in projections], batch_size=self.batch_size)
+        beside.prefetch = self.prefetch
+        return beside, pool
 
     def replay_into_schema(self, schema: str, to: int, progress: Callable[[str, int, int], None] | None = None
                            ) -> dict[str, Any]:

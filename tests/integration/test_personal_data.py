@@ -375,3 +375,38 @@ def test_restores_written_before_their_state_was_sealed_read_as_erased(iso_runti
     audited = repr(call("crm_audit_entity_history", {"entity_id": lead["id"]})) + repr(
         call("crm_audit_entity_as_of", {"entity_id": lead["id"], "version": 3}))
     assert "Sara" not in audited and "sara@rosa.example" not in audited and ERASED in audited
+
+
+def test_a_batch_of_events_gets_its_keys_in_one_query_whatever_order_they_were_made(iso_runtime, fresh_database_url,
+                                                                                   monkeypatch):
+    """Leads saved together have their keys written in no particular order (a side write each, in one statement).
+    A projector decoding them asks the key ring for every key the batch names, by id, at once: no key is then
+    looked up alone, an erased one reads as erased, and the rebuilt rows are the live ones."""
+    from domain.clients import Client
+
+    rt = iso_runtime
+    org, call = _org(rt, fresh_database_url)
+    leads = [Client.create_lead(org.organization_id, {"business_name": f"Lotto {i}", "contact_name": f"Persona {i}"},
+                                None, org.user_id) for i in range(300)]
+    rt.store.save(*leads)
+    rt.settle()
+    erased = str(leads[7].id)
+    call("crm_clients_erase_personal_data", {"client_id": erased})
+    with psycopg.connect(fresh_database_url, autocommit=True, row_factory=dict_row) as conn:
+        before = _read_models(conn, org.organization_id)
+
+    alone, queries = [], []
+    ring = rt.store.keyring
+    fetch_from, prefetch = ring._fetch_from, ring.prefetch
+    monkeypatch.setattr(ring, "_fetch_from", lambda key_id: (alone.append(key_id), fetch_from(key_id))[1])
+    monkeypatch.setattr(ring, "prefetch", lambda states: (queries.append(len(states)), prefetch(states))[1])
+    rt.projector.prefetch = ring.prefetch
+    ring.forget()
+    clients = next(p for p in rt.projections if p.name == "clients")
+    assert rt.projector.rebuild(clients) == 301  # 300 created, 1 erased
+    assert alone == [] and queries  # every key came with its batch
+    with psycopg.connect(fresh_database_url, autocommit=True, row_factory=dict_row) as conn:
+        assert _read_models(conn, org.organization_id) == before
+        names = {str(r["id"]): r["contact_name"] for r in conn.execute(
+            "SELECT id, contact_name FROM clients WHERE organization_id = %s", (org.organization_id,)).fetchall()}
+    assert names[erased] == ERASED and names[str(leads[8].id)] == "Persona 8"
