@@ -209,6 +209,12 @@ def update_organization(cmd: UpdateOrganization, uow: UnitOfWork) -> bool:
     with admin_transaction(uow, "crm_settings_update_organization", cmd) as tx:
         current = tx.conn.execute(f"SELECT {', '.join(ORG_FIELDS)} FROM organizations WHERE id = %s",
                                   (uow.org_id,)).fetchone()
+        if "timezone" in changes:  # lists compute local days in SQL: PostgreSQL must know the zone too
+            known = tx.conn.execute("SELECT count(*) AS n FROM pg_timezone_names WHERE name = %s",
+                                    (changes["timezone"],)).fetchone()
+            if not (known["n"] if isinstance(known, dict) else known[0]):
+                raise DomainError(f"time zone {changes['timezone']!r} is not known to this database; use another IANA "
+                                  "name (e.g. Europe/Rome, America/New_York, UTC)", field="timezone")
         diff = rules.diff(current, changes)
         if diff:
             sets = ", ".join(f"{k} = %s" for k in diff)

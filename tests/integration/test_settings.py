@@ -49,15 +49,33 @@ def test_time_zone_changes_what_today_and_overdue_mean_from_the_next_call(admin,
     def due(kind: str) -> set[str]:
         return {t["id"] for t in call("crm_tasks_list", {"due": kind})["items"]}
 
+    def created_on() -> set[str]:  # list rows show the day a task was made, in the organization's time zone
+        return {t["created_on"] for t in call("crm_tasks_list", {})["items"]}
+
     profile = call("crm_settings_update_organization", {"timezone": west})
     assert profile["timezone"] == west and profile["today"] == west_today.isoformat()
     assert due("today") == {on_west} and due("overdue") == set()
+    assert created_on() == {west_today.isoformat()}
     profile = call("crm_settings_update_organization", {"timezone": east})
     assert profile["today"] == east_today.isoformat() and profile["local_time"].endswith("+14:00")
     assert due("today") == {on_east} and due("overdue") == {on_west}
+    assert created_on() == {east_today.isoformat()}
     err = call.error("crm_settings_update_organization", {"timezone": "Europe/Atlantis"})
     assert err.code == "rule_violation" and err.field == "timezone"
     assert call("crm_settings_get_organization")["timezone"] == east
+
+
+def test_a_time_zone_postgresql_does_not_know_is_refused(admin, monkeypatch):
+    """Python's zone list and PostgreSQL's can differ (separate tz databases): a zone only Python knows would break
+    every list that shows local days, so it is refused, naming the field."""
+    from domain import settings as rules
+
+    org, call = admin
+    known = rules.timezones()
+    monkeypatch.setattr(rules, "timezones", lambda: known | {"Mars/Olympus_Mons"})
+    err = call.error("crm_settings_update_organization", {"timezone": "Mars/Olympus_Mons"})
+    assert err.field == "timezone" and "not known to this database" in err.message
+    assert call("crm_settings_get_organization")["timezone"] != "Mars/Olympus_Mons"
 
 
 def test_profile_fields_and_their_log(admin, db):
