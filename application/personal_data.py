@@ -43,8 +43,8 @@ subscribers (their own consent and unsubscribe flow), and free text elsewhere th
 from __future__ import annotations
 
 import base64
-import re
 import binascii
+import re
 import secrets as random
 import threading
 import time
@@ -245,7 +245,7 @@ class KeyRing:
         now = time.monotonic()
         with self._lock:
             hit = self._keys.get(key_id)
-            fresh = hit is not None and (hit[0] is None or now - max(hit[1], self._validated_at) < CACHE_SECONDS)
+            fresh = self._fresh(hit, now)
             if fresh:
                 self._keys.move_to_end(key_id)
         if fresh:
@@ -256,6 +256,11 @@ class KeyRing:
         with self._lock:
             hit = self._keys.get(key_id)
         return _MISSING if hit is None else self._opened(key_id, hit)
+
+    def _fresh(self, hit: tuple[Any, float] | None, now: float) -> bool:
+        """Whether a cache entry may be used as it is: a destroyed key stays destroyed; others for CACHE_SECONDS
+        after they were read or last found still good (call with the lock held)."""
+        return hit is not None and (hit[0] is None or now - max(hit[1], self._validated_at) < CACHE_SECONDS)
 
     def _opened(self, key_id: UUID, hit: tuple[Any, float]) -> bytes | None:
         """The key of a cache entry; a prefetched one (still its sealed row) is unsealed on first use."""
@@ -294,8 +299,7 @@ class KeyRing:
             return
         now = time.monotonic()
         with self._lock:
-            missing = [k for k in wanted if (hit := self._keys.get(k)) is None
-                       or (hit[0] is not None and now - max(hit[1], self._validated_at) >= CACHE_SECONDS)]
+            missing = [k for k in wanted if not self._fresh(self._keys.get(k), now)]
         for start in range(0, len(missing), PREFETCH_MANY):
             with self.datastore.transaction(commit=False) as cur:
                 rows = cur.execute("SELECT id, organization_id, subject_id, sealed_key FROM personal_data_keys"

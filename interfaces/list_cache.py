@@ -15,7 +15,7 @@ from typing import Any
 
 from litestar.types import Receive, Scope, Send
 
-from interfaces.mcp_fast import replaying
+from interfaces.mcp_fast import header, replaying
 
 MAX_ENTRIES = 512
 
@@ -41,7 +41,7 @@ class ToolListCache:
         if request is None:
             await app(scope, replay, send)
             return
-        key = (*key_of(), request.get("params", {}).get("cursor"), _header(scope, b"mcp-protocol-version"))
+        key = (*key_of(), request.get("params", {}).get("cursor"), header(scope, b"mcp-protocol-version"))
         cached = self._answers.get(key)
         if cached is not None:
             self._answers.move_to_end(key)
@@ -85,11 +85,4 @@ def _single_list_request(body: bytes) -> dict[str, Any] | None:
             and isinstance(request.get("id"), (int, str)) and isinstance(request.get("params", {}), dict)
             and isinstance(request.get("params", {}).get("cursor"), (str, type(None)))):
         return request
-    return None
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
     return None

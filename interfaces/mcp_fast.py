@@ -67,7 +67,7 @@ class OneShotContext:
         return None
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key.lower() == name:
             return value.decode("latin-1")
@@ -76,18 +76,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def _accepts_json(scope: Scope) -> bool:
     """The SDK's Accept rule for JSON-response mode (RFC 7231 wildcards included)."""
-    kinds = [part.strip().split(";")[0].strip().lower() for part in (_header(scope, b"accept") or "").split(",")]
+    kinds = [part.strip().split(";")[0].strip().lower() for part in (header(scope, b"accept") or "").split(",")]
     return any(kind in (JSON, "application/*", "*/*") for kind in kinds)
 
 
 def _is_json(scope: Scope) -> bool:
-    content_type = _header(scope, b"content-type") or ""
+    content_type = header(scope, b"content-type") or ""
     return any(part.strip() == JSON for part in content_type.split(";")[0].split(","))
 
 
 def plain_tool_call(scope: Scope, body: bytes) -> tuple[JSONRPCRequest, str] | None:
     """The request and its protocol version when this POST is one the SDK would hand to its kernel as is."""
-    version = _header(scope, b"mcp-protocol-version")
+    version = header(scope, b"mcp-protocol-version")
     if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
         return None  # another era: the SDK's own entry classifies it
     if not (_accepts_json(scope) and _is_json(scope)) or b'"tools/call"' not in body:

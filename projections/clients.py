@@ -19,23 +19,6 @@ from projections import custom_fields as custom_values
 from projections.pagination import BY_CREATION, NEWEST, RECENTLY_UPDATED, by_name, paginate
 
 SEARCH_REFRESH = """
-WITH names AS (SELECT string_agg(nullif(name, '[erased]'), ' ' ORDER BY created_at, id) AS names FROM client_contacts WHERE client_id = %(id)s),
-updated AS (
-  UPDATE clients c SET
-    search_text = lower(f_unaccent(concat_ws(' ', c.business_name, nullif(c.contact_name, '[erased]'), names.names))),
-    search_tsv = to_tsvector('simple', lower(f_unaccent(concat_ws(' ', c.business_name,
-                                                                 nullif(c.contact_name, '[erased]'), names.names,
-                                                                 f_custom_text(c.custom_fields)))))
-  FROM names WHERE c.id = %(id)s
-  RETURNING c.organization_id, c.search_tsv
-)
-INSERT INTO client_search_words (organization_id, word)
-SELECT organization_id, unnest(tsvector_to_array(search_tsv)) FROM updated
-ON CONFLICT DO NOTHING
-"""
-
-
-SEARCH_REFRESH_MANY = """
 WITH names AS (
   SELECT c.id, (SELECT string_agg(nullif(k.name, '[erased]'), ' ' ORDER BY k.created_at, k.id) FROM client_contacts k WHERE k.client_id = c.id) AS names
   FROM clients c WHERE c.id = ANY(%(ids)s)
@@ -53,7 +36,8 @@ INSERT INTO client_search_words (organization_id, word)
 SELECT DISTINCT organization_id, unnest(tsvector_to_array(search_tsv)) FROM updated
 ON CONFLICT DO NOTHING
 """
-"""SEARCH_REFRESH for many clients at once (the words table only grows here: the order of clients does not matter)."""
+"""Clients' search text and words, for one client or many at once (the words table only grows here: the order of
+clients does not matter)."""
 CREATED_MANY = """
 WITH inserted AS (
   INSERT INTO clients (id, organization_id, kind, status, business_name, contact_name, vat_number, tax_code,
@@ -122,7 +106,7 @@ class ClientsProjection(Projection):
         set_columns(cur, "clients", event, values)
 
     def _refresh_search(self, cur: Any, client_id: UUID) -> None:
-        cur.execute(SEARCH_REFRESH, {"id": client_id})
+        cur.execute(SEARCH_REFRESH, {"ids": [client_id]})
 
     @staticmethod
     def _columns(values: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +148,7 @@ class ClientsProjection(Projection):
             rows.append((e, self._columns(values)))
         set_columns_many(cur, "clients", rows)
         if names:
-            cur.execute(SEARCH_REFRESH_MANY, {"ids": names})
+            cur.execute(SEARCH_REFRESH, {"ids": names})
 
     @handles_many(Client.Tagged, Client.Untagged)
     def tags_many(self, cur: Any, items: list[tuple[Any, int | None]]) -> None:
@@ -184,7 +168,7 @@ class ClientsProjection(Projection):
                     " FROM jsonb_populate_recordset(null::client_contacts, %s::jsonb) r JOIN clients c ON c.id = r.client_id",
                     (rows_json(rows),))
         set_columns_many(cur, "clients", [(e, {}) for e, _ in items])
-        cur.execute(SEARCH_REFRESH_MANY, {"ids": [e.originator_id for e, _ in items]})
+        cur.execute(SEARCH_REFRESH, {"ids": [e.originator_id for e, _ in items]})
 
     @handles(Client.Created)
     def created(self, cur: Any, e: Any) -> None:
